@@ -1,0 +1,163 @@
+"""Build steps that pyproject.toml cannot express.
+
+Three kinds of native artifact are built here, all from this tree:
+
+* the Cython extension ``xensr._xc`` (the callout);
+* the helper program ``xensr/bin/xensr-save-helper`` (links only
+  libxenctrl, libxenguest and libxentoollog);
+* the test rig's simulated ``libxenctrl.so.4.17`` / ``libxenguest.so.4.17``
+  in ``xensr/_rig/``.
+
+Xen is found through pkg-config (Debian 12: ``apt-get install libxen-dev``).
+"""
+
+import os
+import shlex
+import subprocess
+import sys
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+XEN_PKGS = ("xencontrol", "xenguest", "xentoollog")
+WARN = ["-Wall", "-Wextra", "-Werror"]
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# The helper: sources relative to the project root.
+HELPER = {
+    "output": "xensr/bin/xensr-save-helper",
+    "sources": ["helper_c/xensr-save-helper.c", "helper_c/xensr_msgs.c"],
+    "pkgs": XEN_PKGS,
+}
+
+# The test rig: simulated libraries with the real sonames.
+RIG_LIBS = [
+    {
+        "output": "xensr/_rig/libxenctrl.so.4.17",
+        "soname": "libxenctrl.so.4.17",
+        "sources": ["helper_c/simxen/simxenctrl.c", "helper_c/simxen/simdomain.c"],
+        "version_script": "helper_c/simxen/vers.map",
+        "pkgs": ("xentoollog",),
+        "cflags_pkgs": XEN_PKGS,
+    },
+    {
+        "output": "xensr/_rig/libxenguest.so.4.17",
+        "soname": "libxenguest.so.4.17",
+        "sources": [
+            "helper_c/simxen/simxenguest.c",
+            "helper_c/simxen/simsave.c",
+            "helper_c/simxen/simrestore.c",
+            "helper_c/simxen/simdomain.c",
+        ],
+        "version_script": "helper_c/simxen/vers.map",
+        "pkgs": ("xentoollog",),
+        "cflags_pkgs": XEN_PKGS,
+    },
+]
+
+
+def pkg_config(*args):
+    try:
+        out = subprocess.run(
+            ["pkg-config", *args], check=True, capture_output=True, text=True
+        ).stdout
+    except FileNotFoundError:
+        sys.exit(
+            "xensr: pkg-config not found; on Debian 12 run: "
+            "apt-get install pkg-config libxen-dev"
+        )
+    except subprocess.CalledProcessError as exc:
+        sys.exit(
+            "xensr: Xen development files not found by pkg-config "
+            f"({' '.join(args[1:])}): {exc.stderr.strip()}\n"
+            "On Debian 12 install them with: apt-get install libxen-dev"
+        )
+    return shlex.split(out)
+
+
+def check_xen():
+    pkg_config("--exists", "--print-errors", *XEN_PKGS)
+
+
+def cc():
+    return shlex.split(os.environ.get("CC", "cc"))
+
+
+def extra(name):
+    return shlex.split(os.environ.get(name, ""))
+
+
+def run(cmd):
+    print(" ".join(shlex.quote(c) for c in cmd))
+    subprocess.run(cmd, check=True)
+
+
+def build_helper(outdir):
+    out = os.path.join(outdir, HELPER["output"])
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    cmd = [
+        *cc(), "-std=gnu11", "-O2", "-g", *WARN, "-D_GNU_SOURCE",
+        "-Ihelper_c", *pkg_config("--cflags", *HELPER["pkgs"]),
+        *extra("CFLAGS"), *HELPER["sources"], "-o", out,
+        "-Wl,--as-needed", *extra("LDFLAGS"),
+        *pkg_config("--libs", *HELPER["pkgs"]),
+    ]
+    run(cmd)
+    os.chmod(out, 0o755)
+
+
+def build_rig(outdir):
+    for lib in RIG_LIBS:
+        out = os.path.join(outdir, lib["output"])
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        cmd = [
+            *cc(), "-std=gnu11", "-O2", "-g", *WARN, "-D_GNU_SOURCE", "-fPIC",
+            "-shared", "-Ihelper_c/simxen",
+            *pkg_config("--cflags", *lib["cflags_pkgs"]), *extra("CFLAGS"),
+            *lib["sources"], "-o", out,
+            f"-Wl,-soname,{lib['soname']}",
+            f"-Wl,--version-script={lib['version_script']}",
+            "-Wl,--as-needed", "-Wl,-z,defs", *extra("LDFLAGS"),
+            *pkg_config("--libs", *lib["pkgs"]),
+        ]
+        run(cmd)
+
+
+class BuildExt(build_ext):
+    """Build the extension, then the helper and the rig libraries beside it."""
+
+    def run(self):
+        check_xen()
+        super().run()
+        outdir = HERE if self.inplace else self.build_lib
+        old = os.getcwd()
+        os.chdir(HERE)
+        try:
+            build_helper(outdir)
+            build_rig(outdir)
+        finally:
+            os.chdir(old)
+
+    def get_outputs(self):
+        outdir = HERE if self.inplace else self.build_lib
+        extra_outputs = [os.path.join(outdir, HELPER["output"])]
+        extra_outputs += [os.path.join(outdir, lib["output"]) for lib in RIG_LIBS]
+        return super().get_outputs() + extra_outputs
+
+
+def extensions():
+    from Cython.Build import cythonize
+
+    ext = Extension(
+        "xensr._xc",
+        sources=["xensr/_xc.pyx"],
+        extra_compile_args=["-Wno-unused-function"],
+    )
+    return cythonize(
+        [ext],
+        language_level=3,
+        compiler_directives={"embedsignature": True},
+    )
+
+
+setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
