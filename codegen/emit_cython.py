@@ -85,8 +85,9 @@ def _helpers() -> Lines:
             out("name = _name_of(msgtype)")
             out("raise UnterminatedStringError(")
             with out.indent():
-                out('f"{name} message (type {msgtype}): STRING {field} at offset {at} "')
-                out('f"does not end in NUL (byte {at + 4 + length - 1})",')
+                out('f"{name} message (type {msgtype}): STRING {field} starting at {at} "')
+                out('f"does not end in NUL: byte at offset {at + 4 + length - 1} is "')
+                out('f"{body[at + 4 + length - 1]:#04x}",')
                 out("msgtype=msgtype, msgname=name, offset=at + 4 + length - 1)")
         out("off[0] = at + 4 + length")
         out("return (<const char *>body + at + 4)[:length - 1].decode(\"utf-8\", \"backslashreplace\")")

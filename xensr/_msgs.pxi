@@ -39,8 +39,9 @@ cdef object _read_string(const unsigned char *body, Py_ssize_t n, Py_ssize_t *of
     if body[at + 4 + length - 1] != 0:
         name = _name_of(msgtype)
         raise UnterminatedStringError(
-            f"{name} message (type {msgtype}): STRING {field} at offset {at} "
-            f"does not end in NUL (byte {at + 4 + length - 1})",
+            f"{name} message (type {msgtype}): STRING {field} starting at {at} "
+            f"does not end in NUL: byte at offset {at + 4 + length - 1} is "
+            f"{body[at + 4 + length - 1]:#04x}",
             msgtype=msgtype, msgname=name, offset=at + 4 + length - 1)
     off[0] = at + 4 + length
     return (<const char *>body + at + 4)[:length - 1].decode("utf-8", "backslashreplace")
