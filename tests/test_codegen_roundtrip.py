@@ -308,3 +308,34 @@ def test_constants_module_matches_table():
         assert getattr(C, f"MSG_{m.name.upper()}") == m.number
         assert C.MESSAGES_BY_NAME[m.name].reply == m.reply.value
     assert C.XTL_ERROR == 8 and C.XGS_POLICY_ABORT == -1 and C.XGR_CHECKPOINT_FAILOVER == 2
+
+
+DEBIAN_HELPER = os.path.join(ROOT, ".cache", "debian", "root", "usr", "lib", "xen-4.17",
+                             "bin", "libxl-save-helper")
+
+
+@pytest.mark.skipif(not os.path.exists(DEBIAN_HELPER),
+                    reason="Debian's xen-utils-4.17 is not unpacked (run ./bootstrap deps)")
+@pytest.mark.parametrize("mode,args", [
+    ("--save-domain", ["5", "-1", "7", "1", "136", "0"]),
+    ("--restore-domain", ["5", "-1", "7", "1", "0", "2", "0", "768", "0"]),
+])
+def test_debian_helper_frames_match_generated_senders(drv, tmp_path, mode, args):
+    """Debian's own helper, on this host with no Xen (real libxenctrl), writes
+    frames that our decoders read and our senders reproduce byte for byte."""
+    r = subprocess.run([DEBIAN_HELPER, mode, *args], stdin=subprocess.DEVNULL,
+                       capture_output=True, timeout=30, pass_fds=(),
+                       env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 255
+    direction = C.DIR_SAVE if mode == "--save-domain" else C.DIR_RESTORE
+    frames = split_frames(r.stdout)
+    decoded = [_xc.decode_frame_body(b, direction) for b in frames]
+    assert [d[0] for d in decoded] == [C.MSG_LOG] * 3
+    assert decoded[0][1] == (C.XTL_DEBUG, 0, "libxl-save-helper",
+                             "starting save" if direction == C.DIR_SAVE else "starting restore")
+    assert decoded[-1][1][0] == C.XTL_ERROR
+    assert decoded[-1][1][3] == "xc_interface_open failed"
+    commands = [["log", str(lvl), str(err), ctx.encode().hex() or "-", txt.encode().hex() or "-"]
+                for _, (lvl, err, ctx, txt) in decoded]
+    ours, _ = run_driver(drv, tmp_path, commands)
+    assert ours == r.stdout
