@@ -30,6 +30,19 @@ HELPER = {
     "pkgs": XEN_PKGS,
 }
 
+# Builds of the helper, chosen with XENSR_HELPER_VARIANT (default
+# "release").  "debug" suits valgrind and gdb; "sanitize" is an
+# AddressSanitizer + UndefinedBehaviorSanitizer build that stops at the
+# first error (its NEEDED list then also names the sanitizer runtimes).
+HELPER_VARIANTS = {
+    "release": ["-O2", "-g"],
+    "debug": ["-O0", "-g3"],
+    "sanitize": [
+        "-O1", "-g", "-fno-omit-frame-pointer",
+        "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+    ],
+}
+
 # The test rig: simulated libraries with the real sonames.
 RIG_LIBS = [
     {
@@ -92,18 +105,55 @@ def run(cmd):
     subprocess.run(cmd, check=True)
 
 
-def build_helper(outdir):
-    out = os.path.join(outdir, HELPER["output"])
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    cmd = [
-        *cc(), "-std=gnu11", "-O2", "-g", *WARN, "-D_GNU_SOURCE",
+def package_version():
+    """The version in pyproject.toml: the helper reports it."""
+    with open(os.path.join(HERE, "pyproject.toml"), encoding="utf-8") as f:
+        text = f.read()
+    try:
+        import tomllib
+    except ImportError:  # Python < 3.11
+        import re
+
+        m = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
+        if not m:
+            sys.exit("xensr: no version in pyproject.toml")
+        return m.group(1)
+    return tomllib.loads(text)["project"]["version"]
+
+
+def helper_command(out, variant=None):
+    """The compiler command line that builds the helper at OUT."""
+    variant = variant or os.environ.get("XENSR_HELPER_VARIANT") or "release"
+    if variant not in HELPER_VARIANTS:
+        sys.exit(
+            f"xensr: XENSR_HELPER_VARIANT={variant!r} is not one of "
+            f"{', '.join(sorted(HELPER_VARIANTS))}"
+        )
+    return [
+        *cc(), "-std=gnu11", *HELPER_VARIANTS[variant], *WARN,
+        "-D_GNU_SOURCE", f'-DXENSR_VERSION="{package_version()}"',
         "-Ihelper_c", *pkg_config("--cflags", *HELPER["pkgs"]),
         *extra("CFLAGS"), *HELPER["sources"], "-o", out,
         "-Wl,--as-needed", *extra("LDFLAGS"),
         *pkg_config("--libs", *HELPER["pkgs"]),
     ]
-    run(cmd)
+
+
+def build_helper(outdir, out=None, variant=None):
+    out = out or os.path.join(outdir, HELPER["output"])
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    run(helper_command(out, variant))
     os.chmod(out, 0o755)
+
+
+# Only the helper, to a path of one's choice (tests build variants so):
+#   XENSR_HELPER_ONLY=/tmp/h XENSR_HELPER_VARIANT=sanitize python setup.py
+if __name__ == "__main__" and os.environ.get("XENSR_HELPER_ONLY"):
+    _out = os.path.abspath(os.environ["XENSR_HELPER_ONLY"])
+    os.chdir(HERE)
+    check_xen()
+    build_helper(HERE, out=_out)
+    sys.exit(0)
 
 
 def build_rig(outdir):

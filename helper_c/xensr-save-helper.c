@@ -1,0 +1,556 @@
+/*
+ * xensr-save-helper: run one xc_domain_save() or xc_domain_restore() on
+ * behalf of a toolstack, turning every libxc callback, log line and
+ * progress report into a frame for the parent.
+ *
+ * A drop-in for Xen 4.17's libxl-save-helper: same command line, same
+ * file descriptors, same frames, same replies, same exit statuses and
+ * SIGTERM behaviour (PROTOCOL.md Part A and B§3 to B§8).  The frames are
+ * built by the stubs generated from the message table (xensr_msgs.[ch]).
+ *
+ * Usage:
+ *   xensr-save-helper --save-domain IO_FD RECV_FD DOMID XCFLAGS CBFLAGS
+ *                     STREAM_TYPE
+ *   xensr-save-helper --restore-domain IO_FD SEND_BACK_FD DOMID
+ *                     STORE_EVTCHN STORE_DOMID CONSOLE_EVTCHN CONSOLE_DOMID
+ *                     CBFLAGS STREAM_TYPE
+ *   xensr-save-helper --help | --version
+ *
+ * All arguments are decimal numbers: digits only, no sign, no spaces, no
+ * trailing characters, within the range of the C type they fill:
+ *   IO_FD                  3 .. INT_MAX (0-2 are the control pipes)
+ *   RECV_FD, SEND_BACK_FD  -1 (no back channel) or 3 .. INT_MAX
+ *   DOMID, XCFLAGS, CBFLAGS, STORE_EVTCHN, CONSOLE_EVTCHN  0 .. 4294967295
+ *   STORE_DOMID, CONSOLE_DOMID                            0 .. 65535
+ *   STREAM_TYPE            0 plain, 1 Remus, 2 COLO
+ * CBFLAGS bits that name no callback of the operation are ignored, as
+ * libxl's helper does; bit 11 (precopy_policy, save only) is an xensr
+ * extension that libxl never sets.
+ *
+ * File descriptors: 0 replies from the parent (one native int per
+ * request), 1 frames to the parent, 2 the parent's stderr (diagnostics),
+ * IO_FD the libxc stream, RECV_FD / SEND_BACK_FD the COLO back channel.
+ *
+ * Exit statuses:
+ *   0    `complete` was sent and answered: the operation ran to its end,
+ *        libxc's result (retval, errno) travelled in `complete`; also
+ *        after --help and --version
+ *   64   bad command line (EX_USAGE): usage on stderr, nothing on stdout
+ *   254  end of stdin while waiting for a reply
+ *   255  failure: xc_interface_open failed, a write to stdout or a read
+ *        from stdin failed, or a setup call failed (logged as a frame
+ *        when possible, else on stderr)
+ *   killed by SIGTERM   during a restore (SIGTERM keeps its default
+ *                       action there); during a save SIGTERM makes libxc
+ *                       fail and unwind, and the helper still completes
+ *   killed by SIGPIPE   the parent closed its end of stdout
+ *
+ * Where this helper deliberately differs from libxl's (on paths that a
+ * libxl parent never takes):
+ *   - a bad command line gives status 64 and a message, not an assertion;
+ *   - log text that would not fit a frame is truncated, not an abort;
+ *   - a log line that cannot be formatted for lack of memory is sent as a
+ *     fixed text rather than ending the helper;
+ *   - reads of replies and writes of frames are retried on EINTR (libxl's
+ *     helper exits 254 / 255), so a SIGTERM that arrives while a reply is
+ *     awaited lets the reply arrive and libxc unwind;
+ *   - if the SIGTERM handler cannot dup2, it reports that on stderr and
+ *     exits 255 instead of aborting;
+ *   - the logger's destroy hook does nothing (the logger is static);
+ *   - SIGPIPE is reset to its default action and unblocked, as libxl does
+ *     in the child before exec, so the helper behaves the same whatever
+ *     its parent left in place.
+ *
+ * The first frame is the DEBUG log "starting save (xensr VERSION, table
+ * DIGEST16)" or "starting restore (...)", context "libxl-save-helper",
+ * where DIGEST16 is the first 16 hex digits of the message table digest,
+ * so that a parent can tell which build of the table it is talking to.
+ */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <xenctrl.h>
+#include <xenguest.h>
+#include <xentoollog.h>
+
+#include "xensr_msgs.h"
+
+#ifndef XENSR_VERSION
+#define XENSR_VERSION "unknown"
+#endif
+
+#define PROGRAM "xensr-save-helper"
+
+#define EXIT_USAGE 64           /* EX_USAGE */
+#define EXIT_REPLY_EOF 254      /* libxl's helper: exit(-2) */
+#define EXIT_FAILURE_STATUS 255 /* libxl's helper: exit(-1) */
+
+/*
+ * Context of the helper's own log lines.  libxl's helper uses this one,
+ * and a libxl parent and log readers expect it.
+ */
+static const char log_context[] = "libxl-save-helper";
+
+/*----- logger: every line and progress report becomes a frame -----*/
+
+__attribute__((format(printf, 5, 0)))
+static void logger_vmessage(xentoollog_logger *lg, xentoollog_level level,
+                            int errnoval, const char *context,
+                            const char *format, va_list al)
+{
+    char *text = NULL;
+    int r;
+
+    (void)lg;
+    r = vasprintf(&text, format, al);
+    if (r < 0) {
+        xensr_send_log(level, (uint32_t)errnoval, context,
+                       "(log message lost: out of memory formatting it)");
+        return;
+    }
+    /* The stub truncates text that would not fit in a frame. */
+    xensr_send_log(level, (uint32_t)errnoval, context, text);
+    free(text);
+}
+
+static void logger_progress(xentoollog_logger *lg, const char *context,
+                            const char *doing_what, int percent,
+                            unsigned long done, unsigned long total)
+{
+    (void)lg;
+    (void)percent;  /* the parent's logger recomputes it */
+    xensr_send_progress(context, doing_what, done, total);
+}
+
+static void logger_destroy(xentoollog_logger *lg)
+{
+    /* Static: nothing to free.  libxc never destroys a caller's logger. */
+    (void)lg;
+}
+
+static xentoollog_logger logger = {
+    logger_vmessage,
+    logger_progress,
+    logger_destroy,
+};
+
+/*----- globals -----*/
+
+static xc_interface *xch;
+static int io_fd = -1;
+static int unwritable_fd = -1;
+
+/*----- failure -----*/
+
+__attribute__((noreturn, format(printf, 2, 3)))
+static void fail(int errnoval, const char *fmt, ...)
+{
+    va_list al;
+
+    va_start(al, fmt);
+    xtl_logv(&logger, XTL_ERROR, errnoval, log_context, fmt, al);
+    va_end(al);
+    exit(EXIT_FAILURE_STATUS);
+}
+
+/* A failure on the control pipes: it cannot be sent as a frame. */
+__attribute__((noreturn))
+static void fail_pipe(const char *what, int errnoval)
+{
+    fprintf(stderr, PROGRAM ": %s: %s\n", what, strerror(errnoval));
+    exit(EXIT_FAILURE_STATUS);
+}
+
+/*----- the two functions the generated stubs need -----*/
+
+void xensr_helper_transmit(const unsigned char *frame, size_t len)
+{
+    while (len) {
+        ssize_t r = write(STDOUT_FILENO, frame, len);
+
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            fail_pipe("write to parent (stdout)", errno);
+        }
+        if (r == 0)
+            fail_pipe("write to parent (stdout) wrote nothing", EIO);
+        frame += r;
+        len -= (size_t)r;
+    }
+}
+
+int xensr_helper_getreply(const char *name)
+{
+    int value;
+    unsigned char *p = (unsigned char *)&value;
+    size_t left = sizeof(value);
+
+    while (left) {
+        ssize_t r = read(STDIN_FILENO, p, left);
+
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            fprintf(stderr, PROGRAM ": read of the reply to %s from parent"
+                    " (stdin): %s\n", name, strerror(errno));
+            exit(EXIT_FAILURE_STATUS);
+        }
+        if (r == 0) {
+            fprintf(stderr, PROGRAM ": end of stdin while waiting for the"
+                    " reply to %s\n", name);
+            exit(EXIT_REPLY_EOF);
+        }
+        p += r;
+        left -= (size_t)r;
+    }
+    return value;
+}
+
+/*----- signals -----*/
+
+/*
+ * Save: libxc's save loop runs straight through and must run its error
+ * path to put the guest back (resume it, turn log-dirty off).  So SIGTERM
+ * replaces the io fd with a read-only /dev/null: the write in progress is
+ * interrupted or cut short and the next one fails with EBADF, and libxc
+ * unwinds.  Only async-signal-safe calls here.  Writing a frame is out of
+ * the question (it could interleave with one being written).
+ */
+static void save_sigterm_handler(int sig)
+{
+    static const char msg[] = PROGRAM ": SIGTERM: dup2 over the io fd"
+        " failed, giving up\n";
+    int esave = errno;
+    int r;
+
+    (void)sig;
+    do {
+        r = dup2(unwritable_fd, io_fd);
+    } while (r < 0 && errno == EINTR);
+    if (r != io_fd) {
+        ssize_t w = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+
+        (void)w;
+        _exit(EXIT_FAILURE_STATUS);
+    }
+    errno = esave;
+}
+
+/* handler: save_sigterm_handler for a save, SIG_DFL for a restore. */
+static void setup_signals(void (*handler)(int))
+{
+    struct sigaction sa;
+    sigset_t mask;
+    int r;
+
+    unwritable_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (unwritable_fd < 0)
+        fail(errno, "open /dev/null for reading");
+
+    memset(&sa, 0, sizeof(sa));
+    sigemptyset(&sa.sa_mask);
+    /* No SA_RESTART: a blocked write on the io fd must be interrupted. */
+    sa.sa_handler = handler;
+    r = sigaction(SIGTERM, &sa, NULL);
+    if (r)
+        fail(errno, "sigaction SIGTERM failed");
+
+    sa.sa_handler = SIG_DFL;
+    r = sigaction(SIGPIPE, &sa, NULL);
+    if (r)
+        fail(errno, "sigaction SIGPIPE failed");
+
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGPIPE);
+    r = sigprocmask(SIG_UNBLOCK, &mask, NULL);
+    if (r)
+        fail(errno, "sigprocmask unblock SIGTERM failed");
+}
+
+/*----- command line -----*/
+
+enum arg_kind {
+    ARG_FD,         /* 3 .. INT_MAX */
+    ARG_FD_OR_NONE, /* -1 or 3 .. INT_MAX */
+    ARG_U32,        /* 0 .. UINT32_MAX */
+    ARG_DOMID,      /* 0 .. 65535 (domid_t) */
+    ARG_STREAM,     /* xc_stream_type_t: 0 .. 2 */
+};
+
+struct arg_spec {
+    const char *name;
+    enum arg_kind kind;
+};
+
+#define MAX_ARGS 9
+
+struct mode_spec {
+    const char *option;
+    int nargs;
+    struct arg_spec args[MAX_ARGS];
+};
+
+enum { MODE_SAVE, MODE_RESTORE };
+
+static const struct mode_spec modes[] = {
+    [MODE_SAVE] = {
+        "--save-domain", 6, {
+            { "IO_FD", ARG_FD },
+            { "RECV_FD", ARG_FD_OR_NONE },
+            { "DOMID", ARG_U32 },
+            { "XCFLAGS", ARG_U32 },
+            { "CBFLAGS", ARG_U32 },
+            { "STREAM_TYPE", ARG_STREAM },
+        },
+    },
+    [MODE_RESTORE] = {
+        "--restore-domain", 9, {
+            { "IO_FD", ARG_FD },
+            { "SEND_BACK_FD", ARG_FD_OR_NONE },
+            { "DOMID", ARG_U32 },
+            { "STORE_EVTCHN", ARG_U32 },
+            { "STORE_DOMID", ARG_DOMID },
+            { "CONSOLE_EVTCHN", ARG_U32 },
+            { "CONSOLE_DOMID", ARG_DOMID },
+            { "CBFLAGS", ARG_U32 },
+            { "STREAM_TYPE", ARG_STREAM },
+        },
+    },
+};
+
+static const char usage_text[] =
+    "usage: " PROGRAM " --save-domain IO_FD RECV_FD DOMID XCFLAGS CBFLAGS STREAM_TYPE\n"
+    "       " PROGRAM " --restore-domain IO_FD SEND_BACK_FD DOMID STORE_EVTCHN STORE_DOMID CONSOLE_EVTCHN CONSOLE_DOMID CBFLAGS STREAM_TYPE\n"
+    "       " PROGRAM " --help | --version\n"
+    "\n"
+    "Runs one xc_domain_save or xc_domain_restore for a toolstack (a drop-in for\n"
+    "Xen 4.17's libxl-save-helper): frames to the parent on stdout, its replies on\n"
+    "stdin, the libxc stream on IO_FD.  Arguments are decimal: file descriptors\n"
+    "3 or more (RECV_FD and SEND_BACK_FD may be -1 for none), DOMID, XCFLAGS,\n"
+    "CBFLAGS and event channels 0 to 4294967295, STORE_DOMID and CONSOLE_DOMID\n"
+    "0 to 65535, STREAM_TYPE 0 (plain), 1 (Remus) or 2 (COLO).\n"
+    "\n"
+    "Exit status: 0 completed (libxc's result is sent to the parent), 64 usage\n"
+    "error, 254 end of stdin while waiting for a reply, 255 failure.  During a\n"
+    "save SIGTERM makes libxc unwind and the helper completes; during a restore\n"
+    "SIGTERM kills it.\n";
+
+__attribute__((noreturn, format(printf, 1, 2)))
+static void usage_error(const char *fmt, ...)
+{
+    va_list al;
+
+    fputs(PROGRAM ": ", stderr);
+    va_start(al, fmt);
+    vfprintf(stderr, fmt, al);
+    va_end(al);
+    fputs("\n", stderr);
+    fputs(usage_text, stderr);
+    exit(EXIT_USAGE);
+}
+
+/* Digits only, at least one, value <= max.  0 on success, -1 otherwise. */
+static int parse_decimal(const char *s, unsigned long long max,
+                         unsigned long long *out)
+{
+    unsigned long long v = 0;
+
+    if (!*s)
+        return -1;
+    for (; *s; s++) {
+        unsigned d;
+
+        if (*s < '0' || *s > '9')
+            return -1;
+        d = (unsigned)(*s - '0');
+        if (v > (max - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+static long long parse_arg(const char *mode, const struct arg_spec *spec,
+                           const char *s)
+{
+    unsigned long long v;
+    int r;
+
+    switch (spec->kind) {
+    case ARG_FD_OR_NONE:
+        if (!strcmp(s, "-1"))
+            return -1;
+        /* fall through */
+    case ARG_FD:
+        r = parse_decimal(s, INT_MAX, &v);
+        if (r || v < 3)
+            usage_error("%s: %s must be %sa file descriptor number from 3"
+                        " to %d, not '%s'", mode, spec->name,
+                        spec->kind == ARG_FD_OR_NONE ? "-1 or " : "",
+                        INT_MAX, s);
+        return (long long)v;
+    case ARG_U32:
+        r = parse_decimal(s, UINT32_MAX, &v);
+        if (r)
+            usage_error("%s: %s must be a decimal number from 0 to %lu,"
+                        " not '%s'", mode, spec->name,
+                        (unsigned long)UINT32_MAX, s);
+        return (long long)v;
+    case ARG_DOMID:
+        r = parse_decimal(s, UINT16_MAX, &v);
+        if (r)
+            usage_error("%s: %s must be a decimal number from 0 to %u,"
+                        " not '%s'", mode, spec->name, UINT16_MAX, s);
+        return (long long)v;
+    case ARG_STREAM:
+        r = parse_decimal(s, XC_STREAM_COLO, &v);
+        if (r)
+            usage_error("%s: %s must be 0 (plain), 1 (Remus) or 2 (COLO),"
+                        " not '%s'", mode, spec->name, s);
+        return (long long)v;
+    }
+    usage_error("%s: %s: internal error: unknown argument kind", mode,
+                spec->name);
+}
+
+/*
+ * Returns MODE_SAVE or MODE_RESTORE with vals[] filled; exits for
+ * --help, --version and any error.
+ */
+static int parse_cmdline(int argc, char **argv, long long vals[MAX_ARGS])
+{
+    const struct mode_spec *m = NULL;
+    int mode, i;
+
+    if (argc < 2)
+        usage_error("no mode given");
+    if (!strcmp(argv[1], "--help") && argc == 2) {
+        fputs(usage_text, stdout);
+        exit(0);
+    }
+    if (!strcmp(argv[1], "--version") && argc == 2) {
+        printf(PROGRAM " %s (message table sha256:%s)\n", XENSR_VERSION,
+               XENSR_MSGS_DIGEST);
+        exit(0);
+    }
+    for (mode = 0; mode < (int)(sizeof(modes) / sizeof(modes[0])); mode++) {
+        if (!strcmp(argv[1], modes[mode].option)) {
+            m = &modes[mode];
+            break;
+        }
+    }
+    if (!m)
+        usage_error("unknown mode '%s'", argv[1]);
+    if (argc - 2 != m->nargs)
+        usage_error("%s takes %d arguments, not %d", m->option, m->nargs,
+                    argc - 2);
+    for (i = 0; i < m->nargs; i++)
+        vals[i] = parse_arg(m->option, &m->args[i], argv[2 + i]);
+    return mode;
+}
+
+/*----- the operation -----*/
+
+static void startup(const char *op)
+{
+    /* First 16 hex digits of the table digest: enough to tell builds apart. */
+    xtl_log(&logger, XTL_DEBUG, 0, log_context,
+            "starting %s (xensr %s, table %.16s)", op, XENSR_VERSION,
+            XENSR_MSGS_DIGEST);
+
+    xch = xc_interface_open(&logger, &logger, 0);
+    if (!xch)
+        fail(errno, "xc_interface_open failed");
+}
+
+/*
+ * r is libxc's return value; errnoval the errno it left, taken right
+ * after the call returned.
+ */
+__attribute__((noreturn))
+static void complete(int r, int errnoval)
+{
+    if (!r)
+        errnoval = 0; /* a success's errno means nothing */
+    xtl_log(&logger, XTL_DEBUG, errnoval, log_context, "complete r=%d", r);
+    xensr_send_complete(r, errnoval);
+    xc_interface_close(xch);
+    exit(0);
+}
+
+__attribute__((noreturn))
+static void run_save(const long long *v)
+{
+    static struct save_callbacks cb;
+    int recv_fd = (int)v[1];
+    uint32_t dom = (uint32_t)v[2];
+    uint32_t flags = (uint32_t)v[3];
+    unsigned cbflags = (unsigned)v[4];
+    xc_stream_type_t stream_type = (xc_stream_type_t)v[5];
+    int r, errnoval;
+
+    io_fd = (int)v[0];
+    xensr_setcallbacks_save(&cb, cbflags);
+
+    startup("save");
+    setup_signals(save_sigterm_handler);
+
+    r = xc_domain_save(xch, io_fd, dom, flags, &cb, stream_type, recv_fd);
+    errnoval = errno;
+    complete(r, errnoval);
+}
+
+__attribute__((noreturn))
+static void run_restore(const long long *v)
+{
+    static struct restore_callbacks cb;
+    int send_back_fd = (int)v[1];
+    uint32_t dom = (uint32_t)v[2];
+    unsigned store_evtchn = (unsigned)v[3];
+    domid_t store_domid = (domid_t)v[4];
+    unsigned console_evtchn = (unsigned)v[5];
+    domid_t console_domid = (domid_t)v[6];
+    unsigned cbflags = (unsigned)v[7];
+    xc_stream_type_t stream_type = (xc_stream_type_t)v[8];
+    unsigned long store_mfn = 0, console_mfn = 0;
+    int r, errnoval;
+
+    io_fd = (int)v[0];
+    xensr_setcallbacks_restore(&cb, cbflags);
+
+    startup("restore");
+    setup_signals(SIG_DFL);
+
+    r = xc_domain_restore(xch, io_fd, dom, store_evtchn, &store_mfn,
+                          store_domid, console_evtchn, &console_mfn,
+                          console_domid, stream_type, &cb, send_back_fd);
+    errnoval = errno;
+    /*
+     * Always, even after a failure (libxc leaves both at 0 then): the
+     * parent waits for the results before it accepts completion.
+     */
+    xensr_send_restore_results(store_mfn, console_mfn);
+    complete(r, errnoval);
+}
+
+int main(int argc, char **argv)
+{
+    long long vals[MAX_ARGS];
+    int mode = parse_cmdline(argc, argv, vals);
+
+    if (mode == MODE_SAVE)
+        run_save(vals);
+    run_restore(vals);
+}
+
