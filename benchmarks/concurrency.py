@@ -1,0 +1,84 @@
+"""4. Many simultaneous operations in one thread.
+
+Each (count, repetition) runs in a fresh process (benchmarks/concchild.py)
+so that resident-memory deltas are not hidden by memory an earlier run
+freed.  Runs are interleaved over the counts.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Dict, List
+
+from .harness import ROOT, BenchError, CBuild, Group, Result, Series, Target
+
+KINDS = {
+    "rig": "1 MiB PV domains of a SimulatedHost, non-live save by xensr-save-helper",
+    "bench": "bench helper in mode hold (starting line, one suspend request, complete)",
+}
+
+
+def _child(n: int, kind: str, trace: bool, helper: str) -> Dict[str, float]:
+    cmd = [sys.executable, "-m", "benchmarks.concchild", str(n), kind,
+           "1" if trace else "0", helper]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode:
+        raise BenchError(
+            f"concurrency run n={n} kind={kind} failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run(build: CBuild, quick: bool, reps: int, kinds: List[str]) -> Result:
+    helper = build.bench_helper()
+    counts = [1, 10, 100] if quick else [1, 10, 100, 1000]
+    reps = min(reps, 3) if quick else reps
+    res = Result("concurrency", "simultaneous operations in one thread (asyncio)",
+                 params={"counts": counts, "reps": reps, "kinds": kinds})
+    for kind in kinds:
+        samples: Dict[int, Dict[str, List[float]]] = {
+            n: {"wall": [], "rss": [], "fds": [], "after": [], "traced": []}
+            for n in counts
+        }
+        for rep in range(reps):
+            order = counts[rep % len(counts):] + counts[:rep % len(counts)]
+            for n in order:
+                out = _child(n, kind, False, helper)
+                s = samples[n]
+                s["wall"].append(out["wall_s"] * 1e3)
+                s["rss"].append(out["rss_delta_kib"] / n)
+                s["fds"].append(out["fds_delta"] / n)
+                s["after"].append(out["fds_after_delta"])
+                out = _child(n, kind, True, helper)
+                s["traced"].append(out["traced_delta_bytes"] / n / 1024)
+        res.groups.append(Group(
+            f"{KINDS[kind]}: total wall time", [
+                Series(f"{n} at once", "ms", samples[n]["wall"]) for n in counts]))
+        res.groups.append(Group(
+            f"{KINDS[kind]}: parent memory per operation while all are in flight", [
+                Series(f"{n} at once, RSS delta / n", "KiB", samples[n]["rss"])
+                for n in counts] + [
+                Series(f"{n} at once, tracemalloc / n", "KiB", samples[n]["traced"])
+                for n in counts]))
+        res.groups.append(Group(
+            f"{KINDS[kind]}: fds", [
+                Series(f"{n} at once, fds per operation", "fds", samples[n]["fds"])
+                for n in counts] + [
+                Series(f"{n} at once, fds left after", "fds", samples[n]["after"])
+                for n in counts]))
+        big = max(counts)
+        mem = Group("", [Series("rss", "KiB", samples[big]["rss"]),
+                         Series("traced", "KiB", samples[big]["traced"])])
+        res.targets.append(Target(
+            f"{kind}: parent RSS per operation at {big} at once (KiB)",
+            mem.get("rss").median, 64, "<="))
+        res.targets.append(Target(
+            f"{kind}: parent traced Python memory per operation at {big} at once (KiB)",
+            mem.get("traced").median, 64, "<="))
+    res.notes.append(
+        "memory and fds are read when every operation has reached its suspend "
+        "callback (a coroutine waiting at a barrier), i.e. with all helpers "
+        "running; the per-operation figures include the asyncio task of each "
+        "operation; tracemalloc runs are separate runs (it slows allocation)")
+    return res

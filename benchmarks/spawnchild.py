@@ -1,0 +1,172 @@
+"""The process in which one size of the spawn benchmark runs.
+
+    python -m benchmarks.spawnchild SIZE_MIB REPS HELPER
+
+It maps SIZE_MIB of anonymous memory (small pages: MADV_NOHUGEPAGE, as
+a long-lived heap mostly is), writes every page so that all of it is
+resident, then times, interleaved, each way of starting the helper and
+prints one JSON object on stdout.  Running each size in its own process
+gives the memory back between sizes.
+
+Each sample is one trivial operation: start the bench helper in mode
+``complete``, read its ``complete`` frame, answer it, reap the helper.
+The xensr variant is a whole ``xensr.save_domain`` call against that
+helper; the others do the same exchange by hand after starting it with
+``os.posix_spawn``, ``os.fork`` + ``os.execve`` (libxl's way) or
+``subprocess.Popen``.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import struct
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List
+
+from . import xapi
+from .harness import interleave
+
+_COMPLETE = struct.pack("=HHii", 10, 10, 0, 0)
+_ZERO = struct.pack("=i", 0)
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _touch(size: int) -> mmap.mmap:
+    mm = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    if hasattr(mmap, "MADV_NOHUGEPAGE"):
+        mm.madvise(mmap.MADV_NOHUGEPAGE)
+    chunk = 64 << 20
+    block = b"\x5a" * chunk
+    for off in range(0, size, chunk):
+        end = min(off + chunk, size)
+        mm[off:end] = block[:end - off]
+    return mm
+
+
+def _serve(rfd: int, wfd: int) -> None:
+    """Read the helper's complete frame (12 bytes) and answer it."""
+    got = b""
+    while len(got) < len(_COMPLETE):
+        data = os.read(rfd, 64)
+        if not data:
+            raise RuntimeError("helper closed its stdout before complete")
+        got += data
+    if got != _COMPLETE:
+        raise RuntimeError(f"unexpected frame {got!r}")
+    os.write(wfd, _ZERO)
+
+
+def main(argv: List[str]) -> int:
+    size_mib, reps, helper = int(argv[0]), int(argv[1]), argv[2]
+    env = dict(os.environ, XENSR_BENCH_MODE="complete")
+    env_list = env
+    io_fd = os.open("/dev/null", os.O_WRONLY)
+    os.set_inheritable(io_fd, True)  # the helper's IO_FD, as libxl passes it
+    hargv = [helper, "--save-domain", str(io_fd), "-1", "1", "0", "0", "0"]
+    mm = _touch(size_mib << 20) if size_mib else None
+    rss = _rss_mib()
+    spawn_call: Dict[str, List[float]] = {"os.posix_spawn": [], "os.fork + os.execve": [],
+                                          "subprocess.Popen": []}
+
+    def posix_spawn() -> Dict[str, float]:
+        r0, w0 = os.pipe()  # helper's stdin: it reads r0, we write w0
+        r1, w1 = os.pipe()  # helper's stdout: it writes w1, we read r1
+        t0 = time.perf_counter()
+        pid = os.posix_spawn(helper, hargv, env_list, file_actions=[
+            (os.POSIX_SPAWN_DUP2, r0, 0), (os.POSIX_SPAWN_DUP2, w1, 1)])
+        t1 = time.perf_counter()
+        os.close(r0)
+        os.close(w1)
+        try:
+            _serve(r1, w0)
+            _, status = os.waitpid(pid, 0)
+        finally:
+            os.close(r1)
+            os.close(w0)
+        t2 = time.perf_counter()
+        assert status == 0, status
+        spawn_call["os.posix_spawn"].append((t1 - t0) * 1e3)
+        return {"ms": (t2 - t0) * 1e3}
+
+    def fork_exec() -> Dict[str, float]:
+        r0, w0 = os.pipe()
+        r1, w1 = os.pipe()
+        t0 = time.perf_counter()
+        pid = os.fork()
+        if pid == 0:  # child: only dup2 and exec, then leave
+            try:
+                os.dup2(r0, 0)
+                os.dup2(w1, 1)
+                os.execve(helper, hargv, env_list)
+            finally:
+                os._exit(127)
+        t1 = time.perf_counter()
+        os.close(r0)
+        os.close(w1)
+        try:
+            _serve(r1, w0)
+            _, status = os.waitpid(pid, 0)
+        finally:
+            os.close(r1)
+            os.close(w0)
+        t2 = time.perf_counter()
+        assert status == 0, status
+        spawn_call["os.fork + os.execve"].append((t1 - t0) * 1e3)
+        return {"ms": (t2 - t0) * 1e3}
+
+    def popen() -> Dict[str, float]:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(hargv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             pass_fds=(io_fd,), env=env, bufsize=0)
+        t1 = time.perf_counter()
+        try:
+            _serve(p.stdout.fileno(), p.stdin.fileno())  # type: ignore[union-attr]
+            status = p.wait()
+        finally:
+            p.stdin.close()  # type: ignore[union-attr]
+            p.stdout.close()  # type: ignore[union-attr]
+        t2 = time.perf_counter()
+        assert status == 0, status
+        spawn_call["subprocess.Popen"].append((t1 - t0) * 1e3)
+        return {"ms": (t2 - t0) * 1e3}
+
+    def xensr_op() -> Dict[str, float]:
+        t0 = time.perf_counter()
+        xapi.save_blocking(io_fd, None, helper=helper, env=env)
+        return {"ms": (time.perf_counter() - t0) * 1e3}
+
+    variants: Dict[str, Callable[[], Dict[str, float]]] = {
+        "xensr": xensr_op,
+        "os.posix_spawn": posix_spawn,
+        "os.fork + os.execve": fork_exec,
+        "subprocess.Popen": popen,
+    }
+    raw = interleave(variants, reps)
+    for v in spawn_call.values():
+        del v[: len(v) - reps]  # drop the warm-up
+    out = {
+        "size_mib": size_mib,
+        "rss_mib": rss,
+        "total_ms": {k: v["ms"] for k, v in raw.items()},
+        "spawn_call_ms": spawn_call,
+    }
+    json.dump(out, sys.stdout)
+    sys.stdout.write("\n")
+    if mm is not None:
+        mm.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
