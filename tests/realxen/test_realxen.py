@@ -1,0 +1,88 @@
+"""Real Xen 4.17 in QEMU: xensr's helper and API against a real hypervisor.
+
+One boot runs every scenario (tests/realxen/dom0/scenarios.py); each test
+here asserts one scenario's result marker and the facts it reported.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from . import images
+
+pytestmark = [pytest.mark.realxen, pytest.mark.timeout(1800)]
+
+
+def assert_counter_carried_on(details: dict) -> None:
+    counter = details["counter"]
+    before_n = counter["before"][0]
+    assert counter["after_first"][0] >= before_n - 2, counter
+    assert counter["after_last"][0] >= before_n + 2, counter
+
+
+def test_xl_save_restore_with_debian_helper(realxen):
+    """The baseline: stock xl with Debian's helper (proves the tier itself)."""
+    d = realxen.result("xl_save_restore_debian").details
+    assert "xensr" not in d["helper_save"]
+    assert_counter_carried_on(d)
+
+
+def test_xl_save_restore_with_xensr_helper(realxen):
+    """xl save / xl restore with LIBXL_SAVE_HELPER pointing at xensr's helper."""
+    d = realxen.result("xl_save_restore").details
+    assert "starting save" in d["helper_save"] and "xensr" in d["helper_save"]
+    assert "starting restore" in d["helper_restore"] and "xensr" in d["helper_restore"]
+    assert d["file_bytes"] > 128 << 20  # the guest's 128 MiB went through
+    assert_counter_carried_on(d)
+
+
+@pytest.mark.parametrize("helper", ["xensr", "debian"])
+@pytest.mark.parametrize("mode", ["nonlive", "live"])
+def test_api_save_then_xl_restore(realxen, helper, mode):
+    """The xensr API saves (Python suspend callback) into an xl save file;
+    stock xl restore brings the guest back and its counter carries on."""
+    d = realxen.result(f"api_save_{helper}_{mode}").details
+    assert d["file_bytes"] > 128 << 20
+    assert d["suspend_s"] >= 0
+    assert_counter_carried_on(d)
+
+
+def test_api_live_save_cancelled_during_precopy(realxen):
+    """Cancelling a live save mid-precopy stops the helper gracefully (SIGTERM,
+    libxc unwinds) and the guest keeps running."""
+    d = realxen.result("api_cancel_precopy").details
+    assert d["suspend_calls"] == []
+    assert d["helper_unwound"], d
+    assert d["counter"]["after"][0] >= d["counter"]["before"][0] + 2
+
+
+def test_broken_helper_is_detected(realxen):
+    """A helper that exits at once fails the xl scenario and the API clearly."""
+    d = realxen.result("broken_helper_detected").details
+    assert "xl save" in d["xl_save_restore"] and "exited with status" in d["xl_save_restore"]
+    assert d["api"].startswith("HelperExitError"), d["api"]
+
+
+def test_figure_xl_save_against_xensr_api(realxen, capsys):
+    """Wall time of `xl save` and of the xensr API saving the same guest."""
+    d = realxen.result("figure").details
+    assert len(d["xl_save_s"]) == len(d["api_save_s"]) == d["rounds"]
+    figure = {
+        "what": "save of a running 128 MiB PV guest on Xen 4.17 in QEMU (TCG), "
+                "same boot: `xl save` (Debian's helper) against xensr.save_domain "
+                "(xensr's helper, Python suspend callback) into an xl save file",
+        "xl_save_median_s": d["xl_save_median_s"],
+        "xensr_api_median_s": d["api_save_median_s"],
+        "ratio_xensr_over_xl": d["ratio_api_over_xl"],
+        "xl_save_s": d["xl_save_s"],
+        "xensr_api_s": d["api_save_s"],
+        "versions": realxen.run.artifacts.versions,
+    }
+    out = images.cache_dir() / "figure.json"
+    out.write_text(json.dumps(figure, indent=1, sort_keys=True) + "\n")
+    with capsys.disabled():
+        print(f"\nrealxen figure: xl save {d['xl_save_median_s']:.2f} s, xensr API "
+              f"{d['api_save_median_s']:.2f} s (median of {d['rounds']}), ratio "
+              f"{d['ratio_api_over_xl']:.2f}; written to {out}")
