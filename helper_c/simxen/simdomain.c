@@ -1,0 +1,975 @@
+/*
+ * simxen: simulated domains, logging, fault injection.  Linked into both
+ * simulated libraries; nothing here is exported (see vers.map).
+ *
+ * Fault injection: XENSR_SIM_FAULT is a comma-separated list of
+ *     NAME[:ARG...][@save|@restore]
+ * (the @ suffix limits a fault to xc_domain_save or xc_domain_restore; no
+ * suffix = both).  ERRNO is a number or a name such as EIO; SIGNAME is a
+ * number or a name with or without "SIG" (SEGV, ABRT, BUS, KILL, ...).
+ *
+ *   open-fail[:ERRNO]        xc_interface_open logs "Could not obtain handle
+ *                            on privileged command interface" (context
+ *                            "xencall", level ERROR, errno ERRNO) and returns
+ *                            NULL with errno = ERRNO (default ENOENT, as on
+ *                            a host without Xen).  Takes no @ suffix.
+ *   fail-at-page:N[:ERRNO]   once N pages have been processed (written to
+ *                            the stream by a save, copied into the domain by
+ *                            a restore; counted over all rounds), the
+ *                            operation fails: a libxc-style ERROR log
+ *                            ("Failed to map guest pages (E = ...)" for a
+ *                            save, "Unable to map N mfns ..." for a
+ *                            restore), the usual unwinding ("Save failed" /
+ *                            "Restore failed"), return -1, errno = ERRNO
+ *                            (default EIO).  A save's stream then holds
+ *                            exactly N pages.
+ *   signal-at-page:N:SIGNAME at the same point raise(SIGNAME).
+ *   hang-at:POINT            block forever in pause() (handled signals do
+ *                            not end it; SIGKILL does) when POINT is
+ *                            reached.  POINT is a callback name -- suspend,
+ *                            postcopy, checkpoint, wait_checkpoint,
+ *                            switch_qemu_logdirty, static_data_done,
+ *                            precopy_policy, restore_results -- and fires
+ *                            just before the rig would call that installed
+ *                            callback; or page:N, at the page-count point
+ *                            above.
+ *   stall:MS                 sleep MS milliseconds before each PAGE_DATA
+ *                            batch (written or read).
+ *   log-flood:N[:LEN]        at the start of xc_domain_save/restore emit N
+ *                            log lines (level DEBUG, context "xc") of
+ *                            exactly LEN bytes each (default 80; LEN may
+ *                            exceed 64 KiB).
+ *   truncate-stream:BYTES    a save writes only the first BYTES bytes of its
+ *                            stream (later writes are dropped but reported
+ *                            as written) and returns success: a lying
+ *                            sender.
+ *   garbage-control:BYTES    at the start of xc_domain_save/restore write
+ *                            BYTES of deterministic garbage (xorshift64*
+ *                            seeded with 0x5eed) to fd 1, the helper's
+ *                            control pipe.
+ *   exit-early               _exit(0) at the start of xc_domain_save/restore
+ *                            (after log-flood and garbage-control): the
+ *                            helper never sends complete.
+ *
+ * An unknown name or a bad argument makes xc_interface_open fail with
+ * EINVAL after an ERROR log naming the offending item.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "simxen.h"
+
+/* ------------------------------------------------------------------ */
+/* Logging                                                             */
+
+void sim_report(xc_interface *xch, xentoollog_level level, int code,
+                const char *fmt, ...)
+{
+    int saved_errno = errno;
+    char msg[1024];
+    va_list ap;
+    size_t l;
+
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+
+    /* Like xc_reportv: no trailing newline. */
+    l = strlen(msg);
+    if (l && msg[l - 1] == '\n')
+        msg[l - 1] = '\0';
+
+    if (xch && xch->error_handler)
+        xtl_log(xch->error_handler, level, -1, "xc", "%s%s%s", msg,
+                code ? ": " : "", code ? "Internal error" : "");
+
+    errno = saved_errno;
+}
+
+const char *sim_set_progress_prefix(xc_interface *xch, const char *doing)
+{
+    const char *old = xch->progress_prefix;
+
+    xch->progress_prefix = doing;
+    return old;
+}
+
+void sim_progress_single(xc_interface *xch, const char *doing)
+{
+    int saved_errno = errno;
+
+    xtl_progress(xch->error_handler, "xc", doing, 0, 0);
+    errno = saved_errno;
+}
+
+void sim_progress_step(xc_interface *xch, unsigned long done,
+                       unsigned long total)
+{
+    int saved_errno = errno;
+
+    if (xch->progress_prefix)
+        xtl_progress(xch->error_handler, "xc", xch->progress_prefix,
+                     done, total);
+    errno = saved_errno;
+}
+
+/* ------------------------------------------------------------------ */
+/* errno and signal names                                              */
+
+static const struct {
+    const char *name;
+    int value;
+} errno_names[] = {
+    { "EPERM", EPERM }, { "ENOENT", ENOENT }, { "ESRCH", ESRCH },
+    { "EINTR", EINTR }, { "EIO", EIO }, { "ENXIO", ENXIO },
+    { "E2BIG", E2BIG }, { "EBADF", EBADF }, { "EAGAIN", EAGAIN },
+    { "ENOMEM", ENOMEM }, { "EACCES", EACCES }, { "EFAULT", EFAULT },
+    { "EBUSY", EBUSY }, { "EEXIST", EEXIST }, { "ENODEV", ENODEV },
+    { "EINVAL", EINVAL }, { "ENOSPC", ENOSPC }, { "EPIPE", EPIPE },
+    { "ERANGE", ERANGE }, { "ENOSYS", ENOSYS }, { "ENODATA", ENODATA },
+    { "ETIMEDOUT", ETIMEDOUT }, { "ECONNRESET", ECONNRESET },
+    { "ECANCELED", ECANCELED }, { "EOVERFLOW", EOVERFLOW },
+    { "EROFS", EROFS }, { "EDQUOT", EDQUOT }, { "ENOTSUP", ENOTSUP },
+};
+
+static const struct {
+    const char *name;
+    int value;
+} signal_names[] = {
+    { "HUP", SIGHUP }, { "INT", SIGINT }, { "QUIT", SIGQUIT },
+    { "ILL", SIGILL }, { "TRAP", SIGTRAP }, { "ABRT", SIGABRT },
+    { "BUS", SIGBUS }, { "FPE", SIGFPE }, { "KILL", SIGKILL },
+    { "USR1", SIGUSR1 }, { "SEGV", SIGSEGV }, { "USR2", SIGUSR2 },
+    { "PIPE", SIGPIPE }, { "ALRM", SIGALRM }, { "TERM", SIGTERM },
+    { "SYS", SIGSYS }, { "XCPU", SIGXCPU }, { "XFSZ", SIGXFSZ },
+};
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+/* Strict unsigned decimal: digits only, no overflow. */
+static int parse_ul(const char *s, unsigned long *out)
+{
+    char *end;
+    unsigned long v;
+
+    if (!s || !*s || !isdigit((unsigned char)*s))
+        return -1;
+    errno = 0;
+    v = strtoul(s, &end, 10);
+    if (errno || *end)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+int sim_parse_errno(const char *s, int *out)
+{
+    unsigned long v;
+    size_t i;
+
+    if (!parse_ul(s, &v)) {
+        if (v == 0 || v > 4095)
+            return -1;
+        *out = (int)v;
+        return 0;
+    }
+    for (i = 0; i < ARRAY_SIZE(errno_names); i++)
+        if (!strcmp(s, errno_names[i].name)) {
+            *out = errno_names[i].value;
+            return 0;
+        }
+    return -1;
+}
+
+const char *sim_errno_name(int e)
+{
+    size_t i;
+
+    for (i = 0; i < ARRAY_SIZE(errno_names); i++)
+        if (errno_names[i].value == e)
+            return errno_names[i].name;
+    return "E?";
+}
+
+static int parse_signal(const char *s, int *out)
+{
+    unsigned long v;
+    size_t i;
+
+    if (!parse_ul(s, &v)) {
+        if (v == 0 || v >= NSIG)
+            return -1;
+        *out = (int)v;
+        return 0;
+    }
+    if (!strncmp(s, "SIG", 3))
+        s += 3;
+    for (i = 0; i < ARRAY_SIZE(signal_names); i++)
+        if (!strcmp(s, signal_names[i].name)) {
+            *out = signal_names[i].value;
+            return 0;
+        }
+    return -1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Fault specification                                                 */
+
+static const char *const hang_points[] = {
+    "suspend", "postcopy", "checkpoint", "wait_checkpoint",
+    "switch_qemu_logdirty", "static_data_done", "precopy_policy",
+    "restore_results",
+};
+
+static int parse_one_fault(char *item, struct sim_fault *f)
+{
+    char *args[4] = { NULL };
+    unsigned int nargs = 0, i;
+    char *at, *p, *name;
+
+    memset(f, 0, sizeof(*f));
+
+    at = strrchr(item, '@');
+    if (at) {
+        *at++ = '\0';
+        if (!strcmp(at, "save"))
+            f->scope = SCOPE_SAVE;
+        else if (!strcmp(at, "restore"))
+            f->scope = SCOPE_RESTORE;
+        else
+            return -1;
+    }
+
+    name = item;
+    p = strchr(item, ':');
+    while (p) {
+        *p++ = '\0';
+        if (nargs == ARRAY_SIZE(args))
+            return -1;
+        args[nargs++] = p;
+        p = strchr(p, ':');
+    }
+
+    if (!strcmp(name, "open-fail")) {
+        f->kind = FAULT_OPEN_FAIL;
+        f->err = ENOENT;
+        if (f->scope != SCOPE_ANY || nargs > 1)
+            return -1;
+        if (nargs == 1 && sim_parse_errno(args[0], &f->err))
+            return -1;
+    } else if (!strcmp(name, "fail-at-page")) {
+        f->kind = FAULT_FAIL_AT_PAGE;
+        f->err = EIO;
+        if (nargs < 1 || nargs > 2 || parse_ul(args[0], &f->n))
+            return -1;
+        if (nargs == 2 && sim_parse_errno(args[1], &f->err))
+            return -1;
+    } else if (!strcmp(name, "signal-at-page")) {
+        f->kind = FAULT_SIGNAL_AT_PAGE;
+        if (nargs != 2 || parse_ul(args[0], &f->n) ||
+            parse_signal(args[1], &f->sig))
+            return -1;
+    } else if (!strcmp(name, "hang-at")) {
+        f->kind = FAULT_HANG_AT;
+        if (nargs == 2 && !strcmp(args[0], "page")) {
+            if (parse_ul(args[1], &f->n))
+                return -1;
+            strcpy(f->point, "page");
+        } else if (nargs == 1) {
+            for (i = 0; i < ARRAY_SIZE(hang_points); i++)
+                if (!strcmp(args[0], hang_points[i]))
+                    break;
+            if (i == ARRAY_SIZE(hang_points))
+                return -1;
+            strcpy(f->point, hang_points[i]);
+        } else
+            return -1;
+    } else if (!strcmp(name, "stall")) {
+        f->kind = FAULT_STALL;
+        if (nargs != 1 || parse_ul(args[0], &f->n))
+            return -1;
+    } else if (!strcmp(name, "log-flood")) {
+        f->kind = FAULT_LOG_FLOOD;
+        f->len = 80;
+        if (nargs < 1 || nargs > 2 || parse_ul(args[0], &f->n))
+            return -1;
+        if (nargs == 2 && (parse_ul(args[1], &f->len) || f->len == 0 ||
+                           f->len > (64ul << 20)))
+            return -1;
+    } else if (!strcmp(name, "truncate-stream")) {
+        f->kind = FAULT_TRUNCATE_STREAM;
+        if (nargs != 1 || parse_ul(args[0], &f->n) || f->scope == SCOPE_RESTORE)
+            return -1;
+    } else if (!strcmp(name, "garbage-control")) {
+        f->kind = FAULT_GARBAGE_CONTROL;
+        if (nargs != 1 || parse_ul(args[0], &f->n))
+            return -1;
+    } else if (!strcmp(name, "exit-early")) {
+        f->kind = FAULT_EXIT_EARLY;
+        if (nargs != 0)
+            return -1;
+    } else
+        return -1;
+
+    return 0;
+}
+
+int sim_faults_parse(xc_interface *xch, const char *spec,
+                     struct sim_faults *out)
+{
+    char *copy = NULL, *item, *save = NULL;
+    int rc = -1;
+
+    memset(out, 0, sizeof(*out));
+    if (!spec || !*spec)
+        return 0;
+
+    copy = strdup(spec);
+    if (!copy) {
+        errno = ENOMEM;
+        goto out;
+    }
+
+    for (item = strtok_r(copy, ",", &save); item;
+         item = strtok_r(NULL, ",", &save)) {
+        char shown[128];
+
+        snprintf(shown, sizeof(shown), "%s", item);
+        if (out->nr == SIM_MAX_FAULTS) {
+            SIM_ERROR("XENSR_SIM_FAULT: more than %d faults", SIM_MAX_FAULTS);
+            errno = EINVAL;
+            goto out;
+        }
+        if (parse_one_fault(item, &out->f[out->nr])) {
+            SIM_ERROR("XENSR_SIM_FAULT: bad fault \"%s\"", shown);
+            errno = EINVAL;
+            goto out;
+        }
+        out->nr++;
+    }
+    rc = 0;
+
+ out:
+    free(copy);
+    return rc;
+}
+
+static bool scope_matches(enum sim_fault_scope fs, enum sim_fault_scope op)
+{
+    return fs == SCOPE_ANY || fs == op;
+}
+
+const struct sim_fault *sim_fault_find(const xc_interface *xch,
+                                       enum sim_fault_kind kind,
+                                       enum sim_fault_scope scope)
+{
+    unsigned int i;
+
+    for (i = 0; i < xch->faults.nr; i++) {
+        const struct sim_fault *f = &xch->faults.f[i];
+
+        if (f->kind == kind && scope_matches(f->scope, scope))
+            return f;
+    }
+    return NULL;
+}
+
+void sim_hang_forever(void)
+{
+    for (;;)
+        pause();
+}
+
+static void write_all_ignoring_errors(int fd, const void *buf, size_t len)
+{
+    const char *p = buf;
+
+    while (len) {
+        ssize_t r = write(fd, p, len);
+
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return;
+        p += r;
+        len -= r;
+    }
+}
+
+void sim_fault_at_start(xc_interface *xch, enum sim_fault_scope scope)
+{
+    unsigned int i;
+
+    for (i = 0; i < xch->faults.nr; i++) {
+        const struct sim_fault *f = &xch->faults.f[i];
+
+        if (!scope_matches(f->scope, scope))
+            continue;
+
+        if (f->kind == FAULT_LOG_FLOOD) {
+            char *line = malloc(f->len + 1);
+            unsigned long l;
+
+            if (!line)
+                continue;
+            for (l = 0; l < f->n; l++) {
+                int k = snprintf(line, f->len + 1, "log flood line %lu ", l);
+
+                if (k < 0)
+                    break;
+                if ((unsigned long)k < f->len)
+                    memset(line + k, 'x', f->len - k);
+                line[f->len] = '\0';
+                xtl_log(xch->error_handler, XTL_DEBUG, -1, "xc", "%s", line);
+            }
+            free(line);
+        } else if (f->kind == FAULT_GARBAGE_CONTROL) {
+            uint64_t st = 0x5eed;
+            unsigned char buf[4096];
+            unsigned long left = f->n;
+
+            while (left) {
+                size_t chunk = left < sizeof(buf) ? left : sizeof(buf), j;
+
+                for (j = 0; j < chunk; j++)
+                    buf[j] = (unsigned char)(sim_rand_next(&st) >> 56);
+                write_all_ignoring_errors(1, buf, chunk);
+                left -= chunk;
+            }
+        }
+    }
+
+    if (sim_fault_find(xch, FAULT_EXIT_EARLY, scope))
+        _exit(0);
+}
+
+void sim_fault_point(xc_interface *xch, enum sim_fault_scope scope,
+                     const char *point)
+{
+    unsigned int i;
+
+    for (i = 0; i < xch->faults.nr; i++) {
+        const struct sim_fault *f = &xch->faults.f[i];
+
+        if (f->kind == FAULT_HANG_AT && scope_matches(f->scope, scope) &&
+            !strcmp(f->point, point))
+            sim_hang_forever();
+    }
+}
+
+void sim_stall(xc_interface *xch, enum sim_fault_scope scope)
+{
+    const struct sim_fault *f = sim_fault_find(xch, FAULT_STALL, scope);
+    struct timespec ts;
+
+    if (!f || !f->n)
+        return;
+    ts.tv_sec = f->n / 1000;
+    ts.tv_nsec = (long)(f->n % 1000) * 1000000L;
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+unsigned long sim_fault_page_budget(const xc_interface *xch,
+                                    enum sim_fault_scope scope,
+                                    unsigned long pages_done)
+{
+    unsigned long best = ULONG_MAX;
+    unsigned int i;
+
+    for (i = 0; i < xch->faults.nr; i++) {
+        const struct sim_fault *f = &xch->faults.f[i];
+
+        if (!scope_matches(f->scope, scope))
+            continue;
+        if (f->kind != FAULT_FAIL_AT_PAGE && f->kind != FAULT_SIGNAL_AT_PAGE &&
+            !(f->kind == FAULT_HANG_AT && !strcmp(f->point, "page")))
+            continue;
+        if (f->n < pages_done)
+            continue;               /* already passed */
+        if (f->n - pages_done < best)
+            best = f->n - pages_done;
+    }
+    return best;
+}
+
+int sim_fault_page_fire(xc_interface *xch, enum sim_fault_scope scope,
+                        unsigned long pages_done, const char *what)
+{
+    unsigned int i;
+
+    for (i = 0; i < xch->faults.nr; i++) {
+        const struct sim_fault *f = &xch->faults.f[i];
+
+        if (!scope_matches(f->scope, scope) || f->n != pages_done)
+            continue;
+        if (f->kind == FAULT_HANG_AT && !strcmp(f->point, "page"))
+            sim_hang_forever();
+        if (f->kind == FAULT_SIGNAL_AT_PAGE) {
+            raise(f->sig);
+            /* A signal that did not end the process (ignored or handled):
+             * carry on as if nothing happened. */
+            continue;
+        }
+        if (f->kind == FAULT_FAIL_AT_PAGE) {
+            errno = f->err;
+            SIM_PERROR("%s", what);
+            errno = f->err;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Meta                                                                */
+
+void sim_meta_free(struct sim_meta *m)
+{
+    unsigned int i;
+
+    for (i = 0; i < m->nr; i++) {
+        free(m->kv[i].key);
+        free(m->kv[i].val);
+    }
+    free(m->kv);
+    m->kv = NULL;
+    m->nr = 0;
+}
+
+const char *sim_meta_get(const struct sim_meta *m, const char *key)
+{
+    unsigned int i;
+
+    for (i = 0; i < m->nr; i++)
+        if (!strcmp(m->kv[i].key, key))
+            return m->kv[i].val;
+    return NULL;
+}
+
+unsigned long sim_meta_get_ul(const struct sim_meta *m, const char *key,
+                              unsigned long dflt)
+{
+    const char *v = sim_meta_get(m, key);
+    unsigned long r;
+
+    if (!v || parse_ul(v, &r))
+        return dflt;
+    return r;
+}
+
+int sim_meta_set(struct sim_meta *m, const char *key, const char *val)
+{
+    struct sim_kv *kv;
+    char *k = NULL, *v = NULL;
+    unsigned int i;
+
+    v = strdup(val);
+    if (!v)
+        return -1;
+    for (i = 0; i < m->nr; i++)
+        if (!strcmp(m->kv[i].key, key)) {
+            free(m->kv[i].val);
+            m->kv[i].val = v;
+            return 0;
+        }
+
+    k = strdup(key);
+    kv = realloc(m->kv, (m->nr + 1) * sizeof(*kv));
+    if (!k || !kv) {
+        free(k);
+        free(v);
+        if (kv)
+            m->kv = kv;
+        errno = ENOMEM;
+        return -1;
+    }
+    m->kv = kv;
+    m->kv[m->nr].key = k;
+    m->kv[m->nr].val = v;
+    m->nr++;
+    return 0;
+}
+
+int sim_meta_set_ul(struct sim_meta *m, const char *key, unsigned long v)
+{
+    char buf[32];
+
+    snprintf(buf, sizeof(buf), "%lu", v);
+    return sim_meta_set(m, key, buf);
+}
+
+static int meta_parse(const char *text, struct sim_meta *m)
+{
+    const char *p = text;
+
+    while (*p) {
+        const char *nl = strchr(p, '\n'), *eq;
+        size_t len = nl ? (size_t)(nl - p) : strlen(p);
+        char *line = strndup(p, len);
+        int r = 0;
+
+        if (!line)
+            return -1;
+        eq = strchr(line, '=');
+        if (eq && eq != line) {
+            line[eq - line] = '\0';
+            r = sim_meta_set(m, line, line + (eq - line) + 1);
+        }
+        free(line);
+        if (r)
+            return -1;
+        p += len;
+        if (*p == '\n')
+            p++;
+    }
+    return 0;
+}
+
+static int meta_read(const char *dir, struct sim_meta *m)
+{
+    char path[PATH_MAX];
+    char *buf = NULL;
+    size_t cap = 0, len = 0;
+    int fd = -1, rc = -1;
+
+    snprintf(path, sizeof(path), "%s/meta", dir);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        goto out;
+
+    for (;;) {
+        ssize_t r;
+
+        if (len + 4097 > cap) {
+            char *nb = realloc(buf, cap + 8192);
+
+            if (!nb) {
+                errno = ENOMEM;
+                goto out;
+            }
+            buf = nb;
+            cap += 8192;
+        }
+        r = read(fd, buf + len, cap - len - 1);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            goto out;
+        if (r == 0)
+            break;
+        len += r;
+    }
+    buf[len] = '\0';
+    sim_meta_free(m);
+    rc = meta_parse(buf, m);
+
+ out:
+    if (fd >= 0)
+        close(fd);
+    free(buf);
+    return rc;
+}
+
+static int meta_write(const char *dir, const struct sim_meta *m)
+{
+    char path[PATH_MAX], tmp[PATH_MAX];
+    FILE *f = NULL;
+    unsigned int i;
+    int fd = -1, rc = -1;
+
+    snprintf(path, sizeof(path), "%s/meta", dir);
+    snprintf(tmp, sizeof(tmp), "%s/meta.tmp.%ld", dir, (long)getpid());
+    fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        goto out;
+    f = fdopen(fd, "w");
+    if (!f)
+        goto out;
+    fd = -1;
+    for (i = 0; i < m->nr; i++)
+        fprintf(f, "%s=%s\n", m->kv[i].key, m->kv[i].val);
+    if (fflush(f) || ferror(f))
+        goto out;
+    if (fclose(f)) {
+        f = NULL;
+        goto out;
+    }
+    f = NULL;
+    if (rename(tmp, path))
+        goto out;
+    rc = 0;
+
+ out:
+    if (f)
+        fclose(f);
+    if (fd >= 0)
+        close(fd);
+    if (rc) {
+        int e = errno;
+
+        unlink(tmp);
+        errno = e;
+    }
+    return rc;
+}
+
+static int lock_meta(const char *dir, int how)
+{
+    char path[PATH_MAX];
+    int fd;
+
+    snprintf(path, sizeof(path), "%s/lock", dir);
+    fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return -1;
+    while (flock(fd, how) < 0) {
+        if (errno != EINTR) {
+            int e = errno;
+
+            close(fd);
+            errno = e;
+            return -1;
+        }
+    }
+    return fd;
+}
+
+int sim_domain_update(struct sim_domain *d, ...)
+{
+    struct sim_meta m = { 0 };
+    const char *k, *v;
+    va_list ap;
+    int lfd = -1, rc = -1;
+
+    lfd = lock_meta(d->dir, LOCK_EX);
+    if (lfd < 0)
+        goto out;
+    if (meta_read(d->dir, &m))
+        goto out;
+
+    va_start(ap, d);
+    while ((k = va_arg(ap, const char *)) != NULL) {
+        v = va_arg(ap, const char *);
+        if (sim_meta_set(&m, k, v) || sim_meta_set(&d->meta, k, v)) {
+            va_end(ap);
+            goto out;
+        }
+    }
+    va_end(ap);
+
+    if (meta_write(d->dir, &m))
+        goto out;
+    rc = 0;
+
+ out:
+    sim_meta_free(&m);
+    if (lfd >= 0) {
+        int e = errno;
+
+        close(lfd);
+        errno = e;
+    }
+    return rc;
+}
+
+int sim_domain_update_ul(struct sim_domain *d, const char *key,
+                         unsigned long v)
+{
+    char buf[32];
+
+    snprintf(buf, sizeof(buf), "%lu", v);
+    return sim_domain_update(d, key, buf, NULL);
+}
+
+/* ------------------------------------------------------------------ */
+/* Domains                                                             */
+
+int sim_domain_open(xc_interface *xch, uint32_t domid, struct sim_domain *d)
+{
+    char path[PATH_MAX];
+    struct stat st;
+    int lfd = -1, rc = -1;
+    unsigned long map_pages;
+
+    memset(d, 0, sizeof(*d));
+    d->domid = domid;
+    d->opfd = -1;
+    d->memfd = -1;
+
+    if (asprintf(&d->dir, "%s/dom%u", xch->sim_dir, domid) < 0) {
+        d->dir = NULL;
+        errno = ENOMEM;
+        goto out;
+    }
+
+    if (stat(d->dir, &st) || !S_ISDIR(st.st_mode)) {
+        errno = ESRCH;
+        goto out;
+    }
+
+    snprintf(path, sizeof(path), "%s/oplock", d->dir);
+    d->opfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (d->opfd < 0)
+        goto out;
+    if (flock(d->opfd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno == EWOULDBLOCK)
+            errno = EBUSY;
+        goto out;
+    }
+
+    lfd = lock_meta(d->dir, LOCK_SH);
+    if (lfd < 0)
+        goto out;
+    if (meta_read(d->dir, &d->meta)) {
+        if (errno == ENOENT)
+            errno = ESRCH;
+        goto out;
+    }
+    close(lfd);
+    lfd = -1;
+
+    snprintf(path, sizeof(path), "%s/memory", d->dir);
+    d->memfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (d->memfd < 0)
+        goto out;
+    if (fstat(d->memfd, &st))
+        goto out;
+    d->nr_pages = st.st_size >> SIM_PAGE_SHIFT;
+
+    /* A restore target may grow up to max_pages; a domain with a kind has
+     * the size it has. */
+    map_pages = d->nr_pages;
+    if (sim_meta_get_ul(&d->meta, "max_pages", 0) > map_pages)
+        map_pages = sim_meta_get_ul(&d->meta, "max_pages", 0);
+    if (map_pages) {
+        void *p = mmap(NULL, map_pages << SIM_PAGE_SHIFT,
+                       PROT_READ | PROT_WRITE, MAP_SHARED, d->memfd, 0);
+
+        if (p == MAP_FAILED)
+            goto out;
+        d->mem = p;
+        d->map_pages = map_pages;
+    }
+    rc = 0;
+
+ out:
+    if (lfd >= 0)
+        close(lfd);
+    if (rc) {
+        int e = errno;
+
+        sim_domain_close(d);
+        errno = e;
+    }
+    return rc;
+}
+
+void sim_domain_close(struct sim_domain *d)
+{
+    int e = errno;
+
+    if (d->mem)
+        munmap(d->mem, d->map_pages << SIM_PAGE_SHIFT);
+    d->mem = NULL;
+    if (d->memfd >= 0)
+        close(d->memfd);
+    d->memfd = -1;
+    if (d->opfd >= 0)
+        close(d->opfd);
+    d->opfd = -1;
+    sim_meta_free(&d->meta);
+    free(d->dir);
+    d->dir = NULL;
+    errno = e;
+}
+
+int sim_domain_grow(struct sim_domain *d, unsigned long nr_pages)
+{
+    if (nr_pages <= d->nr_pages)
+        return 0;
+    if (nr_pages > d->map_pages) {
+        errno = ENOMEM;
+        return -1;
+    }
+    if (ftruncate(d->memfd, (off_t)nr_pages << SIM_PAGE_SHIFT))
+        return -1;
+    d->nr_pages = nr_pages;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Workload                                                            */
+
+uint64_t sim_rand_next(uint64_t *state)
+{
+    uint64_t x = *state ? *state : 0x9e3779b97f4a7c15ull;
+
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    return x * 0x2545f4914f6cdd1dull;
+}
+
+void sim_workload_init(struct sim_workload *w, const struct sim_domain *d)
+{
+    const char *kind = sim_meta_get(&d->meta, "kind");
+    unsigned long seed = sim_meta_get_ul(&d->meta, "seed", 1);
+
+    memset(w, 0, sizeof(*w));
+    w->state = 0x9e3779b97f4a7c15ull ^ ((uint64_t)seed * 0xbf58476d1ce4e5b9ull);
+    w->per_round = sim_meta_get_ul(&d->meta, "dirty_pages", 0);
+
+    if (kind && !strcmp(kind, "pv")) {
+        unsigned long si = sim_meta_get_ul(&d->meta, "start_info_pfn",
+                                           ULONG_MAX);
+        unsigned long p2m = sim_meta_get_ul(&d->meta, "p2m_pfn", ULONG_MAX);
+        unsigned long frames = (d->nr_pages + 511) / 512;
+
+        if (si != ULONG_MAX && p2m != ULONG_MAX) {
+            w->lo_res = si < p2m ? si : p2m;
+            w->hi_res = si + 1 > p2m + frames ? si + 1 : p2m + frames;
+        }
+    }
+}
+
+unsigned long sim_workload_round(struct sim_workload *w, struct sim_domain *d,
+                                 unsigned long *bitmap)
+{
+    const unsigned long bpl = sizeof(unsigned long) * 8;
+    unsigned long i, newly = 0;
+
+    if (!d->nr_pages)
+        return 0;
+
+    for (i = 0; i < w->per_round; i++) {
+        uint64_t r = sim_rand_next(&w->state);
+        unsigned long pfn = r % d->nr_pages;
+        uint64_t words[8];
+        unsigned int j;
+
+        if (pfn >= w->lo_res && pfn < w->hi_res)
+            continue;
+        for (j = 0; j < 8; j++)
+            words[j] = sim_rand_next(&w->state);
+        memcpy(d->mem + (pfn << SIM_PAGE_SHIFT) + (words[0] % 64) * 64,
+               words, sizeof(words));
+        if (!(bitmap[pfn / bpl] & (1ul << (pfn % bpl)))) {
+            bitmap[pfn / bpl] |= 1ul << (pfn % bpl);
+            newly++;
+        }
+    }
+    return newly;
+}

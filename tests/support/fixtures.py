@@ -1,0 +1,58 @@
+"""Shared pytest fixtures (tests/conftest.py imports them all)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xensr.testing import SimulatedHost, rig_available, rig_dir, simulated_host  # noqa: F401
+
+__all__ = [
+    "ROOT", "DEBIAN_ROOT", "DEBIAN_BIN", "simulated_host", "rig", "debian_helper",
+    "verify_stream", "run_verify_stream",
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+DEBIAN_ROOT = ROOT / ".cache" / "debian" / "root"
+DEBIAN_BIN = DEBIAN_ROOT / "usr" / "lib" / "xen-4.17" / "bin"
+
+
+@pytest.fixture(scope="session")
+def rig() -> Path:
+    """The rig's library directory; fails (not skips) when it is not built."""
+    if not rig_available():
+        pytest.fail(f"the test rig is not built in {rig_dir()}: run "
+                    "`python setup.py build_ext --inplace`")
+    return rig_dir()
+
+
+@pytest.fixture(scope="session")
+def debian_helper(rig) -> Path:
+    """Debian's unmodified libxl-save-helper (skips if not unpacked)."""
+    helper = DEBIAN_BIN / "libxl-save-helper"
+    if not helper.is_file():
+        pytest.skip(f"Debian's xen-utils-4.17 is not unpacked at {DEBIAN_ROOT} "
+                    "(run ./bootstrap deps)")
+    return helper
+
+
+def run_verify_stream(path: os.PathLike, fmt: str = "libxc") -> subprocess.CompletedProcess:
+    """Run Debian's verify-stream-v2 on a file with the host's python3."""
+    script = DEBIAN_BIN / "verify-stream-v2"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(DEBIAN_ROOT / "usr" / "lib" / "xen-4.17" / "lib" / "python")
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    return subprocess.run([python, str(script), "-v", "-f", fmt, "-i", str(path)],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def verify_stream():
+    """verify(path, fmt="libxc") -> CompletedProcess (skips without Debian)."""
+    if not (DEBIAN_BIN / "verify-stream-v2").is_file():
+        pytest.skip(f"Debian's xen-utils-4.17 is not unpacked at {DEBIAN_ROOT}")
+    return run_verify_stream
