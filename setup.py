@@ -201,6 +201,13 @@ def extensions():
     ext = Extension(
         "xensr._xc",
         sources=["xensr/_xc.pyx"],
+        include_dirs=["xensr"],
+        depends=[
+            "xensr/_msgs.pxi",
+            "xensr/_spawn.h",
+            "xensr/_spawn.pxd",
+            "xensr/_libc.pxd",
+        ],
         extra_compile_args=["-Wno-unused-function"],
     )
     return cythonize(

@@ -1,8 +1,110 @@
 """xensr: save, restore and migrate Xen domains from Python without blocking."""
 
+from typing import TYPE_CHECKING, Any
+
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", *_errors_all]
+from ._constants import (  # noqa: E402
+    XC_STREAM_COLO,
+    XC_STREAM_PLAIN,
+    XC_STREAM_REMUS,
+    XGR_CHECKPOINT_ERROR,
+    XGR_CHECKPOINT_FAILOVER,
+    XGR_CHECKPOINT_SUCCESS,
+    XGR_SDD_MISSING_CPUID,
+    XGR_SDD_MISSING_MSR,
+    XGS_POLICY_ABORT,
+    XGS_POLICY_CONTINUE_PRECOPY,
+    XGS_POLICY_STOP_AND_COPY,
+)
+# The API needs the compiled callout (xensr._xc); it is imported on first
+# use so that xensr.errors, xensr.testing, xensr.xlfile and the CLI's file
+# commands work without it.
+_API_NAMES = (
+    "DEFAULT_KILL_GRACE",
+    "EVENT_READ",
+    "EVENT_WRITE",
+    "Operation",
+    "OperationResult",
+    "RestoreOperation",
+    "RestoreResult",
+    "SaveOperation",
+    "SaveResult",
+    "helper_path",
+    "resolve_helper",
+    "restore_domain",
+    "save_domain",
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import (
+        DEFAULT_KILL_GRACE,
+        EVENT_READ,
+        EVENT_WRITE,
+        Operation,
+        OperationResult,
+        RestoreOperation,
+        RestoreResult,
+        SaveOperation,
+        SaveResult,
+        helper_path,
+        resolve_helper,
+        restore_domain,
+        save_domain,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API_NAMES:
+        from . import api
+
+        value = getattr(api, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'xensr' has no attribute {name!r}")
+
+
+from .callbacks import (  # noqa: E402
+    DEFERRED,
+    Callbacks,
+    CheckpointResult,
+    PrecopyDecision,
+    PrecopyStats,
+)
+
+__all__ = [
+    "__version__",
+    *_errors_all,
+    "save_domain",
+    "restore_domain",
+    "Operation",
+    "SaveOperation",
+    "RestoreOperation",
+    "OperationResult",
+    "SaveResult",
+    "RestoreResult",
+    "EVENT_READ",
+    "EVENT_WRITE",
+    "DEFAULT_KILL_GRACE",
+    "helper_path",
+    "resolve_helper",
+    "Callbacks",
+    "PrecopyStats",
+    "PrecopyDecision",
+    "CheckpointResult",
+    "DEFERRED",
+    "XC_STREAM_PLAIN",
+    "XC_STREAM_REMUS",
+    "XC_STREAM_COLO",
+    "XGS_POLICY_ABORT",
+    "XGS_POLICY_CONTINUE_PRECOPY",
+    "XGS_POLICY_STOP_AND_COPY",
+    "XGR_CHECKPOINT_ERROR",
+    "XGR_CHECKPOINT_SUCCESS",
+    "XGR_CHECKPOINT_FAILOVER",
+    "XGR_SDD_MISSING_CPUID",
+    "XGR_SDD_MISSING_MSR",
+]

@@ -1,16 +1,741 @@
 # cython: language_level=3
-"""xensr's callout: runs the save/restore helper and speaks its protocol."""
+"""xensr's callout: runs the save/restore helper and speaks its protocol.
 
+A :class:`Callout` owns one helper process and everything that connects to
+it: the reply pipe (the helper's stdin), the frame pipe (its stdout), a
+pidfd that becomes readable when it exits, the frame buffer, the queue of
+replies not yet written, and the helper's last log lines.  It never blocks:
+the caller's event loop tells it when an fd is ready.  What the frames
+*mean* (callbacks, logging, results) is the business of the handler object
+passed to :meth:`Callout.on_readable`, normally a :class:`xensr.Operation`;
+the generated ``_dispatch`` calls ``handler.msg_<name>(*args)``.
+
+Spawning uses vfork + execve (``_spawn.h``); see there for why.
+"""
+
+cimport cython
+from libc.errno cimport EAGAIN, ECHILD, EINTR, ESRCH, errno
+from libc.signal cimport SIGKILL
 from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy, memmove
+from posix.fcntl cimport F_DUPFD_CLOEXEC, F_GETFL, F_SETFL, O_CLOEXEC, O_NONBLOCK, fcntl
+from posix.signal cimport siginfo_t
+from posix.types cimport pid_t
+from posix.unistd cimport close, read, write
+from posix.wait cimport P_PID, WEXITED, WNOHANG, waitid
+
+from ._libc cimport CLD_DUMPED, CLD_EXITED, CLD_KILLED, environ, pipe2
+from ._spawn cimport (
+    XENSR_SPAWN_STAGE_DUP2,
+    XENSR_SPAWN_STAGE_EXEC,
+    XENSR_SPAWN_STAGE_FDFLAGS,
+    xensr_pidfd_open,
+    xensr_pidfd_send_signal,
+    xensr_spawn,
+    xensr_spawn_t,
+)
+
+import os
+import signal as _signal
+import warnings
 
 from .errors import (
     EmptyStringError,
+    HelperStartError,
+    OversizeFrameError,
+    ProtocolError,
     ShortFrameError,
     TrailingBytesError,
+    TruncatedFrameError,
+    UnexpectedCallbackError,
     UnknownMessageError,
     UnterminatedStringError,
     WrongDirectionError,
 )
 
 include "_msgs.pxi"
+
+cdef enum:
+    # Room for a whole maximum frame (2 + 65535) after any partial one.
+    BUF_SIZE = 131072
+    # Reads per readiness call before giving the loop back (log floods).
+    MAX_READS = 4
+
+_XTL_NAMES = ("none", "debug", "verbose", "detail", "progress", "info",
+              "notice", "warning", "error", "critical")
+
+_STAGES = {
+    XENSR_SPAWN_STAGE_DUP2: "cannot set up the helper's stdin/stdout",
+    XENSR_SPAWN_STAGE_FDFLAGS: "cannot pass the io fd to the helper",
+    XENSR_SPAWN_STAGE_EXEC: "cannot execute helper",
+}
+
+
+def format_log_line(level, errnoval, context, formatted):
+    """One helper log frame as text: ``level: context: text[: strerror]``."""
+    name = _XTL_NAMES[level] if 0 <= level < len(_XTL_NAMES) else f"level{level}"
+    line = f"{name}: {context}: {formatted}"
+    if errnoval and errnoval != 0xFFFFFFFF:
+        try:
+            line += f": {os.strerror(errnoval)}"
+        except ValueError:
+            line += f": errno {errnoval}"
+    return line
+
+
+cdef int _make_pipe(int *fds) except -1:
+    """pipe2(O_CLOEXEC), both ends moved to fds >= 3.
+
+    An end that landed on 0-2 (the application closed one of them) would be
+    clobbered by the child's dup2 onto 0/1, or, dup2'ed onto itself, keep
+    its close-on-exec flag and vanish at exec.
+    """
+    cdef int i, nfd
+    if pipe2(fds, O_CLOEXEC) < 0:
+        fds[0] = fds[1] = -1
+        raise OSError(errno, f"pipe2: {os.strerror(errno)}")
+    for i in range(2):
+        if fds[i] < 3:
+            nfd = fcntl(fds[i], F_DUPFD_CLOEXEC, 3)
+            if nfd < 0:
+                raise OSError(errno, f"fcntl(F_DUPFD_CLOEXEC): {os.strerror(errno)}")
+            close(fds[i])
+            fds[i] = nfd
+    return 0
+
+
+cdef int _dup_high(int fd) except -1:
+    """A close-on-exec duplicate of fd numbered >= 3 (B§4: io fds 0-2)."""
+    cdef int nfd = fcntl(fd, F_DUPFD_CLOEXEC, 3)
+    if nfd < 0:
+        raise OSError(errno, f"fcntl({fd}, F_DUPFD_CLOEXEC): {os.strerror(errno)}")
+    return nfd
+
+
+cdef int _set_nonblock(int fd) except -1:
+    cdef int flags = fcntl(fd, F_GETFL)
+    if flags < 0 or fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0:
+        raise OSError(errno, f"fcntl({fd}, F_SETFL): {os.strerror(errno)}")
+    return 0
+
+
+cdef int _getfl(int fd, str what) except? -2:
+    cdef int flags = fcntl(fd, F_GETFL)
+    if flags < 0:
+        err = errno
+        raise OSError(err, f"{what} {fd}: {os.strerror(err)}")
+    return flags
+
+
+cdef char **_cstrv(list items) except NULL:
+    """A NULL-terminated char* array pointing into the bytes in items."""
+    cdef Py_ssize_t i, n = len(items)
+    cdef char **v = <char **>malloc((n + 1) * sizeof(char *))
+    if v == NULL:
+        raise MemoryError()
+    for i in range(n):
+        v[i] = <char *>(<bytes>items[i])
+    v[n] = NULL
+    return v
+
+
+cdef int _reap_blocking(pid_t pid) noexcept nogil:
+    """Wait for pid to exit (it has been killed or is exiting)."""
+    cdef siginfo_t info
+    while waitid(P_PID, pid, &info, WEXITED) < 0:
+        if errno != EINTR:
+            return -1
+    return 0
+
+
+@cython.final
+cdef class Callout:
+    """One helper process and its two pipes.
+
+    Life cycle: ``Callout(direction, cbflags)`` -> :meth:`spawn` -> the
+    caller watches :attr:`stdout_fd` (readable, while :attr:`reading`),
+    :attr:`stdin_fd` (writable, while :attr:`wants_write`) and
+    :attr:`pidfd` (readable once the helper exited) and calls
+    :meth:`on_readable`, :meth:`on_writable` and :meth:`poll_exit` ->
+    :meth:`close` once :meth:`poll_exit` returned True.
+    """
+
+    cdef readonly int direction
+    cdef readonly unsigned cbflags
+    cdef readonly pid_t pid
+    cdef int _pidfd
+    cdef int _stdin_w
+    cdef int _stdout_r
+    cdef unsigned char *_buf
+    cdef Py_ssize_t _len
+    cdef bytes _wbuf
+    cdef bint _reading
+    cdef bint _in_parse
+    cdef bint _closed
+    cdef int _io_fd
+    cdef int _io_flags
+    cdef int _back_fd
+    cdef int _back_flags
+    cdef list _ring
+    cdef Py_ssize_t _ring_pos
+    cdef Py_ssize_t _ring_size
+
+    #: Message type waiting for a reply (0: none).
+    cdef readonly int awaiting
+    #: The helper's stdout ended.
+    cdef readonly bint eof
+    #: ``complete`` was received; retval/errnoval are its arguments.
+    cdef readonly bint completed
+    cdef readonly int retval
+    cdef readonly int errnoval
+    #: The helper was reaped; returncode as in subprocess (-N: signal N).
+    cdef readonly bint reaped
+    cdef readonly object returncode
+    cdef readonly bint core_dumped
+    #: Someone else reaped the helper (waitid said ECHILD).
+    cdef readonly bint status_lost
+    #: A reply could not be written: the helper's stdin is closed.
+    cdef readonly bint stdin_broken
+    cdef readonly unsigned long long frames
+    cdef readonly unsigned long long log_lines
+
+    def __cinit__(self):
+        self.pid = -1
+        self._pidfd = -1
+        self._stdin_w = -1
+        self._stdout_r = -1
+        self._io_fd = -1
+        self._io_flags = -1
+        self._back_fd = -1
+        self._back_flags = -1
+        self._wbuf = b""
+        self._buf = <unsigned char *>malloc(BUF_SIZE)
+        if self._buf == NULL:
+            raise MemoryError()
+
+    def __init__(self, int direction, unsigned cbflags, int log_tail=20):
+        if direction != DIR_SAVE and direction != DIR_RESTORE:
+            raise ValueError(f"direction must be DIR_SAVE or DIR_RESTORE, not {direction}")
+        if log_tail < 1:
+            raise ValueError("log_tail must be at least 1")
+        self.direction = direction
+        self.cbflags = cbflags
+        self._ring = []
+        self._ring_size = log_tail
+        self._reading = True
+
+    # ------------------------------------------------------------------
+    # Spawn
+
+    def spawn(self, path, mode, int io_fd, int back_fd, args, env=None):
+        """Start the helper; return its pid.
+
+        argv is ``[path, mode, IO_FD, BACK_FD, *args]`` (B§3); io/back fds
+        0-2 are passed as close-on-exec duplicates >= 3, made inheritable in
+        the child only.  ``env``: None to inherit ``environ``, else a list
+        of ``b"NAME=value"``.  O_NONBLOCK is cleared on the io and back fds
+        until :meth:`close`.  Raises HelperStartError (with the errno of
+        the failed step) when the helper could not be executed.
+        """
+        cdef xensr_spawn_t sp
+        cdef int p_in[2]
+        cdef int p_out[2]
+        cdef int p_err[2]
+        cdef int report[2]
+        cdef int io_child = -1
+        cdef int back_child = -1
+        cdef int io_flags, back_flags = -1
+        cdef int pidfd, err
+        cdef Py_ssize_t got, r
+        cdef char **argv = NULL
+        cdef char **envp = NULL
+        cdef pid_t pid = -1
+        cdef bint ok = False
+
+        if self.pid != -1 or self._closed:
+            raise RuntimeError("this Callout has already run a helper")
+        if back_fd < -1:
+            raise ValueError(f"back-channel fd must be -1 or an fd, not {back_fd}")
+        if io_fd < 0:
+            raise ValueError(f"io fd must be an fd, not {io_fd}")
+        bpath = os.fsencode(path)
+        if not bpath or b"\0" in bpath:
+            raise ValueError(f"invalid helper path {path!r}")
+        bmode = os.fsencode(mode)
+        io_flags = _getfl(io_fd, "io fd")
+        if back_fd >= 0:
+            back_flags = _getfl(back_fd, "back-channel fd")
+
+        p_in[0] = p_in[1] = p_out[0] = p_out[1] = p_err[0] = p_err[1] = -1
+        try:
+            # Reply pipe.  p_in[0], read end: the helper's stdin (dup2'ed
+            # onto fd 0 in the child only).  p_in[1], write end: ours, the
+            # replies; non-blocking.
+            _make_pipe(p_in)
+            # Frame pipe.  p_out[0], read end: ours, the frames;
+            # non-blocking.  p_out[1], write end: the helper's stdout (fd 1
+            # in the child only).
+            _make_pipe(p_out)
+            # Error pipe.  p_err[0], read end: ours, read once after the
+            # spawn.  p_err[1], write end: the child's, stays close-on-exec
+            # so a successful execve closes it (EOF, no data).
+            _make_pipe(p_err)
+            _set_nonblock(p_in[1])
+            _set_nonblock(p_out[0])
+
+            io_child = io_fd if io_fd > 2 else _dup_high(io_fd)
+            if back_fd < 0 or back_fd > 2:
+                back_child = back_fd
+            else:
+                back_child = _dup_high(back_fd)
+
+            argl = [bpath, bmode, b"%d" % io_child, b"%d" % back_child]
+            argl += [b"%d" % a for a in args]
+            argv = _cstrv(argl)
+            if env is not None:
+                envl = [bytes(e) for e in env]
+                for e in envl:
+                    if b"\0" in e or b"=" not in e:
+                        raise ValueError(f"invalid environment entry {e!r}")
+                envp = _cstrv(envl)
+
+            # libxenguest does blocking I/O on these; restored by close().
+            self._io_fd = io_fd
+            self._io_flags = io_flags
+            if io_flags & O_NONBLOCK:
+                fcntl(io_fd, F_SETFL, io_flags & ~O_NONBLOCK)
+            if back_fd >= 0:
+                self._back_fd = back_fd
+                self._back_flags = back_flags
+                if back_flags & O_NONBLOCK:
+                    fcntl(back_fd, F_SETFL, back_flags & ~O_NONBLOCK)
+
+            sp.path = bpath
+            sp.argv = argv
+            sp.envp = envp if envp != NULL else environ
+            sp.stdin_fd = p_in[0]
+            sp.stdout_fd = p_out[1]
+            sp.keep_fd[0] = io_child
+            sp.keep_fd[1] = back_child
+            sp.err_fd = p_err[1]
+            with nogil:
+                pid = xensr_spawn(&sp)
+            if pid < 0:
+                err = errno
+                raise HelperStartError(err, f"cannot start the helper: {os.strerror(err)}", path)
+
+            # The child's ends: closed here at once, so that EOF on the
+            # frame pipe means the helper is gone.
+            close(p_in[0])
+            p_in[0] = -1
+            close(p_out[1])
+            p_out[1] = -1
+            close(p_err[1])
+            p_err[1] = -1
+
+            # vfork: the child has exec'd or exited by now; this never waits.
+            got = 0
+            while got < <Py_ssize_t>sizeof(report):
+                r = read(p_err[0], (<char *>report) + got, sizeof(report) - got)
+                if r < 0 and errno == EINTR:
+                    continue
+                if r <= 0:
+                    break
+                got += r
+            if got:
+                with nogil:
+                    _reap_blocking(pid)
+                if got == sizeof(report):
+                    err = report[1]
+                    what = _STAGES.get(report[0], "cannot start the helper")
+                else:
+                    err = 5  # EIO: a torn report
+                    what = "cannot start the helper (truncated error report)"
+                raise HelperStartError(err, f"{what}: {os.strerror(err)}", path)
+
+            pidfd = xensr_pidfd_open(pid)
+            if pidfd < 0:
+                err = errno
+                os.kill(pid, _signal.SIGKILL)
+                with nogil:
+                    _reap_blocking(pid)
+                raise HelperStartError(
+                    err, f"pidfd_open failed (Linux >= 5.3 needed): {os.strerror(err)}", path)
+
+            self.pid = pid
+            self._pidfd = pidfd
+            self._stdin_w = p_in[1]
+            p_in[1] = -1
+            self._stdout_r = p_out[0]
+            p_out[0] = -1
+            self._reading = True
+            ok = True
+            return pid
+        finally:
+            free(argv)
+            free(envp)
+            for fd in (p_in[0], p_in[1], p_out[0], p_out[1], p_err[0], p_err[1]):
+                if fd >= 0:
+                    close(fd)
+            if io_child >= 0 and io_child != io_fd:
+                close(io_child)
+            if back_child >= 0 and back_child != back_fd:
+                close(back_child)
+            if not ok:
+                self._restore_flags()
+
+    # ------------------------------------------------------------------
+    # Frames
+
+    def on_readable(self, handler):
+        """Read and dispatch the frames available on the helper's stdout.
+
+        Never blocks.  Returns True when more data may be waiting right
+        now (the read limit per call was hit: call again, or let the loop
+        come back), False when the pipe is drained or at EOF.  Raises a
+        ProtocolError (and stops reading) on a malformed frame or EOF in
+        the middle of a frame; an exception from the handler propagates
+        with the frame consumed.
+        """
+        return self._read_loop(handler, MAX_READS, False)
+
+    def drain(self, handler):
+        """Once the helper exited: read and dispatch up to EOF.
+
+        Stops early (without EOF) only if the pipe is empty but still has
+        a writer, i.e. something the helper started holds its stdout.
+        """
+        self._read_loop(handler, 0, True)
+
+    cdef bint _read_loop(self, handler, int max_reads, bint until_empty) except? True:
+        cdef Py_ssize_t r, space
+        cdef int loops = 0
+        if not self._reading or self._stdout_r < 0:
+            return False
+        if self._in_parse:
+            raise RuntimeError("Callout.on_readable re-entered from a handler")
+        while True:
+            space = BUF_SIZE - self._len
+            r = read(self._stdout_r, self._buf + self._len, space)
+            if r < 0:
+                err = errno
+                if err == EINTR:
+                    continue
+                if err == EAGAIN:
+                    return False
+                self._reading = False
+                raise ProtocolError(f"reading the helper's stdout failed: {os.strerror(err)}")
+            if r == 0:
+                self._at_eof()
+                return False
+            self._len += r
+            self._parse(handler)
+            if not self._reading:
+                return False
+            if until_empty:
+                continue
+            if r < space:
+                return False
+            loops += 1
+            if loops >= max_reads:
+                return True
+
+    def feed(self, handler, data, bint eof=False):
+        """Process bytes as if read from the helper's stdout (for tests)."""
+        cdef const unsigned char[::1] view = data
+        cdef Py_ssize_t off = 0, n = view.shape[0], chunk
+        if self._in_parse:
+            raise RuntimeError("Callout.feed re-entered from a handler")
+        while off < n and self._reading:
+            chunk = min(n - off, BUF_SIZE - self._len)
+            memcpy(self._buf + self._len, &view[off], chunk)
+            self._len += chunk
+            off += chunk
+            self._parse(handler)
+        if eof and self._reading:
+            self._at_eof()
+
+    cdef int _at_eof(self) except -1:
+        cdef uint16_t blen
+        self._reading = False
+        self.eof = True
+        if self._len == 1:
+            raise TruncatedFrameError(
+                "the helper's stdout ended in the middle of a frame header "
+                "(1 of 2 bytes)", offset=0)
+        if self._len >= 2:
+            memcpy(&blen, self._buf, 2)
+            raise TruncatedFrameError(
+                f"the helper's stdout ended in the middle of a frame "
+                f"({self._len - 2} of {blen} body bytes)", offset=self._len - 2)
+        return 0
+
+    cdef int _parse(self, handler) except -1:
+        cdef Py_ssize_t pos = 0, avail
+        cdef uint16_t blen
+        self._in_parse = True
+        try:
+            while self._reading:
+                avail = self._len - pos
+                if avail < 2:
+                    break
+                memcpy(&blen, self._buf + pos, 2)
+                if blen < 2:
+                    raise OversizeFrameError(
+                        f"frame announces a body of {blen} bytes, too short "
+                        "for a message type", offset=0)
+                if avail - 2 < blen:
+                    break
+                pos += 2 + blen
+                self._frame(handler, self._buf + pos - blen, blen)
+        except ProtocolError:
+            self._reading = False
+            raise
+        finally:
+            self._in_parse = False
+            if pos:
+                memmove(self._buf, self._buf + pos, self._len - pos)
+                self._len -= pos
+        return 0
+
+    cdef int _frame(self, handler, const unsigned char *body, Py_ssize_t n) except -1:
+        cdef int t
+        cdef int kind
+        cdef unsigned bit
+        msgtype, args = _decode_body(body, n, self.direction)
+        t = msgtype
+        bit = _cbflag_bit(t)
+        kind = _reply_kind(t)
+        if bit and not (self.cbflags & bit):
+            name = _name_of(t)
+            raise UnexpectedCallbackError(
+                f"{name} message (type {t}) arrived but its cbflags bit "
+                f"({bit:#x}) was not set (cbflags {self.cbflags:#x})",
+                msgtype=t, msgname=name, offset=0)
+        if kind and self.awaiting:
+            name = _name_of(t)
+            raise ProtocolError(
+                f"{name} message (type {t}) asks for a reply while the reply "
+                f"to {_name_of(self.awaiting)} is still outstanding",
+                msgtype=t, msgname=name, offset=0)
+        self.frames += 1
+        if t == 1:
+            self.log_lines += 1
+            if len(self._ring) < self._ring_size:
+                self._ring.append(args)
+            else:
+                self._ring[self._ring_pos] = args
+                self._ring_pos = (self._ring_pos + 1) % self._ring_size
+        elif t == 10:
+            # As libxl: nothing after complete is read.
+            self.completed = True
+            self.retval = args[0]
+            self.errnoval = args[1]
+            self._reading = False
+        if kind:
+            self.awaiting = t
+        ret = _dispatch(handler, t, args)
+        if kind and ret is not None and self.awaiting == t:
+            self.send_reply(ret)
+        return 0
+
+    @property
+    def log_tail(self):
+        """The helper's last log lines, oldest first, as text."""
+        records = self._ring[self._ring_pos:] + self._ring[:self._ring_pos]
+        return tuple(format_log_line(*rec) for rec in records)
+
+    # ------------------------------------------------------------------
+    # Replies
+
+    def send_reply(self, value):
+        """Queue the reply to the outstanding request and write it.
+
+        Never blocks: what the pipe does not take now is written by
+        :meth:`on_writable`.  Returns True when everything was written.
+        """
+        if not self.awaiting:
+            raise RuntimeError("no helper request is waiting for a reply")
+        data = _encode_reply(value)
+        self.awaiting = 0
+        if self._stdin_w < 0 or self.stdin_broken:
+            return False
+        self._wbuf = self._wbuf + data if self._wbuf else data
+        return self._flush()
+
+    def on_writable(self):
+        """Write pending replies; True when none is left."""
+        return self._flush()
+
+    cdef bint _flush(self) except? False:
+        cdef Py_ssize_t r
+        cdef const char *p
+        while self._wbuf:
+            p = self._wbuf
+            r = write(self._stdin_w, p, len(self._wbuf))
+            if r < 0:
+                err = errno
+                if err == EINTR:
+                    continue
+                if err == EAGAIN:
+                    return False
+                # EPIPE: the helper is gone; its exit status says why.
+                self.stdin_broken = True
+                self._wbuf = b""
+                return False
+            self._wbuf = self._wbuf[r:]
+        return True
+
+    # ------------------------------------------------------------------
+    # Exit and signals
+
+    def poll_exit(self):
+        """Reap the helper if it has exited (never blocks); True once reaped."""
+        cdef siginfo_t info
+        cdef int r
+        if self.reaped:
+            return True
+        if self.pid < 0:
+            return False
+        info.si_pid = 0
+        r = waitid(P_PID, self.pid, &info, WEXITED | WNOHANG)
+        if r < 0:
+            err = errno
+            if err == EINTR:
+                return False
+            if err == ECHILD:
+                self.reaped = True
+                self.status_lost = True
+                return True
+            raise OSError(err, f"waitid({self.pid}): {os.strerror(err)}")
+        if info.si_pid == 0:
+            return False
+        self._set_status(&info)
+        return True
+
+    cdef void _set_status(self, siginfo_t *info):
+        self.reaped = True
+        if info.si_code == CLD_EXITED:
+            self.returncode = info.si_status
+        elif info.si_code == CLD_KILLED or info.si_code == CLD_DUMPED:
+            self.returncode = -info.si_status
+            self.core_dumped = info.si_code == CLD_DUMPED
+        else:
+            self.returncode = None
+            self.status_lost = True
+
+    def send_signal(self, int sig):
+        """Send sig through the pidfd; False if the helper is already gone."""
+        if self.pid < 0 or self.reaped or self._pidfd < 0:
+            return False
+        if xensr_pidfd_send_signal(self._pidfd, sig) < 0:
+            err = errno
+            if err == ESRCH:
+                return False
+            raise OSError(err, f"pidfd_send_signal({self.pid}, {sig}): {os.strerror(err)}")
+        return True
+
+    def kill_and_reap(self):
+        """SIGKILL the helper and wait for it (blocks briefly)."""
+        cdef siginfo_t info
+        cdef pid_t pid = self.pid
+        cdef int r
+        if pid < 0 or self.reaped:
+            return
+        self.send_signal(_signal.SIGKILL)
+        with nogil:
+            while True:
+                r = waitid(P_PID, pid, &info, WEXITED)
+                if r == 0 or errno != EINTR:
+                    break
+        if r < 0:
+            self.reaped = True
+            self.status_lost = True
+        else:
+            self._set_status(&info)
+
+    def stop_reading(self):
+        """Stop reading frames (after an error, or when giving up)."""
+        self._reading = False
+
+    # ------------------------------------------------------------------
+    # fds and teardown
+
+    @property
+    def reading(self):
+        """True while frames are still expected on :attr:`stdout_fd`."""
+        return self._reading and self._stdout_r >= 0
+
+    @property
+    def wants_write(self):
+        """True while replies wait for :attr:`stdin_fd` to become writable."""
+        return bool(self._wbuf) and self._stdin_w >= 0
+
+    @property
+    def stdout_fd(self):
+        return self._stdout_r
+
+    @property
+    def stdin_fd(self):
+        return self._stdin_w
+
+    @property
+    def pidfd(self):
+        return self._pidfd
+
+    @property
+    def closed(self):
+        return self._closed
+
+    cdef void _restore_flags(self):
+        if self._io_fd >= 0 and self._io_flags >= 0:
+            fcntl(self._io_fd, F_SETFL, self._io_flags)
+        if self._back_fd >= 0 and self._back_flags >= 0:
+            fcntl(self._back_fd, F_SETFL, self._back_flags)
+        self._io_fd = self._back_fd = -1
+        self._io_flags = self._back_flags = -1
+
+    cdef void _close_fds(self):
+        if self._stdin_w >= 0:
+            close(self._stdin_w)
+            self._stdin_w = -1
+        if self._stdout_r >= 0:
+            close(self._stdout_r)
+            self._stdout_r = -1
+        if self._pidfd >= 0:
+            close(self._pidfd)
+            self._pidfd = -1
+        self._wbuf = b""
+        self._reading = False
+
+    def close(self):
+        """Release the pipes and the pidfd and restore the io fd's flags.
+
+        A helper still running is killed (SIGKILL) and reaped first.
+        """
+        if self._closed:
+            return
+        if self.pid >= 0 and not self.reaped:
+            self.kill_and_reap()
+        self._close_fds()
+        self._restore_flags()
+        self._closed = True
+
+    def __dealloc__(self):
+        cdef pid_t pid = self.pid
+        if pid >= 0 and not self.reaped:
+            if self._pidfd >= 0:
+                xensr_pidfd_send_signal(self._pidfd, SIGKILL)
+            with nogil:
+                _reap_blocking(pid)
+            try:
+                warnings.warn(
+                    f"xensr helper [{pid}] was still running when its "
+                    "Callout was dropped; killed it", ResourceWarning)
+            except BaseException:
+                pass
+        self._close_fds()
+        self._restore_flags()
+        free(self._buf)
+        self._buf = NULL

@@ -1,0 +1,977 @@
+"""Saving and restoring domains: operations, results, and the blocking API.
+
+An :class:`Operation` (:class:`SaveOperation` or :class:`RestoreOperation`)
+is one run of the helper, driven by whatever event loop the caller has:
+
+    op = SaveOperation(domid, fd, callbacks, live=True)
+    op.start()
+    while not op.done():
+        ... wait until one of op.fds() is ready or op.next_deadline() ...
+        op.handle(fd, events)       # for each ready fd
+        op.handle_timeout()         # when next_deadline() has passed
+    result = op.result()            # or raises the typed error
+
+:meth:`Operation.run` is that loop with :mod:`select.poll` (blocking);
+:func:`save_domain` / :func:`restore_domain` build an operation and run it;
+:mod:`xensr.aio` drives operations from asyncio.
+"""
+
+from __future__ import annotations
+
+import errno as _errno
+import inspect
+import logging
+import os
+import re
+import select
+import shutil
+import signal as _signal
+import time
+from dataclasses import dataclass, field
+from typing import (Any, Callable, Dict, List, Mapping, Optional, Tuple,
+                    Union)
+
+from . import _constants as C
+from . import _xc
+from . import callbacks as _cb
+from .callbacks import DEFERRED, PrecopyStats
+from .errors import (Aborted, CallbackError, HelperExitError,
+                     HelperStartError, HelperTimeout, ProtocolError,
+                     SaveRestoreError, XensrError)
+
+__all__ = [
+    "EVENT_READ",
+    "EVENT_WRITE",
+    "Operation",
+    "SaveOperation",
+    "RestoreOperation",
+    "SaveResult",
+    "RestoreResult",
+    "save_domain",
+    "restore_domain",
+    "helper_path",
+    "resolve_helper",
+]
+
+#: Event bits of :meth:`Operation.fds` / :meth:`Operation.handle` (the
+#: values of :data:`selectors.EVENT_READ` / :data:`selectors.EVENT_WRITE`).
+EVENT_READ = 1
+EVENT_WRITE = 2
+
+#: Default seconds between SIGTERM and SIGKILL when stopping a helper.
+DEFAULT_KILL_GRACE = 5.0
+
+FileDescriptor = Union[int, Any]  # an int or an object with fileno()
+
+helper_log = logging.getLogger("xensr.helper")
+_log = logging.getLogger("xensr")
+
+# xentoollog level -> logging level.
+_PY_LEVELS = {
+    C.XTL_NONE: logging.DEBUG,
+    C.XTL_DEBUG: logging.DEBUG,
+    C.XTL_VERBOSE: logging.DEBUG,
+    C.XTL_DETAIL: logging.DEBUG,
+    C.XTL_PROGRESS: logging.INFO,
+    C.XTL_INFO: logging.INFO,
+    C.XTL_NOTICE: logging.INFO,
+    C.XTL_WARN: logging.WARNING,
+    C.XTL_ERROR: logging.ERROR,
+    C.XTL_CRITICAL: logging.CRITICAL,
+}
+
+_VERSION_RE = re.compile(r"xensr (\S+), table ([0-9a-f]{16})")
+
+# Replies xensr gives for callbacks it always installs when the callbacks
+# object lacks them (libxl always installs these).
+_DEFAULT_REPLIES = {
+    "suspend": 1,
+    "switch_qemu_logdirty": 0,
+    "static_data_done": 0,
+}
+
+
+# ----------------------------------------------------------------------
+# Helper selection
+
+def helper_path() -> str:
+    """The helper installed inside the xensr package (``xensr/bin``).
+
+    Raises HelperStartError when it is missing or not executable.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                        "bin", "xensr-save-helper")
+    if not os.path.exists(path):
+        raise HelperStartError(
+            _errno.ENOENT, "xensr's helper is not installed (build xensr first)", path)
+    if not os.path.isfile(path) or not os.access(path, os.X_OK):
+        raise HelperStartError(_errno.EACCES, "xensr's helper is not executable", path)
+    return path
+
+
+def resolve_helper(helper: Union[str, os.PathLike, None] = None) -> str:
+    """The helper to run: ``helper``, else ``$XENSR_SAVE_HELPER``, else
+    :func:`helper_path`.  A name without ``/`` is looked up in ``PATH``."""
+    if helper is None:
+        helper = os.environ.get("XENSR_SAVE_HELPER") or None
+    if helper is None:
+        return helper_path()
+    helper = os.fsdecode(os.fspath(helper))
+    if not helper:
+        raise HelperStartError(_errno.ENOENT, "empty helper path", helper)
+    if "/" not in helper:
+        found = shutil.which(helper)
+        if found is None:
+            raise HelperStartError(_errno.ENOENT, "helper not found in PATH", helper)
+        return found
+    return helper
+
+
+# ----------------------------------------------------------------------
+# Results
+
+@dataclass(frozen=True)
+class OperationResult:
+    """What a successful save or restore reports."""
+
+    #: The domain saved or restored.
+    domid: int
+    #: What xc_domain_save/xc_domain_restore returned (0) and its errno.
+    retval: int
+    errno: int
+    #: The helper's pid, exit status (0) and path.
+    pid: int
+    returncode: int
+    helper: str
+    #: Seconds from spawn to the helper's exit.
+    elapsed: float
+    #: How many times each callback was asked for.
+    callbacks: Mapping[str, int]
+    #: Frames and log lines the helper sent.
+    frames: int
+    log_lines: int
+
+
+@dataclass(frozen=True)
+class SaveResult(OperationResult):
+    #: Precopy rounds the precopy_policy callback saw (0 without one).
+    precopy_iterations: int = 0
+
+
+@dataclass(frozen=True)
+class RestoreResult(OperationResult):
+    #: The restored domain's xenstore and console frames.
+    store_gfn: int = 0
+    console_gfn: int = 0
+
+
+# ----------------------------------------------------------------------
+# Argument checks
+
+def _fileno(what: str, fd: FileDescriptor) -> int:
+    if isinstance(fd, bool):
+        raise TypeError(f"{what} must be an fd or have fileno(), not bool")
+    if isinstance(fd, int):
+        n = fd
+    elif hasattr(fd, "fileno"):
+        n = fd.fileno()
+    else:
+        raise TypeError(f"{what} must be an fd or have fileno(), not {type(fd).__name__}")
+    if n < 0:
+        raise ValueError(f"{what} must be an open fd, not {n}")
+    return n
+
+
+def _uint(what: str, value: int, bits: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{what} must be an int, not {type(value).__name__}")
+    if not 0 <= value < (1 << bits):
+        raise ValueError(f"{what} must be in 0..{(1 << bits) - 1}, not {value}")
+    return value
+
+
+def _seconds(what: str, value: Optional[float]) -> Optional[float]:
+    if value is None:
+        return None
+    value = float(value)
+    if not value > 0:
+        raise ValueError(f"{what} must be positive seconds or None, not {value}")
+    return value
+
+
+def _env_list(env: Optional[Mapping[str, str]]) -> Optional[List[bytes]]:
+    if env is None:
+        return None
+    return [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()]
+
+
+# ----------------------------------------------------------------------
+# The operation
+
+class Operation:
+    """One save or restore: a helper process and its protocol, loop-agnostic.
+
+    Use :class:`SaveOperation` or :class:`RestoreOperation`.  Not
+    thread-safe, except :meth:`abort` and :meth:`kill`, which may be called
+    from another thread while :meth:`run` blocks.  The ``msg_*`` methods
+    are the protocol handlers the callout calls; they are not for users.
+    """
+
+    direction: int
+    kind: str
+    _mode: str
+
+    def __init__(self, domid: int, fd: FileDescriptor, callbacks: Optional[object],
+                 *, back_fd: Optional[FileDescriptor], stream_type: int,
+                 helper: Union[str, os.PathLike, None],
+                 env: Optional[Mapping[str, str]],
+                 timeout: Optional[float], idle_timeout: Optional[float],
+                 kill_grace: float, log_tail: int):
+        self.domid = _uint("domid", domid, 32)
+        self.fd = _fileno("fd", fd)
+        self.back_fd = -1 if back_fd is None else _fileno("back-channel fd", back_fd)
+        if stream_type not in (C.XC_STREAM_PLAIN, C.XC_STREAM_REMUS, C.XC_STREAM_COLO):
+            raise ValueError(f"stream_type must be XC_STREAM_PLAIN, _REMUS or _COLO, not {stream_type!r}")
+        self.stream_type = int(stream_type)
+        self.callbacks = callbacks
+        self.timeout = _seconds("timeout", timeout)
+        self.idle_timeout = _seconds("idle_timeout", idle_timeout)
+        grace = _seconds("kill_grace", kill_grace)
+        assert grace is not None
+        self.kill_grace = grace
+        if log_tail < 1:
+            raise ValueError("log_tail must be at least 1")
+        self._helper_arg = helper
+        self._env = _env_list(env)
+        #: The helper path, once started.
+        self.helper: Optional[str] = None
+        #: Version of xensr's helper from its first log line (None: another helper).
+        self.helper_version: Optional[str] = None
+
+        self.cbflags = self._compute_cbflags()
+        self._callout = _xc.Callout(self.direction, self.cbflags, log_tail)
+        self._state = "new"             # new -> running -> done
+        self._error: Optional[XensrError] = None
+        self._result: Optional[OperationResult] = None
+        self._stopping = False
+        self._t0 = 0.0
+        self._deadline: Optional[float] = None
+        self._last_frame = 0.0
+        self._kill_at: Optional[float] = None
+        self._pending: Optional[str] = None
+        self._pending_task: Any = None
+        self._runner: Optional[Callable[[Any, Optional[str]], Any]] = None
+        self._counts: Dict[str, int] = {}
+        self._first_log = True
+        self._progress = _cb.find(callbacks, "progress")
+        self.elapsed: Optional[float] = None
+
+    # -- subclass hooks ---------------------------------------------------
+
+    def _compute_cbflags(self) -> int:
+        raise NotImplementedError
+
+    def _args(self) -> List[int]:
+        raise NotImplementedError
+
+    def _require(self, *names: str) -> None:
+        missing = [n for n in names if _cb.find(self.callbacks, n) is None]
+        if missing:
+            raise ValueError(
+                f"a {self.kind} with stream_type {self.stream_type} needs the "
+                f"callbacks {', '.join(missing)}")
+
+    # -- state ------------------------------------------------------------
+
+    def __repr__(self) -> str:
+        return (f"<{type(self).__name__} domain {self.domid} {self._state}"
+                f"{' pid %d' % self.pid if self.pid else ''}>")
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The helper's pid once started."""
+        pid = self._callout.pid
+        return pid if pid > 0 else None
+
+    @property
+    def returncode(self) -> Optional[int]:
+        """The helper's exit status once reaped (-N: killed by signal N)."""
+        return self._callout.returncode
+
+    @property
+    def log_tail(self) -> Tuple[str, ...]:
+        """The helper's last log lines, oldest first."""
+        return self._callout.log_tail
+
+    @property
+    def pending_request(self) -> Optional[str]:
+        """The callback whose answer the helper is waiting for, if deferred."""
+        return self._pending
+
+    def done(self) -> bool:
+        return self._state == "done"
+
+    def result(self) -> OperationResult:
+        """The result, or raise the operation's error.  Only once done."""
+        if self._state != "done":
+            raise RuntimeError(f"{self!r} has not finished")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def exception(self) -> Optional[XensrError]:
+        if self._state != "done":
+            raise RuntimeError(f"{self!r} has not finished")
+        return self._error
+
+    def _what(self) -> str:
+        return f"domain {self.domid} {self.kind} helper [{self.pid}]"
+
+    # -- start ------------------------------------------------------------
+
+    def start(self) -> None:
+        """Spawn the helper.  Raises HelperStartError if it cannot run."""
+        if self._state != "new":
+            raise RuntimeError(f"{self!r} was already started")
+        try:
+            self.helper = resolve_helper(self._helper_arg)
+            self._callout.spawn(self.helper, self._mode, self.fd, self.back_fd,
+                                self._args(), self._env)
+        except BaseException as exc:
+            self._state = "done"
+            self._callout.close()
+            if isinstance(exc, XensrError):
+                self._error = exc
+            raise
+        now = time.monotonic()
+        self._t0 = now
+        self._last_frame = now
+        if self.timeout is not None:
+            self._deadline = now + self.timeout
+        self._state = "running"
+
+    # -- the loop interface -----------------------------------------------
+
+    def fds(self) -> List[Tuple[int, int]]:
+        """``(fd, events)`` to watch now; events are EVENT_READ/EVENT_WRITE.
+
+        The set changes as the operation goes on: ask again after each
+        :meth:`handle` / :meth:`handle_timeout` / :meth:`reply` / :meth:`abort`.
+        """
+        if self._state != "running":
+            return []
+        co = self._callout
+        out = []
+        if co.reading:
+            out.append((co.stdout_fd, EVENT_READ))
+        if co.wants_write:
+            out.append((co.stdin_fd, EVENT_WRITE))
+        if not co.reaped:
+            out.append((co.pidfd, EVENT_READ))
+        return out
+
+    def handle(self, fd: int, events: int = EVENT_READ) -> None:
+        """Call when ``fd`` from :meth:`fds` is ready (errors/hangups count
+        as ready)."""
+        if self._state != "running":
+            return
+        co = self._callout
+        if fd == co.stdout_fd:
+            if co.reading:
+                frames = co.frames
+                try:
+                    co.on_readable(self)
+                except ProtocolError as exc:
+                    self._fail(exc)
+                if co.frames != frames:
+                    self._last_frame = time.monotonic()
+        elif fd == co.stdin_fd:
+            co.on_writable()
+        elif fd == co.pidfd:
+            if co.poll_exit():
+                self._exited()
+
+    def next_deadline(self) -> Optional[float]:
+        """When :meth:`handle_timeout` must be called (a
+        :func:`time.monotonic` value), or None."""
+        if self._state != "running":
+            return None
+        when = []
+        if self._kill_at is not None:
+            when.append(self._kill_at)
+        if self._error is None:
+            if self._deadline is not None:
+                when.append(self._deadline)
+            if self.idle_timeout is not None and self._pending is None:
+                when.append(self._last_frame + self.idle_timeout)
+        return min(when) if when else None
+
+    def handle_timeout(self, now: Optional[float] = None) -> None:
+        """Act on deadlines that have passed (timeouts, the kill grace)."""
+        if self._state != "running":
+            return
+        if now is None:
+            now = time.monotonic()
+        if self._kill_at is not None and now >= self._kill_at:
+            self._kill_at = None
+            self._callout.send_signal(_signal.SIGKILL)
+        if self._error is not None:
+            return
+        if self._deadline is not None and now >= self._deadline:
+            self._stop(HelperTimeout(
+                f"{self._what()} did not finish within {self.timeout:g} s",
+                kind="timeout", seconds=self.timeout or 0.0))
+        elif (self.idle_timeout is not None and self._pending is None
+              and now >= self._last_frame + self.idle_timeout):
+            self._stop(HelperTimeout(
+                f"{self._what()} sent nothing for {self.idle_timeout:g} s",
+                kind="idle", seconds=self.idle_timeout))
+
+    # -- stopping ---------------------------------------------------------
+
+    def abort(self) -> None:
+        """Stop the operation: SIGTERM (the helper unwinds; a save resumes
+        the guest), SIGKILL after ``kill_grace`` seconds.  The result is
+        :class:`Aborted` unless the operation had already failed."""
+        if self._state == "new":
+            self._state = "done"
+            self._error = Aborted(f"domain {self.domid} {self.kind} aborted before it started")
+            self._callout.close()
+            return
+        self._stop(Aborted(f"domain {self.domid} {self.kind} aborted"))
+
+    def kill(self) -> None:
+        """Stop the operation now with SIGKILL (result: Aborted unless it
+        had already failed)."""
+        if self._state != "running":
+            self.abort()
+            return
+        self._fail(Aborted(f"domain {self.domid} {self.kind} aborted (killed)"))
+
+    def _stop(self, err: XensrError) -> None:
+        """Graceful stop: SIGTERM now, SIGKILL after the grace period."""
+        if self._state != "running" or self._error is not None:
+            return
+        self._error = err
+        self._stopping = True
+        self._kill_at = time.monotonic() + self.kill_grace
+        self._callout.send_signal(_signal.SIGTERM)
+        if self._pending is not None:
+            # The helper is blocked waiting for us: answer "failed" so that
+            # libxenguest unwinds instead of waiting for the SIGKILL.
+            name = self._pending
+            self._clear_pending()
+            self._callout.send_reply(_cb.failure_reply(name))
+
+    def _fail(self, err: XensrError) -> None:
+        """Hard stop (protocol or callback error): SIGKILL at once."""
+        if self._state != "running":
+            return
+        if self._error is None:
+            self._error = err
+        self._clear_pending()
+        self._kill_at = None
+        self._callout.stop_reading()
+        self._callout.send_signal(_signal.SIGKILL)
+
+    def _clear_pending(self) -> None:
+        task = self._pending_task
+        self._pending = None
+        self._pending_task = None
+        if task is not None:
+            task.cancel()
+
+    def close(self) -> None:
+        """Release everything.  A helper still running is killed (SIGKILL)
+        and reaped; the operation then ends as Aborted."""
+        if self._state == "new":
+            self.abort()
+            return
+        if self._state != "running":
+            return
+        self._fail(Aborted(f"domain {self.domid} {self.kind} closed while running"))
+        self._callout.kill_and_reap()
+        self._exited()
+
+    def __enter__(self) -> "Operation":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the end ----------------------------------------------------------
+
+    def _exited(self) -> None:
+        """The helper was reaped: read what it left, then finish."""
+        co = self._callout
+        if co.reading:
+            try:
+                co.drain(self)
+            except ProtocolError as exc:
+                self._fail(exc)
+        co.stop_reading()
+        self._clear_pending()
+        co.close()
+        self.elapsed = time.monotonic() - self._t0
+        self._state = "done"
+        self._runner = None
+        err = self._error
+        if err is None:
+            err = self._exit_error()
+        if err is None:
+            self._result = self._make_result()
+        else:
+            if not err.log_tail:
+                err.with_log_tail(co.log_tail)
+            self._error = err
+
+    def _exit_error(self) -> Optional[XensrError]:
+        """B§7.3, in libxl's order."""
+        co = self._callout
+        what = self._what()
+        rc = co.returncode
+        if co.status_lost:
+            if not co.completed:
+                return HelperExitError(
+                    f"{what} was reaped by someone else: exit status unknown",
+                    pid=self.pid, reason="lost")
+        elif rc > 0:
+            return HelperExitError(f"{what} exited with error status {rc}",
+                                   pid=self.pid, status=rc, reason="status")
+        elif rc < 0:
+            try:
+                name = _signal.Signals(-rc).name
+            except ValueError:
+                name = f"signal {-rc}"
+            core = " (core dumped)" if co.core_dumped else ""
+            return HelperExitError(f"{what} died due to fatal signal {name}{core}",
+                                   pid=self.pid, signal=-rc,
+                                   core_dumped=co.core_dumped, reason="signal")
+        if self._needs_results():
+            return HelperExitError(f"{what} exited without providing results",
+                                   pid=self.pid, reason="no-results")
+        if not co.completed:
+            return HelperExitError(f"{what} exited without signalling completion",
+                                   pid=self.pid, reason="no-completion")
+        if co.retval != 0:
+            e = co.errnoval
+            try:
+                text = os.strerror(e) if e > 0 else "no errno"
+            except ValueError:
+                text = f"errno {e}"
+            call = "xc_domain_save" if self.direction == C.DIR_SAVE else "xc_domain_restore"
+            return SaveRestoreError(
+                f"{self.kind} of domain {self.domid} failed: {call} returned "
+                f"{co.retval} (errno {e}: {text})", retval=co.retval, errno=e)
+        return None
+
+    def _needs_results(self) -> bool:
+        return False
+
+    def _result_fields(self) -> Dict[str, Any]:
+        co = self._callout
+        return dict(
+            domid=self.domid, retval=co.retval, errno=co.errnoval,
+            pid=co.pid, returncode=co.returncode if co.returncode is not None else 0,
+            helper=self.helper or "", elapsed=self.elapsed or 0.0,
+            callbacks=dict(self._counts), frames=co.frames, log_lines=co.log_lines)
+
+    def _make_result(self) -> OperationResult:
+        raise NotImplementedError
+
+    # -- blocking driver --------------------------------------------------
+
+    def run(self) -> OperationResult:
+        """Start if needed, run to the end with :func:`select.poll`, and
+        return :meth:`result`.  Ctrl-C aborts the helper (a second one
+        kills it), waits for it, then raises KeyboardInterrupt."""
+        if self._state == "new":
+            self.start()
+        poll = select.poll()
+        registered: Dict[int, int] = {}
+        interrupted: Optional[BaseException] = None
+        try:
+            while self._state == "running":
+                try:
+                    self._poll_once(poll, registered)
+                except KeyboardInterrupt as exc:
+                    if interrupted is None:
+                        interrupted = exc
+                        self.abort()
+                    else:
+                        self.kill()
+        finally:
+            if self._state == "running":
+                self.close()
+        if interrupted is not None:
+            raise interrupted
+        return self.result()
+
+    def _poll_once(self, poll: Any, registered: Dict[int, int]) -> None:
+        want: Dict[int, int] = {}
+        for fd, ev in self.fds():
+            pev = (select.POLLIN if ev & EVENT_READ else 0) | \
+                  (select.POLLOUT if ev & EVENT_WRITE else 0)
+            want[fd] = want.get(fd, 0) | pev
+        for fd in [fd for fd in registered if fd not in want]:
+            poll.unregister(fd)
+            del registered[fd]
+        for fd, pev in want.items():
+            if fd not in registered:
+                poll.register(fd, pev)
+            elif registered[fd] != pev:
+                poll.modify(fd, pev)
+            registered[fd] = pev
+        # Wake at least once a second, so that abort() from another thread
+        # gets its SIGKILL deadline honoured.
+        wait = 1.0
+        deadline = self.next_deadline()
+        if deadline is not None:
+            wait = min(wait, max(0.0, deadline - time.monotonic()))
+        for fd, pev in poll.poll(wait * 1000.0):
+            ev = 0
+            if pev & (select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLNVAL):
+                ev |= EVENT_READ
+            if pev & (select.POLLOUT | select.POLLERR):
+                ev |= EVENT_WRITE
+            self.handle(fd, ev)
+        deadline = self.next_deadline()
+        if deadline is not None and time.monotonic() >= deadline:
+            self.handle_timeout()
+
+    # -- deferred replies -------------------------------------------------
+
+    def reply(self, value: Any) -> None:
+        """Answer the request a callback deferred (it returned DEFERRED), with
+        what the callback would have returned.  Ignored once the operation
+        is stopping or done."""
+        if self._state != "running" or self._error is not None:
+            self._pending = None
+            self._pending_task = None
+            return
+        name = self._pending
+        if name is None:
+            raise RuntimeError("no callback is waiting for a reply")
+        self._pending = None
+        self._pending_task = None
+        try:
+            v = _cb.reply_value(name, value)
+        except (TypeError, ValueError) as exc:
+            self._callback_failed(name, exc)
+            return
+        self._last_frame = time.monotonic()
+        self._callout.send_reply(v)
+
+    def reply_error(self, exc: BaseException, name: Optional[str] = None) -> None:
+        """A deferred callback failed: the operation fails with CallbackError."""
+        if self._state != "running":
+            return
+        if name is None:
+            name = self._pending or "callback"
+        self._callback_failed(name, exc)
+
+    def _set_runner(self, runner: Optional[Callable[[Any, Optional[str]], Any]]) -> None:
+        """How awaitables returned by callbacks are run: ``runner(awaitable,
+        name)`` returns a handle with ``cancel()`` and, for a request
+        (name not None), later calls :meth:`reply` or :meth:`reply_error`.
+        Set by :mod:`xensr.aio`."""
+        self._runner = runner
+
+    # -- protocol handlers (called by the callout) --------------------------
+
+    def _callback_failed(self, name: str, exc: BaseException) -> None:
+        err = CallbackError(
+            f"domain {self.domid} {self.kind}: callback {name}() failed: "
+            f"{type(exc).__name__}: {exc}", callback=name)
+        err.__cause__ = exc
+        self._fail(err)
+
+    def _awaitable(self, name: Optional[str], value: Any) -> bool:
+        """Hand an awaitable to the runner; False (and fail) without one."""
+        if self._runner is None:
+            close = getattr(value, "close", None)
+            if close is not None:
+                close()         # no "never awaited" warning
+            self._callback_failed(name or "progress", TypeError(
+                "returned an awaitable; coroutine callbacks need xensr.aio "
+                "(or return xensr.DEFERRED and call Operation.reply())"))
+            return False
+        handle = self._runner(value, name)
+        if name is not None:
+            self._pending_task = handle
+        return True
+
+    def _request(self, name: str, args: Tuple[Any, ...], undo: bool = False) -> Optional[int]:
+        """A callback the helper waits for; returns the reply or None (later)."""
+        self._counts[name] = self._counts.get(name, 0) + 1
+        if self._error is not None and not undo:
+            # Stopping: do not bother the toolstack, make libxenguest unwind.
+            return _cb.failure_reply(name)
+        fn = _cb.find(self.callbacks, name)
+        if fn is None:
+            return _DEFAULT_REPLIES[name]
+        try:
+            value = fn(*args)
+        except Exception as exc:
+            self._callback_failed(name, exc)
+            return None
+        if value is DEFERRED:
+            self._pending = name
+            return None
+        if inspect.isawaitable(value):
+            self._pending = name
+            if not self._awaitable(name, value):
+                self._pending = None
+            return None
+        try:
+            return _cb.reply_value(name, value)
+        except (TypeError, ValueError) as exc:
+            self._callback_failed(name, exc)
+            return None
+
+    def msg_log(self, level: int, errnoval: int, context: str, formatted: str) -> None:
+        if self._first_log:
+            self._first_log = False
+            self._check_helper(formatted)
+        pylevel = _PY_LEVELS.get(level, logging.WARNING)
+        if not helper_log.isEnabledFor(pylevel):
+            return
+        err = errnoval - (1 << 32) if errnoval >= (1 << 31) else errnoval
+        if err > 0:
+            try:
+                suffix = f": {os.strerror(err)}"
+            except ValueError:
+                suffix = f": errno {err}"
+        else:
+            suffix = ""
+        helper_log.log(pylevel, "[domain %d] %s: %s%s", self.domid, context,
+                       formatted, suffix,
+                       extra={"domid": self.domid, "xtl_context": context,
+                              "xtl_errno": err, "xtl_level": level,
+                              "helper_pid": self.pid})
+
+    def _check_helper(self, text: str) -> None:
+        m = _VERSION_RE.search(text)
+        if m is None:
+            if _cb.find(self.callbacks, "precopy_policy") is not None:
+                _log.warning(
+                    "domain %d: the helper %s is not xensr's: precopy_policy "
+                    "will not be called", self.domid, self.helper)
+            return
+        self.helper_version = m.group(1)
+        if m.group(2) != _xc.MSGS_DIGEST[:16]:
+            _log.warning(
+                "domain %d: helper %s (xensr %s) was built from message table "
+                "%s, this xensr from %s: the helper is from another build",
+                self.domid, self.helper, m.group(1), m.group(2),
+                _xc.MSGS_DIGEST[:16])
+
+    def msg_progress(self, context: str, doing_what: str, done: int, total: int) -> None:
+        fn = self._progress
+        if fn is None or self._error is not None:
+            return
+        try:
+            value = fn(context, doing_what, done, total)
+        except Exception as exc:
+            self._callback_failed("progress", exc)
+            return
+        if value is not None and inspect.isawaitable(value):
+            self._awaitable(None, value)
+
+    def msg_suspend(self) -> Optional[int]:
+        return self._request("suspend", ())
+
+    def msg_postcopy(self) -> Optional[int]:
+        return self._request("postcopy", ())
+
+    def msg_checkpoint(self) -> Optional[int]:
+        return self._request("checkpoint", ())
+
+    def msg_wait_checkpoint(self) -> Optional[int]:
+        return self._request("wait_checkpoint", ())
+
+    def msg_switch_qemu_logdirty(self, domid: int, enable: int) -> Optional[int]:
+        return self._request("switch_qemu_logdirty", (domid, bool(enable)),
+                             undo=not enable)
+
+    def msg_static_data_done(self, missing: int) -> Optional[int]:
+        return self._request("static_data_done", (missing,))
+
+    def msg_restore_results(self, store_gfn: int, console_gfn: int) -> None:
+        raise ProtocolError("restore_results in a save", msgtype=C.MSG_RESTORE_RESULTS,
+                            msgname="restore_results", offset=0)
+
+    def msg_precopy_policy(self, iteration: int, total_written: int,
+                           dirty_count: int) -> Optional[int]:
+        raise ProtocolError("precopy_policy in a restore", msgtype=C.MSG_PRECOPY_POLICY,
+                            msgname="precopy_policy", offset=0)
+
+    def msg_complete(self, retval: int, errnoval: int) -> int:
+        return 0
+
+
+class SaveOperation(Operation):
+    """Save domain ``domid`` to ``fd`` (xc_domain_save in the helper).
+
+    ``live``: precopy while the guest runs; ``debug``: XCFLAGS_DEBUG;
+    ``stream_type``: XC_STREAM_PLAIN, _REMUS or _COLO; ``recv_fd``: the
+    back channel (COLO).  ``timeout``: seconds for the whole operation;
+    ``idle_timeout``: seconds without a frame while the helper is not
+    waiting for a callback; both stop the helper (SIGTERM, then SIGKILL
+    after ``kill_grace``) and raise HelperTimeout.  ``env``: the helper's
+    environment (default: inherited).  ``helper``: see :func:`resolve_helper`.
+    """
+
+    direction = C.DIR_SAVE
+    kind = "save"
+    _mode = "--save-domain"
+
+    def __init__(self, domid: int, fd: FileDescriptor, callbacks: Optional[object] = None,
+                 *, live: bool = False, debug: bool = False,
+                 stream_type: int = C.XC_STREAM_PLAIN,
+                 recv_fd: Optional[FileDescriptor] = None,
+                 helper: Union[str, os.PathLike, None] = None,
+                 env: Optional[Mapping[str, str]] = None,
+                 timeout: Optional[float] = None,
+                 idle_timeout: Optional[float] = None,
+                 kill_grace: float = DEFAULT_KILL_GRACE,
+                 log_tail: int = 20):
+        self.live = bool(live)
+        self.debug = bool(debug)
+        self.xcflags = (C.XCFLAGS_LIVE if live else 0) | (C.XCFLAGS_DEBUG if debug else 0)
+        self._precopy_iterations = 0
+        super().__init__(domid, fd, callbacks, back_fd=recv_fd,
+                         stream_type=stream_type, helper=helper, env=env,
+                         timeout=timeout, idle_timeout=idle_timeout,
+                         kill_grace=kill_grace, log_tail=log_tail)
+        if self.stream_type == C.XC_STREAM_COLO:
+            self._require("checkpoint", "postcopy", "wait_checkpoint")
+        elif self.stream_type == C.XC_STREAM_REMUS:
+            self._require("checkpoint", "postcopy")
+
+    def _compute_cbflags(self) -> int:
+        # suspend and switch_qemu_logdirty always, as libxl (136).
+        return (_xc.compute_cbflags(self.callbacks, C.DIR_SAVE)
+                | C.CBFLAG_SUSPEND | C.CBFLAG_SWITCH_QEMU_LOGDIRTY)
+
+    def _args(self) -> List[int]:
+        return [self.domid, self.xcflags, self.cbflags, self.stream_type]
+
+    def msg_precopy_policy(self, iteration: int, total_written: int,
+                           dirty_count: int) -> Optional[int]:
+        self._precopy_iterations += 1
+        return self._request("precopy_policy",
+                             (PrecopyStats(iteration, total_written, dirty_count),))
+
+    def _make_result(self) -> SaveResult:
+        return SaveResult(precopy_iterations=self._precopy_iterations,
+                          **self._result_fields())
+
+
+class RestoreOperation(Operation):
+    """Restore into domain ``domid`` from ``fd`` (xc_domain_restore).
+
+    ``store_evtchn`` / ``console_evtchn``: the event channels of the new
+    domain's xenstore and console rings; ``store_domid`` /
+    ``console_domid``: the domains serving them.  ``send_back_fd``: the
+    back channel (COLO).  Other arguments as :class:`SaveOperation`.
+    """
+
+    direction = C.DIR_RESTORE
+    kind = "restore"
+    _mode = "--restore-domain"
+
+    def __init__(self, domid: int, fd: FileDescriptor, callbacks: Optional[object] = None,
+                 *, store_evtchn: int, console_evtchn: int,
+                 store_domid: int = 0, console_domid: int = 0,
+                 stream_type: int = C.XC_STREAM_PLAIN,
+                 send_back_fd: Optional[FileDescriptor] = None,
+                 helper: Union[str, os.PathLike, None] = None,
+                 env: Optional[Mapping[str, str]] = None,
+                 timeout: Optional[float] = None,
+                 idle_timeout: Optional[float] = None,
+                 kill_grace: float = DEFAULT_KILL_GRACE,
+                 log_tail: int = 20):
+        self.store_evtchn = _uint("store_evtchn", store_evtchn, 32)
+        self.console_evtchn = _uint("console_evtchn", console_evtchn, 32)
+        self.store_domid = _uint("store_domid", store_domid, 16)
+        self.console_domid = _uint("console_domid", console_domid, 16)
+        #: (store_gfn, console_gfn) once the helper sent restore_results.
+        self.results: Optional[Tuple[int, int]] = None
+        super().__init__(domid, fd, callbacks, back_fd=send_back_fd,
+                         stream_type=stream_type, helper=helper, env=env,
+                         timeout=timeout, idle_timeout=idle_timeout,
+                         kill_grace=kill_grace, log_tail=log_tail)
+        if self.stream_type == C.XC_STREAM_COLO:
+            self._require("checkpoint", "suspend", "postcopy", "wait_checkpoint")
+        elif self.stream_type == C.XC_STREAM_REMUS:
+            self._require("checkpoint")
+
+    def _compute_cbflags(self) -> int:
+        # static_data_done and restore_results always, as libxl (768).
+        return (_xc.compute_cbflags(self.callbacks, C.DIR_RESTORE)
+                | C.CBFLAG_STATIC_DATA_DONE | C.CBFLAG_RESTORE_RESULTS)
+
+    def _args(self) -> List[int]:
+        return [self.domid, self.store_evtchn, self.store_domid,
+                self.console_evtchn, self.console_domid, self.cbflags,
+                self.stream_type]
+
+    def msg_restore_results(self, store_gfn: int, console_gfn: int) -> None:
+        self._counts["restore_results"] = self._counts.get("restore_results", 0) + 1
+        self.results = (store_gfn, console_gfn)
+
+    def _needs_results(self) -> bool:
+        return self.results is None
+
+    def _make_result(self) -> RestoreResult:
+        assert self.results is not None
+        return RestoreResult(store_gfn=self.results[0], console_gfn=self.results[1],
+                             **self._result_fields())
+
+
+# ----------------------------------------------------------------------
+# The blocking API
+
+def save_domain(domid: int, fd: FileDescriptor, callbacks: Optional[object] = None,
+                *, live: bool = False, debug: bool = False,
+                stream_type: int = C.XC_STREAM_PLAIN,
+                recv_fd: Optional[FileDescriptor] = None,
+                helper: Union[str, os.PathLike, None] = None,
+                env: Optional[Mapping[str, str]] = None,
+                timeout: Optional[float] = None,
+                idle_timeout: Optional[float] = None,
+                kill_grace: float = DEFAULT_KILL_GRACE) -> SaveResult:
+    """Save domain ``domid`` to ``fd``; block until done.  See
+    :class:`SaveOperation` for the arguments and :mod:`xensr.callbacks`."""
+    op = SaveOperation(domid, fd, callbacks, live=live, debug=debug,
+                       stream_type=stream_type, recv_fd=recv_fd, helper=helper,
+                       env=env, timeout=timeout, idle_timeout=idle_timeout,
+                       kill_grace=kill_grace)
+    result = op.run()
+    assert isinstance(result, SaveResult)
+    return result
+
+
+def restore_domain(domid: int, fd: FileDescriptor, callbacks: Optional[object] = None,
+                   *, store_evtchn: int, console_evtchn: int,
+                   store_domid: int = 0, console_domid: int = 0,
+                   stream_type: int = C.XC_STREAM_PLAIN,
+                   send_back_fd: Optional[FileDescriptor] = None,
+                   helper: Union[str, os.PathLike, None] = None,
+                   env: Optional[Mapping[str, str]] = None,
+                   timeout: Optional[float] = None,
+                   idle_timeout: Optional[float] = None,
+                   kill_grace: float = DEFAULT_KILL_GRACE) -> RestoreResult:
+    """Restore into domain ``domid`` from ``fd``; block until done.  See
+    :class:`RestoreOperation`."""
+    op = RestoreOperation(domid, fd, callbacks, store_evtchn=store_evtchn,
+                          console_evtchn=console_evtchn, store_domid=store_domid,
+                          console_domid=console_domid, stream_type=stream_type,
+                          send_back_fd=send_back_fd, helper=helper, env=env,
+                          timeout=timeout, idle_timeout=idle_timeout,
+                          kill_grace=kill_grace)
+    result = op.run()
+    assert isinstance(result, RestoreResult)
+    return result
