@@ -916,7 +916,7 @@ static int save(struct save_ctx *ctx)
             sim_fault_point(xch, SCOPE_SAVE, "postcopy");
             rc = ctx->cb->postcopy(ctx->cb->data);
             if (rc <= 0) {
-                errno = EINVAL;
+                errno = rc ? EINVAL : 0;
                 goto err;
             }
             /* The toolstack's postcopy resumed the guest. */
@@ -931,14 +931,16 @@ static int save(struct save_ctx *ctx)
                 sim_fault_point(xch, SCOPE_SAVE, "wait_checkpoint");
                 rc = ctx->cb->wait_checkpoint(ctx->cb->data);
                 if (rc <= 0) {
-                    errno = EINVAL;
+                    errno = rc ? EINVAL : 0;
                     goto err;
                 }
             } else if (ctx->stream_type == XC_STREAM_REMUS) {
                 sim_fault_point(xch, SCOPE_SAVE, "checkpoint");
                 rc = ctx->cb->checkpoint(ctx->cb->data);
                 if (rc <= 0) {
-                    errno = EINVAL;
+                    /* 0 ends a Remus stream: libxenguest takes its error
+                     * path ("Save failed") but returns 0. */
+                    errno = rc ? EINVAL : 0;
                     goto err;
                 }
             } else {
