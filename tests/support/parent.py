@@ -122,6 +122,8 @@ class Transcript:
     protocol_error: Optional[str] = None
     protocol_error_offset: Optional[int] = None
     killed_by_parent: bool = False
+    idle_hooks: int = 0                   # times on_idle was called
+    pending: int = 0                      # undecoded bytes left (partial frame)
     duration: float = 0.0
 
     @property
@@ -321,6 +323,7 @@ def run_helper(helper: Union[str, os.PathLike], mode: str, args: Sequence[int] =
                timeout: float = 60.0, idle_timeout: Optional[float] = None,
                pass_fds: Iterable[int] = (), extra_messages: Optional[Dict[int, MessageSpec]] = None,
                on_message: Optional[Callable[[Message, Control], None]] = None,
+               on_idle: Optional[Callable[[Control], None]] = None,
                argv: Optional[List[str]] = None) -> Transcript:
     """Run ``helper`` in ``mode`` ("save" or "restore") and drive it to the end.
 
@@ -328,7 +331,11 @@ def run_helper(helper: Union[str, os.PathLike], mode: str, args: Sequence[int] =
     :func:`restore_args`).  ``io_fd`` (and ``back_fd`` unless -1) are passed
     to the helper under the same numbers.  ``replies`` is a :class:`Replies`,
     a dict of overrides, or a callable ``(message, transcript, mode)``.
-    ``argv`` replaces the computed command line entirely.  The helper is
+    ``argv`` replaces the computed command line entirely.  ``on_message``
+    is called with each decoded message (before any reply) and a
+    :class:`Control`; ``on_idle``, if given, is called once when the helper
+    has been quiet for ``idle_timeout`` seconds, and the helper is killed
+    only when it stays quiet for another ``idle_timeout``.  The helper is
     always reaped; on a timeout or protocol error it is killed first.
     """
     if mode not in ("save", "restore"):
@@ -407,6 +414,12 @@ def run_helper(helper: Union[str, os.PathLike], mode: str, args: Sequence[int] =
             wait = deadline - now
             if idle_timeout is not None:
                 wait = min(wait, last_activity + idle_timeout - now)
+            if wait <= 0 and on_idle is not None and now < deadline:
+                hook, on_idle = on_idle, None
+                t.idle_hooks += 1
+                hook(ctl)
+                last_activity = time.monotonic()
+                continue
             if wait <= 0:
                 stop("timeout" if now >= deadline else "idle")
                 # Drain what is left; the pipes close once the helper is dead.
@@ -471,6 +484,7 @@ def run_helper(helper: Union[str, os.PathLike], mode: str, args: Sequence[int] =
             except OSError:
                 pass
     t.returncode = proc.returncode
+    t.pending = len(buf)
     t.stdout = b"".join(out_chunks)
     t.stderr = b"".join(err_chunks)
     t.duration = time.monotonic() - start
