@@ -1,0 +1,421 @@
+"""xl save files: the wrapper around the libxc stream that the helper writes.
+
+An xl save file (what ``xl save`` writes and ``xl restore`` reads, Xen 4.17)
+is, byte for byte (PROTOCOL.md B§9.3, B§9.1)::
+
+    xl header      32-byte magic, u32 byteorder 0x01020304, u32 mandatory
+                   flags (JSON | STREAMv2), u32 optional flags (0),
+                   u32 optional_data_len
+    optional data  u32 config_len, config_len bytes of configuration
+                   (JSON text with its trailing NUL)
+    libxl header   "LibxlFmt", version 2, options 0 (big-endian fields)
+    LIBXC_CONTEXT  libxl record, empty
+    libxc stream   written by xc_domain_save in the helper, on the same fd
+    trailer        EMULATOR_XENSTORE_DATA / EMULATOR_CONTEXT (HVM), END
+
+Writing::
+
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    write_preamble(fd, config)            # xl header .. LIBXC_CONTEXT
+    ... the helper writes the libxc stream to fd ...
+    write_trailer(fd)                     # [EMULATOR records], END
+
+Reading::
+
+    with SaveFileReader.open(path) as f:
+        f.config_json                     # the domain configuration
+        ... the helper reads the libxc stream from f.fd (positioned at
+            f.libxc_offset; nothing was read ahead) ...
+        f.read_trailer()                  # EMULATOR records, END, EOF
+
+All writes and reads use the raw fd (``os.write`` / ``os.read`` for exactly
+the bytes of the wrapper), never Python's buffered IO, so the helper sees
+the fd exactly where the wrapper ends.
+"""
+
+from __future__ import annotations
+
+import json as _json
+import os
+import struct
+from dataclasses import dataclass
+from typing import IO, Any, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+
+from . import stream as _s
+from .errors import StreamFormatError
+from .stream import (
+    EmulatorId,
+    LibxcHeaders,
+    LibxlHeader,
+    LibxlRecordType,
+    StreamParser,
+    StreamReader,
+    Summary,
+    XlHeader,
+)
+
+__all__ = [
+    "EmulatorRecord",
+    "SaveFileReader",
+    "xl_header_bytes",
+    "libxl_header_bytes",
+    "libxl_record_bytes",
+    "preamble_bytes",
+    "trailer_bytes",
+    "write_preamble",
+    "write_trailer",
+    "write_checkpoint_end",
+    "read_save_file_header",
+]
+
+FdLike = Union[int, IO[Any]]
+Config = Union[None, bytes, str, Mapping[str, Any]]
+
+
+@dataclass
+class EmulatorRecord:
+    """An emulator record of the libxl stream (HVM guests with a device model).
+
+    ``type`` is ``LibxlRecordType.EMULATOR_CONTEXT`` (an opaque QEMU state
+    blob) or ``LibxlRecordType.EMULATOR_XENSTORE_DATA`` (NUL-terminated
+    key, value, key, value... relative to the device model's xenstore dir).
+    """
+
+    type: int
+    data: bytes
+    emulator_id: int = EmulatorId.QEMU_UPSTREAM
+    index: int = 0
+
+    @classmethod
+    def context(cls, blob: bytes, **kw: Any) -> "EmulatorRecord":
+        return cls(LibxlRecordType.EMULATOR_CONTEXT, bytes(blob), **kw)
+
+    @classmethod
+    def xenstore(cls, pairs: Iterable[Tuple[str, str]], **kw: Any) -> "EmulatorRecord":
+        data = bytearray()
+        for key, value in pairs:
+            for s in (key, value):
+                b = s.encode("utf-8")
+                if b"\0" in b:
+                    raise ValueError(f"xenstore key/value {s!r} contains a NUL")
+                data += b + b"\0"
+        return cls(LibxlRecordType.EMULATOR_XENSTORE_DATA, bytes(data), **kw)
+
+    def xenstore_pairs(self) -> List[Tuple[str, str]]:
+        rec = _s.LibxlRecord(0, self.type, 8 + len(self.data), data=self.data)
+        return rec.xenstore_pairs()
+
+    @classmethod
+    def _from_record(cls, rec: _s.LibxlRecord) -> "EmulatorRecord":
+        assert rec.data is not None and rec.emulator_id is not None and rec.emulator_index is not None
+        return cls(rec.type, rec.data, rec.emulator_id, rec.emulator_index)
+
+
+# --------------------------------------------------------------------------
+# Byte builders
+
+
+def _config_bytes(config: Config, config_format: str) -> bytes:
+    if config is None:
+        return b""
+    if config_format not in ("json", "xl"):
+        raise ValueError(f"config_format must be 'json' or 'xl', not {config_format!r}")
+    if isinstance(config, Mapping):
+        if config_format != "json":
+            raise ValueError("a mapping configuration can only be stored as JSON")
+        data = _json.dumps(config, indent=4, sort_keys=False).encode("utf-8")
+    elif isinstance(config, str):
+        data = config.encode("utf-8")
+    elif isinstance(config, (bytes, bytearray, memoryview)):
+        data = bytes(config)
+    else:
+        raise TypeError(f"config must be bytes, str, a mapping or None, not {type(config).__name__}")
+    if not data:
+        return b""
+    if config_format == "json":
+        body = data[:-1] if data.endswith(b"\0") else data
+        if b"\0" in body:
+            raise ValueError("JSON configuration contains a NUL byte")
+        try:
+            _json.loads(body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ValueError(f"configuration is not valid JSON: {e}") from None
+        data = body + b"\0"  # libxl_domain_config_to_json() text, NUL included
+    return data
+
+
+def xl_header_bytes(config: Config = None, *, config_format: str = "json") -> bytes:
+    """The xl header and its optional data, as ``xl save`` lays them out.
+
+    xl always stores the 4-byte configuration length (0 when there is no
+    configuration) and sets the JSON flag only when a JSON configuration
+    follows.
+    """
+    cfg = _config_bytes(config, config_format)
+    mflags = _s.XL_FLAG_STREAMV2
+    if cfg and config_format == "json":
+        mflags |= _s.XL_FLAG_JSON
+    optional = struct.pack("=I", len(cfg)) + cfg
+    return _s.XL_HEADER.pack(_s.XL_MAGIC, _s.XL_BYTEORDER, mflags, 0, len(optional)) + optional
+
+
+def libxl_header_bytes() -> bytes:
+    return _s.LIBXL_HEADER.pack(_s.LIBXL_IDENT, _s.LIBXL_VERSION, 0)
+
+
+def libxl_record_bytes(rtype: int, body: bytes = b"") -> bytes:
+    """One libxl record: header, body, zero padding to 8 bytes."""
+    return _s.RECORD_HEADER.pack(rtype, len(body)) + body + b"\0" * (-len(body) % 8)
+
+
+def _emulator_record_bytes(rec: EmulatorRecord) -> bytes:
+    if rec.type not in (LibxlRecordType.EMULATOR_CONTEXT, LibxlRecordType.EMULATOR_XENSTORE_DATA):
+        raise ValueError(f"not an emulator record type: {rec.type}")
+    if rec.emulator_id not in (0, 1, 2):
+        raise ValueError(f"unknown emulator id {rec.emulator_id}")
+    if rec.type == LibxlRecordType.EMULATOR_XENSTORE_DATA and rec.data:
+        if not rec.data.endswith(b"\0") or rec.data.count(b"\0") % 2:
+            raise ValueError("xenstore data must be NUL-terminated key/value pairs")
+    if len(rec.data) + 8 > 0xFFFFFFFF:
+        raise ValueError("emulator record too large")
+    body = _s.EMULATOR_HEADER.pack(rec.emulator_id, rec.index) + rec.data
+    return libxl_record_bytes(rec.type, body)
+
+
+def preamble_bytes(config: Config = None, *, config_format: str = "json", xl_header: bool = True) -> bytes:
+    """xl header (unless ``xl_header`` is false), libxl header, LIBXC_CONTEXT."""
+    head = xl_header_bytes(config, config_format=config_format) if xl_header else b""
+    if not xl_header and config is not None:
+        raise ValueError("a configuration needs the xl header")
+    return head + libxl_header_bytes() + libxl_record_bytes(LibxlRecordType.LIBXC_CONTEXT)
+
+
+def trailer_bytes(emulator_records: Sequence[EmulatorRecord] = (), *, end_type: int = LibxlRecordType.END) -> bytes:
+    return b"".join(_emulator_record_bytes(r) for r in emulator_records) + libxl_record_bytes(end_type)
+
+
+# --------------------------------------------------------------------------
+# Writing to an fd
+
+
+def _fileno(f: FdLike) -> int:
+    if isinstance(f, int):
+        return f
+    flush = getattr(f, "flush", None)
+    if flush is not None:
+        flush()
+    return f.fileno()
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+    return len(data)
+
+
+def write_preamble(
+    f: FdLike, config: Config = None, *, config_format: str = "json", xl_header: bool = True
+) -> int:
+    """Writes the xl header (with the configuration), the libxl stream header
+    and LIBXC_CONTEXT to ``f`` (an fd or a file object, flushed first).
+
+    The libxc stream must follow on the same fd (the helper writes it).
+    Returns the number of bytes written, which is the libxc stream's offset
+    relative to where writing started.
+    """
+    return _write_all(_fileno(f), preamble_bytes(config, config_format=config_format, xl_header=xl_header))
+
+
+def write_trailer(f: FdLike, emulator_records: Sequence[EmulatorRecord] = ()) -> int:
+    """After the libxc stream: the emulator records (HVM) and END."""
+    return _write_all(_fileno(f), trailer_bytes(emulator_records))
+
+
+def write_checkpoint_end(f: FdLike, emulator_records: Sequence[EmulatorRecord] = ()) -> int:
+    """In a checkpointed stream, after the libxc part of a checkpoint (its
+    CHECKPOINT record): the emulator records and CHECKPOINT_END."""
+    return _write_all(_fileno(f), trailer_bytes(emulator_records, end_type=LibxlRecordType.CHECKPOINT_END))
+
+
+# --------------------------------------------------------------------------
+# Reading
+
+
+class SaveFileReader:
+    """Reads an xl save file (or a bare libxl v2 stream) around its libxc part.
+
+    Construction reads and validates the preamble: the xl header and its
+    configuration, the libxl header and LIBXC_CONTEXT.  Afterwards ``fd`` is
+    positioned at the first byte of the libxc stream (``libxc_offset``) and
+    nothing beyond it has been read, so a helper can read the libxc stream
+    from ``fd``.  Once the helper has consumed it (up to libxc END),
+    :meth:`read_trailer` reads the emulator records and END and checks that
+    nothing follows.  In a checkpointed stream, each time the helper reports
+    a checkpoint, :meth:`read_checkpoint` reads the libxl records of the
+    checkpoint up to CHECKPOINT_END.
+
+    ``fmt`` is "xl" (default), "libxl" for a stream without xl header, or
+    None to detect it (this peeks at 8 bytes, so only on a seekable fd).
+    The fd must be in blocking mode or pollable (non-blocking reads wait).
+    """
+
+    def __init__(self, fd: FdLike, *, fmt: Optional[str] = "xl", close_fd: bool = False, max_record: int = 256 << 20):
+        self.fd = _fileno(fd)
+        self._close_fd = close_fd
+        self._closed = False
+        self.max_record = max_record
+        try:
+            if fmt is None:
+                fmt = self._detect()
+            if fmt not in ("xl", "libxl"):
+                raise ValueError(f"fmt must be 'xl', 'libxl' or None, not {fmt!r}")
+            self.format = fmt
+            self._reader = StreamReader(self.fd)
+            self._parser = StreamParser(self._reader, Summary(format=fmt))
+            self.xl_header: Optional[XlHeader] = None
+            if fmt == "xl":
+                self.xl_header = self._parser.parse_xl_header()
+            self.libxl_header: LibxlHeader = self._parser.parse_libxl_header()
+            self._parser.read_libxl_record()  # LIBXC_CONTEXT, enforced
+            self.libxc_offset: int = self._reader.offset
+        except BaseException:
+            if close_fd:
+                self._closed = True
+                os.close(self.fd)
+            raise
+        self.checkpoints = 0
+        self.emulator_records: List[EmulatorRecord] = []
+        self.done = False
+
+    @classmethod
+    def open(cls, path: Union[str, "os.PathLike[str]"], **kw: Any) -> "SaveFileReader":
+        """Opens ``path`` read-only (close-on-exec); the reader owns the fd."""
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        return cls(fd, close_fd=True, **kw)
+
+    def _detect(self) -> str:
+        try:
+            head = os.pread(self.fd, 32, os.lseek(self.fd, 0, os.SEEK_CUR))
+        except OSError as e:
+            raise ValueError("format detection needs a seekable fd; pass fmt='xl' or 'libxl'") from e
+        fmt = _s.detect_format(head)
+        if fmt not in ("xl", "libxl"):
+            pos = os.lseek(self.fd, 0, os.SEEK_CUR)
+            raise StreamFormatError(
+                "not an xl save file or libxl migration stream", offset=pos, reason="unknown format"
+            )
+        return fmt
+
+    # -- what the preamble said
+
+    @property
+    def config(self) -> Optional[bytes]:
+        """The stored domain configuration (bytes as stored), or None."""
+        return self.xl_header.config if self.xl_header else None
+
+    @property
+    def config_text(self) -> Optional[str]:
+        return self.xl_header.config_text if self.xl_header else None
+
+    @property
+    def config_json(self) -> Optional[Any]:
+        """The configuration parsed from JSON, or None (no config / not JSON)."""
+        return self.xl_header.config_json if self.xl_header else None
+
+    @property
+    def summary(self) -> Summary:
+        return self._parser.s
+
+    # -- the libxc part
+
+    def skip_libxc(self) -> str:
+        """Reads and validates the libxc stream here instead of a helper.
+
+        Stops after the libxc END (returns "end": call :meth:`read_trailer`
+        next) or after a CHECKPOINT (returns "checkpoint": call
+        :meth:`read_checkpoint`, then this again).  A checkpointed stream may
+        also stop cleanly after a checkpoint (returns "eof").  Statistics
+        are in ``summary``; the headers in ``libxc_headers``.
+        """
+        p = self._parser
+        if p.s.libxc is None:
+            p.parse_libxc_headers()
+        else:
+            self._resync()
+        return p.scan_libxc_records(eof_ok=self.checkpoints > 0)
+
+    @property
+    def libxc_headers(self) -> Optional[LibxcHeaders]:
+        """The libxc headers, once :meth:`skip_libxc` has read them."""
+        return self._parser.s.libxc
+
+    def _resync(self) -> None:
+        """After a helper consumed bytes from the fd, the position moved."""
+        r = self._reader
+        if r.seekable:
+            r.offset = os.lseek(self.fd, 0, os.SEEK_CUR)
+
+    def _read_section(self, how: str) -> List[EmulatorRecord]:
+        if self.done:
+            raise RuntimeError("the stream has already been read to its END")
+        self._resync()
+        self._parser.libxc_returned(how)
+        records = self._parser.read_libxl_section(keep_data=True, max_data=self.max_record)
+        return [EmulatorRecord._from_record(r) for r in records if r.emulator_id is not None]
+
+    def read_checkpoint(self) -> List[EmulatorRecord]:
+        """After the libxc part of a checkpoint (its CHECKPOINT record):
+        reads the libxl records up to CHECKPOINT_END; returns the emulator
+        records of this checkpoint."""
+        records = self._read_section("checkpoint")
+        self.checkpoints += 1
+        return records
+
+    def read_trailer(self, *, expect_eof: bool = True) -> List[EmulatorRecord]:
+        """After the libxc END: reads the emulator records and END, and
+        (``expect_eof``) checks that nothing follows.  Returns the emulator
+        records; they are also kept in ``emulator_records``."""
+        records = self._read_section("end")
+        if expect_eof:
+            self._parser.check_eof()
+        self.emulator_records = records
+        self.done = True
+        return records
+
+    @property
+    def offset(self) -> int:
+        """Offset of the next byte the reader would parse."""
+        return self._reader.offset
+
+    # -- lifetime
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._reader.close()
+        if self._close_fd:
+            os.close(self.fd)
+
+    def __enter__(self) -> "SaveFileReader":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_closed", True) and getattr(self, "_close_fd", False):
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self._closed = True
+
+
+def read_save_file_header(path: Union[str, "os.PathLike[str]"]) -> XlHeader:
+    """The xl header and configuration of a save file (nothing more is read)."""
+    with SaveFileReader.open(path) as f:
+        assert f.xl_header is not None
+        return f.xl_header
