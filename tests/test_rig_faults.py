@@ -334,15 +334,38 @@ def test_suspend_refused_and_ignored(debian_helper, simulated_host, tmp_path):
     assert host.domain_state(lazy)["state"] == "running"
 
 
+def wait_until_reading_stdin(pid: int, timeout: float = 10.0) -> None:
+    """Wait until the process is blocked in read(0, ...)."""
+    import time
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/syscall") as f:
+                fields = f.read().split()
+        except OSError:
+            return
+        if fields[:2] == ["0", "0x0"]:          # read, fd 0
+            return
+        time.sleep(0.005)
+    raise AssertionError("helper never blocked reading its reply")
+
+
 def test_sigterm_while_waiting_for_a_reply(debian_helper, simulated_host, tmp_path):
     """Reference behaviour of Debian's helper: a SIGTERM that arrives while
     it waits for a callback's reply interrupts its read, which it takes for
     EOF: exit status 254, no unwinding (a live save leaves log-dirty on)."""
-    from tests.support.parent import TERM
+    from tests.support.parent import NO_REPLY
     host = simulated_host
     dom = host.create_domain(1)
+
+    def term_in_read(msg, ctl):
+        if msg.name == "suspend":
+            wait_until_reading_stdin(ctl.pid)
+            ctl.terminate()
+
     t, _ = save_to_file(debian_helper, host, dom, tmp_path / "s", live=True,
-                        replies={"suspend": TERM}, idle_timeout=5.0)
-    assert t.returncode == 254 and t.calls == ["suspend"] and t.complete is None
+                        replies={"suspend": NO_REPLY}, on_message=term_in_read,
+                        idle_timeout=5.0)
+    assert t.returncode == 254 and t.calls == ["suspend"] and t.complete is None, t.summary()
     state = host.domain_state(dom)
     assert state["state"] == "running" and state["logdirty"] is True
