@@ -38,15 +38,33 @@ def test_xl_save_restore_with_xensr_helper(realxen):
     assert_counter_carried_on(d)
 
 
+def test_xl_save_restore_pvh_with_xensr_helper(realxen):
+    """The same for a PVH guest (an HVM-type libxc stream)."""
+    d = realxen.result("xl_save_restore_pvh").details
+    assert "xensr" in d["helper_save"] and "xensr" in d["helper_restore"]
+    assert_counter_carried_on(d)
+
+
 @pytest.mark.parametrize("helper", ["xensr", "debian"])
 @pytest.mark.parametrize("mode", ["nonlive", "live"])
 def test_api_save_then_xl_restore(realxen, helper, mode):
     """The xensr API saves (Python suspend callback) into an xl save file;
-    stock xl restore brings the guest back and its counter carries on."""
+    stock xl restore brings the guest back and its counter carries on.
+    Non-live saves use the PV guest, live ones the PVH guest (Debian's Xen
+    has no shadow paging, which a PV guest's log-dirty mode needs)."""
     d = realxen.result(f"api_save_{helper}_{mode}").details
     assert d["file_bytes"] > 128 << 20
     assert d["suspend_s"] >= 0
     assert_counter_carried_on(d)
+
+
+def test_api_live_save_of_pv_guest_reports_libxc_failure(realxen):
+    """Without shadow paging libxc cannot live-save a PV guest: xensr raises
+    SaveRestoreError with libxc's errno, and the guest goes on running."""
+    d = realxen.result("api_save_pv_live_unsupported").details
+    assert d["error"].startswith("SaveRestoreError")
+    assert d["retval"] != 0 and d["errno"] > 0
+    assert d["counter"]["after"][0] >= d["counter"]["before"][0] + 2
 
 
 def test_api_live_save_cancelled_during_precopy(realxen):
