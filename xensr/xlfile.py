@@ -38,8 +38,8 @@ from __future__ import annotations
 import json as _json
 import os
 import struct
-from dataclasses import dataclass
-from typing import IO, Any, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import stream as _s
 from .errors import StreamFormatError
@@ -66,7 +66,13 @@ __all__ = [
     "write_trailer",
     "write_checkpoint_end",
     "read_save_file_header",
+    "save_domain_to_file",
+    "restore_domain_from_file",
+    "RestoredFile",
 ]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import RestoreResult, SaveResult
 
 FdLike = Union[int, IO[Any]]
 Config = Union[None, bytes, str, Mapping[str, Any]]
@@ -419,3 +425,202 @@ def read_save_file_header(path: Union[str, "os.PathLike[str]"]) -> XlHeader:
     with SaveFileReader.open(path) as f:
         assert f.xl_header is not None
         return f.xl_header
+
+
+# --------------------------------------------------------------------------
+# Save to / restore from a file in one call
+
+_XC_STREAM_PLAIN = 0
+_XC_STREAM_REMUS = 1
+_XGR_CHECKPOINT_SUCCESS = 1
+_XGR_CHECKPOINT_FAILOVER = 2
+
+EmulatorSource = Union[Sequence[EmulatorRecord], Callable[[], Sequence[EmulatorRecord]], None]
+
+
+class _WrappedCallbacks:
+    """The caller's callbacks, with some replaced.  Only methods the caller
+    has (plus the replacements) exist, since their presence sets cbflags."""
+
+    def __init__(self, callbacks: Optional[object], names: Sequence[str], **overrides: Callable[..., Any]):
+        from .callbacks import find
+
+        for name in names:
+            fn = find(callbacks, name)
+            if fn is not None:
+                setattr(self, name, fn)
+        for name, fn in overrides.items():
+            setattr(self, name, fn)
+
+
+def _emulator_records(source: EmulatorSource) -> Sequence[EmulatorRecord]:
+    if source is None:
+        return ()
+    if callable(source):
+        return tuple(source())
+    return tuple(source)
+
+
+def save_domain_to_file(
+    domid: int,
+    path: Union[str, "os.PathLike[str]"],
+    callbacks: Optional[object] = None,
+    *,
+    config: Config = None,
+    config_format: str = "json",
+    emulator_records: EmulatorSource = None,
+    stream_type: int = _XC_STREAM_PLAIN,
+    mode: int = 0o600,
+    keep_partial: bool = False,
+    fsync: bool = False,
+    **save_kw: Any,
+) -> "SaveResult":
+    """Saves domain ``domid`` into an xl save file at ``path``; blocks.
+
+    Writes the xl header with ``config`` (the domain configuration, JSON by
+    default, as ``xl save`` stores it), the libxl stream header and
+    LIBXC_CONTEXT; runs :func:`xensr.save_domain` on the same fd (the helper
+    writes the libxc stream); then writes ``emulator_records`` (a sequence,
+    or a function called once the libxc stream is done) and END.  The file
+    is created with ``mode`` (guest memory is private: 0600 by default).
+
+    ``stream_type=XC_STREAM_REMUS`` records a checkpointed stream: at each
+    checkpoint the emulator records and CHECKPOINT_END are written before
+    the caller's ``checkpoint()`` callback (required) decides whether to
+    take another; the file then ends after the last checkpoint, as a Remus
+    stream does.  On failure the partial file is removed unless
+    ``keep_partial``.  Other keyword arguments go to
+    :func:`xensr.save_domain`.  Returns its :class:`~xensr.SaveResult`.
+    """
+    from .api import save_domain
+    from .callbacks import SAVE_CALLBACKS, find
+
+    if stream_type not in (_XC_STREAM_PLAIN, _XC_STREAM_REMUS):
+        raise ValueError("save_domain_to_file supports XC_STREAM_PLAIN and XC_STREAM_REMUS")
+    preamble = preamble_bytes(config, config_format=config_format)  # validate before creating the file
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    ok = False
+    try:
+        _write_all(fd, preamble)
+        cbs: Optional[object] = callbacks
+        if stream_type == _XC_STREAM_REMUS:
+            user_checkpoint = find(callbacks, "checkpoint")
+            if user_checkpoint is None:
+                raise ValueError("a checkpointed save needs a checkpoint() callback")
+
+            def checkpoint() -> Any:
+                write_checkpoint_end(fd, _emulator_records(emulator_records))
+                return user_checkpoint()
+
+            cbs = _WrappedCallbacks(callbacks, SAVE_CALLBACKS, checkpoint=checkpoint)
+        result = save_domain(domid, fd, cbs, stream_type=stream_type, **save_kw)
+        if stream_type == _XC_STREAM_PLAIN:
+            write_trailer(fd, _emulator_records(emulator_records))
+        if fsync:
+            os.fsync(fd)
+        ok = True
+        return result
+    finally:
+        os.close(fd)
+        if not ok and not keep_partial:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+
+
+@dataclass(frozen=True)
+class RestoredFile:
+    """What :func:`restore_domain_from_file` returns."""
+
+    #: The restore's result (store/console frames, helper details).
+    result: "RestoreResult"
+    #: The xl header and the configuration it carried.
+    xl_header: Optional[XlHeader]
+    #: Emulator records to hand to the device model (of the last complete
+    #: checkpoint, for a checkpointed stream).
+    emulator_records: List[EmulatorRecord] = field(default_factory=list)
+    #: Checkpoints read (checkpointed streams).
+    checkpoints: int = 0
+    #: "END", or "checkpoint" when a checkpointed stream stopped after a
+    #: complete checkpoint (the domain is restored to that checkpoint).
+    ended: str = "END"
+
+    @property
+    def config(self) -> Optional[bytes]:
+        return self.xl_header.config if self.xl_header else None
+
+    @property
+    def config_json(self) -> Optional[Any]:
+        return self.xl_header.config_json if self.xl_header else None
+
+
+def restore_domain_from_file(
+    domid: int,
+    path: Union[str, "os.PathLike[str]"],
+    callbacks: Optional[object] = None,
+    *,
+    store_evtchn: int,
+    console_evtchn: int,
+    stream_type: int = _XC_STREAM_PLAIN,
+    max_record: int = 256 << 20,
+    **restore_kw: Any,
+) -> RestoredFile:
+    """Restores an xl save file at ``path`` into domain ``domid``; blocks.
+
+    Validates the xl header and the libxl records before the libxc stream,
+    runs :func:`xensr.restore_domain` on the fd positioned at the libxc
+    stream, then reads and validates the emulator records and END (and
+    that nothing follows).  With ``stream_type=XC_STREAM_REMUS`` the file
+    may hold checkpoints: at each one the libxl records up to
+    CHECKPOINT_END are read before the caller's ``checkpoint()`` (optional)
+    is asked; a file that stops after a complete checkpoint restores that
+    checkpoint, as a Remus secondary fails over.  Other keyword arguments go
+    to :func:`xensr.restore_domain`.  A malformed file raises
+    :class:`StreamFormatError` (before the helper runs when the problem is
+    in the preamble).
+    """
+    from .api import restore_domain
+    from .callbacks import RESTORE_CALLBACKS, find
+
+    if stream_type not in (_XC_STREAM_PLAIN, _XC_STREAM_REMUS):
+        raise ValueError("restore_domain_from_file supports XC_STREAM_PLAIN and XC_STREAM_REMUS")
+    with SaveFileReader.open(path, max_record=max_record) as f:
+        cbs: Optional[object] = callbacks
+        last: List[EmulatorRecord] = []
+        if stream_type == _XC_STREAM_REMUS:
+            user_checkpoint = find(callbacks, "checkpoint")
+
+            def checkpoint() -> Any:
+                try:
+                    records = f.read_checkpoint()
+                except StreamFormatError as e:
+                    if e.reason == "truncated":
+                        # The sender stopped inside this checkpoint: keep
+                        # the last complete one (libxl's failover).
+                        return _XGR_CHECKPOINT_FAILOVER
+                    raise
+                last[:] = records
+                if user_checkpoint is not None:
+                    return user_checkpoint()
+                return _XGR_CHECKPOINT_SUCCESS
+
+            cbs = _WrappedCallbacks(callbacks, RESTORE_CALLBACKS, checkpoint=checkpoint)
+        result = restore_domain(
+            domid, f.fd, cbs, store_evtchn=store_evtchn, console_evtchn=console_evtchn,
+            stream_type=stream_type, **restore_kw
+        )
+        f._resync()
+        ended = "END"
+        if stream_type == _XC_STREAM_REMUS and f.checkpoints and f._reader.at_eof():
+            ended = "checkpoint"
+            records = last
+        else:
+            records = f.read_trailer()
+        return RestoredFile(
+            result=result,
+            xl_header=f.xl_header,
+            emulator_records=list(records),
+            checkpoints=f.checkpoints,
+            ended=ended,
+        )
