@@ -359,3 +359,57 @@ def test_concurrent_save_of_one_domain_is_busy(debian_helper, simulated_host, tm
     assert_completed(t)
     assert_completed(inner["t"], retval=-1)
     assert inner["t"].complete["errnoval"] == errno.EBUSY
+
+
+@pytest.mark.parametrize("kind", ["pv", "hvm"])
+def test_colo_primary_and_secondary(debian_helper, simulated_host, tmp_path, kind):
+    """COLO: two Debian helpers at once, the stream on a pipe and the
+    secondary's dirty-pfn lists on the back channel; three checkpoints, then
+    the primary stops and the secondary fails over to the last one."""
+    import os
+    import threading
+
+    from tests.support.parent import (
+        CBFLAGS_RESTORE_COLO, CBFLAGS_SAVE_COLO, restore_args, run_helper, save_args,
+    )
+    host = simulated_host
+    dom = host.create_domain(4, kind=kind, dirty_pages=30)
+    target = host.create_empty_domain()
+    io_r, io_w = os.pipe()
+    back_r, back_w = os.pipe()
+    out = {}
+
+    def primary():
+        out["save"] = run_helper(
+            debian_helper, "save", save_args(dom, XCFLAGS_LIVE, CBFLAGS_SAVE_COLO, 2),
+            io_fd=io_w, back_fd=back_r, env=host.env, timeout=60,
+            replies=Replies({"checkpoint": 1, "wait_checkpoint": [1, 1, 0]}),
+            close_after_spawn=(io_w, back_r))
+
+    def secondary():
+        out["restore"] = run_helper(
+            debian_helper, "restore", restore_args(target, cbflags=CBFLAGS_RESTORE_COLO,
+                                                   stream_type=2),
+            io_fd=io_r, back_fd=back_w, env=host.env, timeout=60,
+            close_after_spawn=(io_r, back_w))
+
+    threads = [threading.Thread(target=primary), threading.Thread(target=secondary)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    s, r = out["save"], out["restore"]
+    assert_completed(s)
+    assert_completed(r)
+    body = ["suspend", "checkpoint", "postcopy", "wait_checkpoint"] * 3
+    if kind == "hvm":
+        assert s.calls == ["switch_qemu_logdirty", *body, "switch_qemu_logdirty", "complete"]
+    else:
+        assert s.calls == [*body, "complete"]
+    per_cp = ["checkpoint", "restore_results", "postcopy", "wait_checkpoint", "suspend"]
+    assert r.calls == ["static_data_done", *per_cp * 3, "restore_results", "complete"]
+    src = host.domain_state(dom)
+    for m in r.restore_results:
+        assert (m["store_gfn"], m["console_gfn"]) == (src["store_gfn"], src["console_gfn"])
+    assert "COLO Failover" in r.log_text()
+    assert host.memory_digest(target) == host.memory_digest(dom)

@@ -324,6 +324,7 @@ def run_helper(helper: Union[str, os.PathLike], mode: str, args: Sequence[int] =
                pass_fds: Iterable[int] = (), extra_messages: Optional[Dict[int, MessageSpec]] = None,
                on_message: Optional[Callable[[Message, Control], None]] = None,
                on_idle: Optional[Callable[[Control], None]] = None,
+               close_after_spawn: Iterable[int] = (),
                argv: Optional[List[str]] = None) -> Transcript:
     """Run ``helper`` in ``mode`` ("save" or "restore") and drive it to the end.
 
@@ -335,8 +336,11 @@ def run_helper(helper: Union[str, os.PathLike], mode: str, args: Sequence[int] =
     is called with each decoded message (before any reply) and a
     :class:`Control`; ``on_idle``, if given, is called once when the helper
     has been quiet for ``idle_timeout`` seconds, and the helper is killed
-    only when it stays quiet for another ``idle_timeout``.  The helper is
-    always reaped; on a timeout or protocol error it is killed first.
+    only when it stays quiet for another ``idle_timeout``.
+    ``close_after_spawn`` fds are closed in this process once the helper
+    has them (pipe ends only the helper should hold, so that EOF travels).
+    The helper is always reaped; on a timeout or protocol error it is
+    killed first.
     """
     if mode not in ("save", "restore"):
         raise ValueError(f"mode must be 'save' or 'restore', not {mode!r}")
@@ -365,6 +369,8 @@ def run_helper(helper: Union[str, os.PathLike], mode: str, args: Sequence[int] =
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, pass_fds=tuple(sorted(fds)),
                             env=env, close_fds=True)
+    for fd in close_after_spawn:
+        os.close(fd)
     ctl = Control(proc, t)
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     stdin_open = True
