@@ -264,17 +264,31 @@ static void setup_signals(void (*handler)(int))
     if (r)
         fail(errno, "sigaction SIGTERM failed");
 
-    sa.sa_handler = SIG_DFL;
-    r = sigaction(SIGPIPE, &sa, NULL);
-    if (r)
-        fail(errno, "sigaction SIGPIPE failed");
-
     sigemptyset(&mask);
     sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGPIPE);
     r = sigprocmask(SIG_UNBLOCK, &mask, NULL);
     if (r)
         fail(errno, "sigprocmask unblock SIGTERM failed");
+}
+
+/*
+ * Before the first frame: SIGPIPE to its default action, unblocked, as
+ * libxl sets it in the child before exec, so that a parent that went away
+ * ends the helper the same way whatever signal state it was given.
+ */
+static void reset_sigpipe(void)
+{
+    struct sigaction sa;
+    sigset_t mask;
+
+    memset(&sa, 0, sizeof(sa));
+    sigemptyset(&sa.sa_mask);
+    sa.sa_handler = SIG_DFL;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGPIPE);
+    /* Neither can fail with these arguments; nothing to report it on yet. */
+    if (sigaction(SIGPIPE, &sa, NULL) || sigprocmask(SIG_UNBLOCK, &mask, NULL))
+        fail_pipe("resetting SIGPIPE", errno);
 }
 
 /*----- command line -----*/
@@ -549,6 +563,7 @@ int main(int argc, char **argv)
     long long vals[MAX_ARGS];
     int mode = parse_cmdline(argc, argv, vals);
 
+    reset_sigpipe();
     if (mode == MODE_SAVE)
         run_save(vals);
     run_restore(vals);
