@@ -303,6 +303,23 @@ def first_helper_line(xl_output: str, what: str) -> str:
     return lines[0]
 
 
+def inspect(path: Path, name: str) -> dict:
+    """``xensr inspect --json`` on a save file: it must accept it, and the
+    configuration it carries must be the guest's."""
+    r = run([sys.executable, "-m", "xensr", "inspect", "--json", str(path)],
+            what="xensr inspect", check=False)
+    if r.returncode != 0:
+        raise Failed(f"xensr inspect rejects the save file: {tail(r.stdout)}")
+    try:
+        doc = json.loads(r.stdout)
+    except ValueError:
+        raise Failed(f"xensr inspect --json printed no JSON: {tail(r.stdout)}") from None
+    text = json.dumps(doc)
+    if f'"{name}"' not in text and f'\\"{name}\\"' not in text:
+        raise Failed(f"the save file's configuration does not name {name}: {text[:300]}")
+    return {k: doc[k] for k in list(doc)[:12] if not isinstance(doc[k], (list, dict))}
+
+
 def make_broken_helper() -> str:
     BROKEN_HELPER.write_text("#!/bin/sh\n# A save/restore helper that fails at once.\nexit 1\n")
     BROKEN_HELPER.chmod(0o755)
@@ -452,10 +469,16 @@ def api_save_restore(g: Guest, helper: str, live: bool) -> dict:
                      f"{r.returncode}: {tail(r.stdout)}")
     cont = g.carries_on(before, start)
     size = path.stat().st_size
+    t0 = time.monotonic()
+    summary = inspect(path, g.name)
+    summary["inspect_s"] = round(time.monotonic() - t0, 2)
     path.unlink()
     return {"save_s": round(t_save, 2), "restore_s": round(t_restore, 2),
             "suspend_s": round(cb.suspended_after, 3), "file_bytes": size,
-            "result": repr(result)[:200], "counter": cont}
+            "inspect": summary,
+            "helper": result.helper, "helper_elapsed_s": round(result.elapsed, 2),
+            "callbacks": dict(result.callbacks), "frames": result.frames,
+            "counter": cont}
 
 
 def scenario_api_save_xensr_nonlive() -> dict:
@@ -531,76 +554,48 @@ def helper_processes() -> List[int]:
     return pids
 
 
-class CancelDuringPrecopy(XenstoreSuspend):
-    """Callbacks that note precopy progress and never expect a suspend."""
+class AbortDuringPrecopy(XenstoreSuspend):
+    """Callbacks that stop the save once precopy pages are flowing.
 
-    def __init__(self, domid: int, loop: asyncio.AbstractEventLoop,
-                 started: asyncio.Event) -> None:
+    libxenguest reports progress every 4 MiB sent in a round (done, total);
+    the first report with 0 < done < total is in the middle of round one.
+    ``on_pages`` is called then (once).
+    """
+
+    def __init__(self, domid: int, on_pages: Callable[[], None]) -> None:
         super().__init__(domid)
-        self.loop = loop
-        self.started = started
-        self.progress_seen: List[Tuple] = []
+        self.on_pages = on_pages
+        self.reports: List[Tuple[str, int, int]] = []
+        self.fired_at: Optional[Tuple[str, int, int]] = None
 
-    def progress(self, *args) -> None:
-        self.progress_seen.append(args)
-        # Pages are flowing once a report counts some done (an integer > 0
-        # that is not the total), or after a few reports.
-        nums = [a for a in args if isinstance(a, int) and not isinstance(a, bool)]
-        if (len(nums) >= 2 and 0 < nums[-2] < nums[-1]) or len(self.progress_seen) >= 3:
-            self.started.set()
+    def progress(self, context: str, doing_what: str, done: int, total: int) -> None:
+        self.reports.append((doing_what, done, total))
+        if self.fired_at is None and 0 < done < total:
+            self.fired_at = (doing_what, done, total)
+            self.on_pages()
 
 
-def scenario_api_cancel_precopy() -> dict:
-    import xensr
-    import xensr.aio
+def capture_logs() -> LogTail:
+    """Collect xensr's log records (the helper's log lines among them)."""
+    logs = LogTail()
+    logging.getLogger().addHandler(logs)
+    logging.getLogger().setLevel(logging.DEBUG)
+    return logs
 
-    PVH.ensure_running()
-    PVH.ready()
-    domid = PVH.domid()
-    helper = xensr_helper()
-    path = WORK / "cancel.save"
-    logs = LogTail()  # xensr's logging, where the helper's log lines go
-    root = logging.getLogger()
-    root.addHandler(logs)
-    root.setLevel(logging.DEBUG)
 
-    async def go() -> dict:
-        loop = asyncio.get_running_loop()
-        started = asyncio.Event()
-        cb = CancelDuringPrecopy(domid, loop, started)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            task = asyncio.ensure_future(xensr.aio.save_domain(
-                domid, fd, cb, live=True, helper=helper, timeout=CMD_TIMEOUT))
-            try:
-                await asyncio.wait_for(asyncio.shield(started.wait()), 60)
-            except asyncio.TimeoutError:
-                task.cancel()
-                raise Failed("no progress from the live save within 60 s") from None
-            if task.done():
-                raise Failed(f"the live save ended before it could be cancelled: "
-                             f"{task.result()!r}")
-            t0 = time.monotonic()
-            task.cancel()
-            try:
-                res = await task
-            except asyncio.CancelledError:
-                outcome = "CancelledError"
-            except xensr.Aborted as exc:
-                outcome = f"Aborted: {exc}"
-            else:
-                raise Failed(f"the cancelled save returned {res!r}")
-            return {"outcome": outcome, "cancel_s": round(time.monotonic() - t0, 2),
-                    "suspend_calls": cb.calls, "progress": len(cb.progress_seen)}
-        finally:
-            os.close(fd)
-
-    try:
-        details = asyncio.run(go())
-    finally:
-        root.removeHandler(logs)
-    if details["suspend_calls"]:
+def check_after_cancel(domid: int, cb: AbortDuringPrecopy, logs: LogTail, details: dict) -> dict:
+    logging.getLogger().removeHandler(logs)
+    details.update({"aborted_at": cb.fired_at, "progress_reports": len(cb.reports),
+                    "callback_calls": cb.calls})
+    if cb.fired_at is None:
+        raise Failed(f"no progress report in the middle of a precopy round: {cb.reports[:6]}")
+    if "suspend" in cb.calls:
         raise Failed(f"the guest was asked to suspend during a cancelled precopy: {details}")
+    unwound = [ln for ln in logs.lines if "complete r=-1" in ln]
+    details["helper_unwound"] = unwound[:1]
+    if not unwound:
+        raise Failed("the helper did not unwind through libxenguest (no 'complete r=-1' "
+                     f"in its log); its last lines: {logs.lines[-6:]}")
     state = xc().state(domid)
     if state != "running":
         raise Failed(f"after the cancelled save the guest is {state}")
@@ -608,13 +603,99 @@ def scenario_api_cancel_precopy() -> dict:
     if left:
         raise Failed(f"helper processes left after the cancel: {left}")
     details["counter"] = PVH.advances()
-    unwound = [ln for ln in logs.lines if "complete r=-1" in ln]
-    details["helper_unwound"] = unwound[:1]
-    if not unwound:
-        raise Failed(f"the helper did not unwind through libxc (no 'complete r=-1' in its "
-                     f"log): last lines {logs.lines[-6:]}")
-    path.unlink()
     return details
+
+
+def scenario_api_cancel_precopy() -> dict:
+    """Blocking API: Operation.abort() mid-precopy; run() raises Aborted."""
+    import xensr
+
+    PVH.ensure_running()
+    PVH.ready()
+    domid = PVH.domid()
+    path = WORK / "cancel.save"
+    logs = capture_logs()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        holder: List = []
+        cb = AbortDuringPrecopy(domid, lambda: holder[0].abort())
+        op = xensr.SaveOperation(domid, fd, cb, live=True, helper=xensr_helper(),
+                                 timeout=CMD_TIMEOUT)
+        holder.append(op)
+        t0 = time.monotonic()
+        try:
+            res = op.run()
+        except xensr.Aborted as exc:
+            details = {"raised": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+        except xensr.XensrError as exc:
+            logging.getLogger().removeHandler(logs)
+            raise Failed(f"the aborted save raised {type(exc).__name__}: {exc}, "
+                         "not Aborted") from None
+        else:
+            logging.getLogger().removeHandler(logs)
+            raise Failed(f"the aborted save returned {res!r}")
+        details["seconds_to_end"] = round(time.monotonic() - t0, 2)
+        details["helper_returncode"] = op.returncode
+    finally:
+        os.close(fd)
+        path.unlink()
+    check_after_cancel(domid, cb, logs, details)
+    # SIGTERM made libxenguest fail and the helper complete: status 0, not a kill.
+    if details["helper_returncode"] != 0:
+        raise Failed(f"the helper ended with status {details['helper_returncode']} "
+                     "after SIGTERM, not by completing")
+    return details
+
+
+def scenario_api_cancel_precopy_aio() -> dict:
+    """asyncio: cancelling the save task mid-precopy raises CancelledError
+    after the helper is gone."""
+    import xensr.aio
+
+    PVH.ensure_running()
+    PVH.ready()
+    domid = PVH.domid()
+    path = WORK / "cancel-aio.save"
+    logs = capture_logs()
+
+    async def go() -> Tuple[dict, AbortDuringPrecopy]:
+        loop = asyncio.get_running_loop()
+        fired = asyncio.Event()
+        cb = AbortDuringPrecopy(domid, fired.set)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            task = loop.create_task(xensr.aio.save_domain(
+                domid, fd, cb, live=True, helper=xensr_helper(), timeout=CMD_TIMEOUT))
+            waiter = loop.create_task(fired.wait())
+            await asyncio.wait([task, waiter], timeout=90,
+                               return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            if task.done():
+                raise Failed(f"the live save ended before it could be cancelled: "
+                             f"{task.exception() or task.result()!r}")
+            if not fired.is_set():
+                task.cancel()
+                raise Failed("no progress in the middle of a precopy round within 90 s")
+            t0 = time.monotonic()
+            task.cancel()
+            try:
+                res = await task
+            except asyncio.CancelledError:
+                details = {"raised": "CancelledError"}
+            else:
+                raise Failed(f"the cancelled save returned {res!r}")
+            details["seconds_to_end"] = round(time.monotonic() - t0, 2)
+            return details, cb
+        finally:
+            os.close(fd)
+            path.unlink()
+
+    try:
+        details, cb = asyncio.run(go())
+    except BaseException:
+        logging.getLogger().removeHandler(logs)
+        raise
+    return check_after_cancel(domid, cb, logs, details)
 
 
 # --------------------------------------------------------------------------
@@ -709,16 +790,21 @@ def scenario_figure(rounds: int = 3) -> dict:
 # --------------------------------------------------------------------------
 
 SCENARIOS: List[Tuple[str, Callable[[], dict]]] = [
+    # PV guest
     ("xl_save_restore_debian", scenario_xl_save_restore_debian),
     ("xl_save_restore", scenario_xl_save_restore),
     ("api_save_xensr_nonlive", scenario_api_save_xensr_nonlive),
     ("api_save_debian_nonlive", scenario_api_save_debian_nonlive),
     ("api_save_pv_live_unsupported", scenario_api_save_pv_live_unsupported),
     ("broken_helper_detected", scenario_broken_helper_detected),
+    # PVH guest; the live saves after the cancelled ones also show that the
+    # cancels left the domain's log-dirty mode off
     ("xl_save_restore_pvh", scenario_xl_save_restore_pvh),
+    ("api_cancel_precopy", scenario_api_cancel_precopy),
+    ("api_cancel_precopy_aio", scenario_api_cancel_precopy_aio),
     ("api_save_xensr_live", scenario_api_save_xensr_live),
     ("api_save_debian_live", scenario_api_save_debian_live),
-    ("api_cancel_precopy", scenario_api_cancel_precopy),
+    # PV guest alone
     ("figure", scenario_figure),
 ]
 
