@@ -1,6 +1,6 @@
 """The process in which one run of the concurrency benchmark happens.
 
-    python -m benchmarks.concchild N KIND TRACE [BENCH_HELPER]
+    python -m benchmarks.concchild N KIND TRACE ARG
 
 Starts N saves at once with ``xensr.aio.save_domain`` in one thread and
 one event loop.  Every operation's ``suspend`` callback (a coroutine)
@@ -10,10 +10,12 @@ parent's resident memory, open fds and (with TRACE=1) tracemalloc's
 traced Python memory are read there and compared to the figures taken
 just before the operations started.
 
-KIND is ``rig`` (small PV domains of a ``xensr.testing.SimulatedHost``,
-saved non-live by xensr's own helper, which calls ``suspend`` before the
-last round) or ``bench`` (the bench helper in mode ``hold``: starting
-line, one ``suspend`` request, ``complete``).  Prints one JSON object.
+KIND is ``rig`` (small PV domains of a ``xensr.testing.SimulatedHost``
+whose state directory is ARG, holding at least N + 1 domains, saved
+non-live by xensr's own helper, which calls ``suspend`` before the last
+round) or ``bench`` (ARG is the bench helper, run in mode ``hold``:
+starting line, one ``suspend`` request, ``complete``).  Prints one JSON
+object.
 """
 
 from __future__ import annotations
@@ -29,8 +31,6 @@ import tracemalloc
 from typing import Any, Dict, List, Optional
 
 from . import xapi
-
-DOMAIN_MIB = 1
 
 
 def _rss_kib() -> int:
@@ -136,8 +136,11 @@ def main(argv: List[str]) -> int:
     if kind == "rig":
         from xensr.testing import SimulatedHost
 
-        with SimulatedHost() as host:
-            domids = [host.create_domain(DOMAIN_MIB) for _ in range(n + 1)]
+        with SimulatedHost(argv[3]) as host:
+            domids = sorted(host.domain_ids())[:n + 1]
+            if len(domids) < n + 1:
+                raise SystemExit(f"{argv[3]} holds {len(domids)} domains, "
+                                 f"{n + 1} needed")
             out = asyncio.run(_run(n, kind, trace, io_fd, domids, None,
                                    dict(host.env)))
     else:

@@ -305,6 +305,14 @@ def machine() -> Dict[str, Any]:
     return info
 
 
+def cpu_seconds() -> float:
+    """This process's user + system CPU time, all threads."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def loadavg() -> float:
     try:
         with open("/proc/loadavg") as f:

@@ -12,10 +12,12 @@
  * CBFLAGS = precopy_policy | suspend.  With -p every read waits in poll()
  * first, as an event-loop parent does.  It prints one line:
  *
- *   ns=ELAPSED frames=COUNT requests=COUNT sum=CHECKSUM status=WAITSTATUS
+ *   ns=ELAPSED cpu_ns=CPU frames=COUNT requests=COUNT sum=CHECKSUM
+ *   status=WAITSTATUS
  *
  * where ELAPSED is from just before the spawn to just after the helper
- * was reaped (CLOCK_MONOTONIC).  Exit status 0 when the helper exited 0
+ * was reaped (CLOCK_MONOTONIC) and CPU this process's user + system time
+ * over the same span (getrusage RUSAGE_SELF).  Exit status 0 when the helper exited 0
  * and every frame decoded; 1 otherwise.
  */
 
@@ -27,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -44,6 +47,15 @@ struct decoded {
 };
 
 static int use_poll;
+
+static int64_t cpu_ns(void)
+{
+    struct rusage ru;
+
+    getrusage(RUSAGE_SELF, &ru);
+    return ((int64_t)ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1000000000
+        + ((int64_t)ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1000;
+}
 
 static int64_t now_ns(void)
 {
@@ -190,7 +202,7 @@ int main(int argc, char **argv)
     char io_arg[16], cb_arg[16];
     char env_mode[64], env_n[64], env_buf[32];
     char **env = NULL;
-    int64_t t0, t1;
+    int64_t t0, t1, c0, c1;
     pid_t pid = -1;
     size_t nenv = 0, i;
     int argi = 1;
@@ -227,6 +239,7 @@ int main(int argc, char **argv)
     char *hargv[] = { argv[argi], "--save-domain", io_arg, "-1", "1", "0",
                       cb_arg, "0", NULL };
 
+    c0 = cpu_ns();
     t0 = now_ns();
     if (pipe2(to_child, O_CLOEXEC) || pipe2(from_child, O_CLOEXEC))
         goto out;
@@ -288,8 +301,9 @@ int main(int argc, char **argv)
         ;
     pid = -1;
     t1 = now_ns();
-    printf("ns=%lld frames=%llu requests=%llu sum=%llu status=%d\n",
-           (long long)(t1 - t0), (unsigned long long)d.frames,
+    c1 = cpu_ns();
+    printf("ns=%lld cpu_ns=%lld frames=%llu requests=%llu sum=%llu status=%d\n",
+           (long long)(t1 - t0), (long long)(c1 - c0), (unsigned long long)d.frames,
            (unsigned long long)d.requests, (unsigned long long)d.sum, status);
     rc = status == 0 ? 0 : 1;
 
