@@ -15,13 +15,17 @@ from __future__ import annotations
 import os
 import signal
 import struct
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import pytest
 
-from tests.support.parent import Replies, Transcript, run_helper, save_args
+from tests.support.parent import (
+    CBFLAGS_RESTORE_COLO, CBFLAGS_SAVE_COLO, Replies, Transcript, restore_args, run_helper,
+    save_args,
+)
 from tests.support.rigops import (
     XCFLAGS_DEBUG, XCFLAGS_LIVE, assert_completed, restore_from_file, save_to_file,
 )
@@ -111,6 +115,45 @@ def remus(kind):
         # Failover at the second checkpoint commits the first.
         c.restore("failover", c.host.create_empty_domain(), "save", stream_type=1,
                   replies=Replies({"checkpoint": [1, 2]}))
+    return scenario
+
+
+def colo(kind):
+    """Primary and secondary at once (both the helper under test): the
+    stream on a pipe, the secondary's dirty-pfn lists on the back channel;
+    three checkpoints, then the secondary fails over to the last one."""
+    def scenario(c: Ctx):
+        dom = c.host.create_domain(4, kind=kind, dirty_pages=30)
+        target = c.host.create_empty_domain()
+        env = c.fault(None)
+        io_r, io_w = os.pipe()
+        back_r, back_w = os.pipe()
+        out = {}
+
+        def primary():
+            out["save"] = run_helper(
+                c.helper, "save", save_args(dom, XCFLAGS_LIVE, CBFLAGS_SAVE_COLO, 2),
+                io_fd=io_w, back_fd=back_r, env=env, timeout=60,
+                replies=Replies({"checkpoint": 1, "wait_checkpoint": [1, 1, 0]}),
+                close_after_spawn=(io_w, back_r))
+
+        def secondary():
+            out["restore"] = run_helper(
+                c.helper, "restore", restore_args(target, cbflags=CBFLAGS_RESTORE_COLO,
+                                                  stream_type=2),
+                io_fd=io_r, back_fd=back_w, env=env, timeout=60,
+                close_after_spawn=(io_r, back_w))
+
+        threads = [threading.Thread(target=primary), threading.Thread(target=secondary)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert_completed(out["save"])
+        assert_completed(out["restore"])
+        assert out["save"].calls.count("wait_checkpoint") == 3
+        c.out.runs.append(Run("primary", out["save"]))
+        c.out.runs.append(Run("secondary", out["restore"]))
     return scenario
 
 
@@ -278,6 +321,8 @@ SCENARIOS: Dict[str, Callable[[Ctx], None]] = {
     "save-restore-pv-live-debug": saverestore("pv", True, XCFLAGS_LIVE | XCFLAGS_DEBUG),
     "remus-3-checkpoints-pv": remus("pv"),
     "remus-3-checkpoints-hvm": remus("hvm"),
+    "colo-pv": colo("pv"),
+    "colo-hvm": colo("hvm"),
     "suspend-refused-or-ignored": suspend_refused,
     "save-missing-domain": missing_domain,
     "restore-kind-mismatch": kind_mismatch,
