@@ -1,0 +1,100 @@
+"""The benchmark suite runs and reports every comparison it claims.
+
+No timing is asserted: only that `python -m benchmarks --quick` completes,
+that the table and the JSON name each variant with a median, a spread and
+a ratio, and that each target is reported with its figure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+EXPECTED = {
+    "roundtrip": {
+        "C floor (blocking read)", "C floor (poll + read)", "xensr blocking",
+        "xensr asyncio", "pure Python blocking", "pure Python asyncio add_reader",
+    },
+    "decode": {"C floor", "xensr blocking", "xensr asyncio", "pure Python blocking"},
+    "spawn": {"xensr", "os.posix_spawn", "os.fork + os.execve", "subprocess.Popen"},
+}
+
+
+def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory):
+    path = tmp_path_factory.mktemp("bench") / "out.json"
+    proc = _run("--quick", "--reps", "1", "--only", "roundtrip,decode",
+                "--only", "spawn", "--json", str(path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(path) as f:
+        return proc.stdout, json.load(f)
+
+
+def test_json_has_every_comparison(quick) -> None:
+    _, doc = quick
+    assert doc["failed"] == {}
+    assert doc["machine"]["nproc"] == os.cpu_count()
+    assert "--quick" in doc["machine"]["command"]
+    by_name = {r["name"]: r for r in doc["results"]}
+    assert set(by_name) == set(EXPECTED)
+    for name, variants in EXPECTED.items():
+        res = by_name[name]
+        seen = set()
+        for group in res["groups"]:
+            assert group["series"], group
+            for s in group["series"]:
+                seen.add(s["variant"])
+                # one rep, so median, min and max are the one sample
+                assert s["n"] == 1 and len(s["samples"]) == 1
+                assert s["median"] == s["min"] == s["max"] == s["samples"][0]
+                assert s["median"] > 0
+                if group["baseline"]:
+                    base = [x for x in group["series"] if x["variant"] == group["baseline"]]
+                    assert len(base) == 1
+                    assert s["ratio_to_baseline"] == pytest.approx(
+                        s["median"] / base[0]["median"])
+        assert variants <= seen, (name, seen)
+        assert res["targets"], name
+        for t in res["targets"]:
+            assert t["op"] in ("<=", ">=")
+            assert t["met"] == (t["value"] <= t["bound"] if t["op"] == "<="
+                                else t["value"] >= t["bound"])
+
+
+def test_spawn_sizes_grow(quick) -> None:
+    _, doc = quick
+    spawn = next(r for r in doc["results"] if r["name"] == "spawn")
+    # one total-time group and one spawn-call group per size
+    assert len(spawn["groups"]) == 2 * len(spawn["params"]["sizes_mib"])
+    assert len(spawn["targets"]) == len(spawn["params"]["sizes_mib"])
+
+
+def test_table_shows_variants_and_targets(quick) -> None:
+    out, doc = quick
+    assert out.startswith("machine: ")
+    for name, variants in EXPECTED.items():
+        assert f"== {name}: " in out
+        for v in variants:
+            assert v in out
+    n_targets = sum(len(r["targets"]) for r in doc["results"])
+    assert out.count("(target ") == n_targets
+    assert "JSON: " in out
+
+
+def test_unknown_benchmark_is_a_usage_error() -> None:
+    proc = _run("--only", "nosuch", timeout=30)
+    assert proc.returncode == 2
+    assert "unknown benchmark 'nosuch'" in proc.stderr
