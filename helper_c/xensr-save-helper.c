@@ -200,13 +200,15 @@ int xensr_helper_getreply(const char *name)
         if (r < 0) {
             if (errno == EINTR)
                 continue;
-            fprintf(stderr, PROGRAM ": read of the reply to %s from parent"
-                    " (stdin): %s\n", name, strerror(errno));
+            fprintf(stderr,
+                    PROGRAM ": read of the reply to %s from parent (stdin): %s\n",
+                    name, strerror(errno));
             exit(EXIT_FAILURE_STATUS);
         }
         if (r == 0) {
-            fprintf(stderr, PROGRAM ": end of stdin while waiting for the"
-                    " reply to %s\n", name);
+            fprintf(stderr,
+                    PROGRAM ": end of stdin while waiting for the reply to %s\n",
+                    name);
             exit(EXIT_REPLY_EOF);
         }
         p += r;
@@ -227,8 +229,8 @@ int xensr_helper_getreply(const char *name)
  */
 static void save_sigterm_handler(int sig)
 {
-    static const char msg[] = PROGRAM ": SIGTERM: dup2 over the io fd"
-        " failed, giving up\n";
+    static const char msg[] =
+        PROGRAM ": SIGTERM: dup2 over the io fd failed, giving up\n";
     int esave = errno;
     int r;
 
@@ -409,29 +411,29 @@ static long long parse_arg(const char *mode, const struct arg_spec *spec,
     case ARG_FD:
         r = parse_decimal(s, INT_MAX, &v);
         if (r || v < 3)
-            usage_error("%s: %s must be %sa file descriptor number from 3"
-                        " to %d, not '%s'", mode, spec->name,
+            usage_error("%s: %s must be %sa file descriptor number from 3 to %d, not '%s'",
+                        mode, spec->name,
                         spec->kind == ARG_FD_OR_NONE ? "-1 or " : "",
                         INT_MAX, s);
         return (long long)v;
     case ARG_U32:
         r = parse_decimal(s, UINT32_MAX, &v);
         if (r)
-            usage_error("%s: %s must be a decimal number from 0 to %lu,"
-                        " not '%s'", mode, spec->name,
+            usage_error("%s: %s must be a decimal number from 0 to %lu, not '%s'",
+                        mode, spec->name,
                         (unsigned long)UINT32_MAX, s);
         return (long long)v;
     case ARG_DOMID:
         r = parse_decimal(s, UINT16_MAX, &v);
         if (r)
-            usage_error("%s: %s must be a decimal number from 0 to %u,"
-                        " not '%s'", mode, spec->name, UINT16_MAX, s);
+            usage_error("%s: %s must be a decimal number from 0 to %u, not '%s'",
+                        mode, spec->name, UINT16_MAX, s);
         return (long long)v;
     case ARG_STREAM:
         r = parse_decimal(s, XC_STREAM_COLO, &v);
         if (r)
-            usage_error("%s: %s must be 0 (plain), 1 (Remus) or 2 (COLO),"
-                        " not '%s'", mode, spec->name, s);
+            usage_error("%s: %s must be 0 (plain), 1 (Remus) or 2 (COLO), not '%s'",
+                        mode, spec->name, s);
         return (long long)v;
     }
     usage_error("%s: %s: internal error: unknown argument kind", mode,
