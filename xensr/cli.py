@@ -30,6 +30,7 @@ PROG = "xensr"
 #: name -> "module[:attribute]" implementing HELP, add_arguments, run.
 SUBCOMMANDS: Dict[str, str] = {
     "inspect": "xensr.cli:INSPECT",
+    "demo": "xensr.demo",
 }
 
 EXIT_OK = 0

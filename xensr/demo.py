@@ -1,0 +1,239 @@
+"""``xensr demo``: a live migration to a file and back, on a simulated host.
+
+The whole job of xensr on the embedded default: a simulated Xen host (the
+test rig shipped in the package), a guest of a few hundred MiB whose
+workload dirties pages while it runs, a live save into an xl save file with
+a progress bar, a restore into a new domain, a byte-for-byte check of the
+guest memory, and a summary.  Exits 0 only when the memories match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, TextIO
+
+HELP = "save a live simulated guest to an xl save file and restore it"
+
+#: Where Debian's xen-utils-4.17 installs libxl's helper.
+DEBIAN_HELPER = "/usr/lib/xen-4.17/bin/libxl-save-helper"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--memory", type=_positive, default=256, metavar="MIB",
+                   help="guest memory in MiB (default 256)")
+    p.add_argument("--vcpus", type=_positive, default=2, help="guest vCPUs (default 2)")
+    p.add_argument("--kind", choices=("pv", "hvm"), default="pv",
+                   help="guest type (default pv)")
+    live = p.add_mutually_exclusive_group()
+    live.add_argument("--live", dest="live", action="store_true", default=True,
+                      help="live save: precopy rounds while the guest runs (default)")
+    live.add_argument("--no-live", dest="live", action="store_false",
+                      help="suspend first, then copy memory once")
+    p.add_argument("--dirty-pages", type=_nonnegative, default=2048, metavar="N",
+                   help="pages the guest dirties per precopy round (default 2048)")
+    p.add_argument("--seed", type=_nonnegative, default=1, help="workload seed")
+    p.add_argument("--helper", default="xensr", metavar="xensr|debian|PATH",
+                   help="save/restore helper: xensr's (default), Debian's "
+                        f"libxl-save-helper ({DEBIAN_HELPER}) or a path")
+    p.add_argument("--keep", metavar="FILE",
+                   help="write the save file here and keep it (default: a temporary file)")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def _nonnegative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text}")
+    return value
+
+
+def _helper(choice: str) -> Optional[str]:
+    if choice == "xensr":
+        return None  # the packaged helper
+    if choice == "debian":
+        if not os.access(DEBIAN_HELPER, os.X_OK):
+            raise LookupError(f"Debian's helper is not installed at {DEBIAN_HELPER} "
+                              "(apt-get install xen-utils-4.17), or pass its path")
+        return DEBIAN_HELPER
+    return choice
+
+
+class ProgressBar:
+    """libxenguest's progress reports, drawn on a terminal (or summarised)."""
+
+    WIDTH = 30
+
+    def __init__(self, out: TextIO, enabled: bool):
+        self.out = out
+        self.enabled = enabled
+        self.tty = enabled and out.isatty()
+        self.phase: Optional[str] = None
+        self.last_percent = -1
+
+    def __call__(self, context: str, doing_what: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if doing_what != self.phase:
+            self.end()
+            self.phase = doing_what
+            self.last_percent = -1
+        if total == 0:  # a single event ("Domain now suspended")
+            self._line(f"  {doing_what}")
+            self.phase = None
+            return
+        percent = min(100, done * 100 // total)
+        if percent == self.last_percent:
+            return
+        self.last_percent = percent
+        if self.tty:
+            filled = self.WIDTH * percent // 100
+            bar = "#" * filled + "." * (self.WIDTH - filled)
+            self.out.write(f"\r  {doing_what:<24} [{bar}] {percent:3d}%")
+            self.out.flush()
+        elif percent == 100:
+            self._line(f"  {doing_what}: {total} pages")
+
+    def _line(self, text: str) -> None:
+        self.end()
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def end(self) -> None:
+        if self.tty and self.phase is not None and self.last_percent >= 0:
+            self.out.write("\n")
+            self.out.flush()
+        self.phase = None
+        self.last_percent = -1
+
+
+class DemoCallbacks:
+    """What a toolstack answers during the save; here: suspend, progress."""
+
+    def __init__(self, bar: ProgressBar, log: TextIO):
+        self.bar = bar
+        self.log = log
+
+    def suspend(self) -> bool:
+        self.bar.end()
+        return True  # the simulated guest suspends when asked
+
+    def switch_qemu_logdirty(self, domid: int, enable: bool) -> None:
+        return None  # no device model on the simulated host
+
+    def progress(self, context: str, doing_what: str, done: int, total: int) -> None:
+        self.bar(context, doing_what, done, total)
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import __version__
+    from .stream import scan_file
+    from .testing import SimulatedHost
+    from .xlfile import restore_domain_from_file, save_domain_to_file
+
+    out = sys.stdout
+    say = (lambda text: None) if args.json else (lambda text: print(text, file=out, flush=True))
+    try:
+        helper = _helper(args.helper)
+    except LookupError as e:
+        print(f"xensr: demo: {e}", file=sys.stderr)
+        return 1
+    bar = ProgressBar(sys.stderr if args.json else out, not args.no_progress)
+
+    with SimulatedHost() as host, tempfile.TemporaryDirectory(prefix="xensr-demo-") as tmp:
+        path = args.keep or os.path.join(tmp, "guest.save")
+        say(f"xensr {__version__} demo: simulated host in {host.state_dir}")
+        src = host.create_domain(args.memory, vcpus=args.vcpus, kind=args.kind,
+                                 dirty_pages=args.dirty_pages, seed=args.seed)
+        state = host.domain_state(src)
+        say(f"guest: domain {src}, {args.kind.upper()}, {args.memory} MiB, "
+            f"{args.vcpus} vCPUs, dirtying {args.dirty_pages} pages per round")
+        config = {"c_info": {"type": args.kind, "name": f"demo-{src}"},
+                  "b_info": {"max_vcpus": args.vcpus, "max_memkb": args.memory * 1024}}
+        say(f"{'live ' if args.live else ''}save to {path} "
+            f"with {'xensr-save-helper' if helper is None else helper}")
+        callbacks = DemoCallbacks(bar, out)
+        t0 = time.monotonic()
+        saved = save_domain_to_file(src, path, callbacks, config=json.dumps(config),
+                                    live=args.live, helper=helper, env=host.env)
+        t_save = time.monotonic() - t0
+        bar.end()
+        source_state = host.domain_state(src)
+        summary = scan_file(path)
+        file_size = os.path.getsize(path)
+
+        dst = host.create_empty_domain()
+        say(f"restore into new domain {dst}")
+        t1 = time.monotonic()
+        restored = restore_domain_from_file(dst, path, store_evtchn=1, console_evtchn=2,
+                                            helper=helper, env=host.env)
+        t_restore = time.monotonic() - t1
+        bar.end()
+        src_digest = host.memory_digest(src)
+        dst_digest = host.memory_digest(dst)
+        dst_state = host.domain_state(dst)
+
+    result = getattr(restored, "result", restored)
+    identical = src_digest == dst_digest
+    mib = args.memory
+    report: Dict[str, Any] = {
+        "version": __version__,
+        "helper": helper or "xensr-save-helper",
+        "guest": {"domid": src, "kind": args.kind, "memory_mib": mib, "vcpus": args.vcpus,
+                  "dirty_pages_per_round": args.dirty_pages},
+        "live": args.live,
+        "save_seconds": round(t_save, 3),
+        "restore_seconds": round(t_restore, 3),
+        "save_mib_per_s": round(mib / t_save, 1) if t_save else None,
+        "restore_mib_per_s": round(mib / t_restore, 1) if t_restore else None,
+        "precopy_rounds": _int(source_state.get("save_iterations")),
+        "pages_sent": summary.pages,
+        "file_bytes": file_size,
+        "restored_domid": dst,
+        "store_gfn": getattr(result, "store_gfn", None),
+        "console_gfn": getattr(result, "console_gfn", None),
+        "source_store_gfn": state.get("store_gfn"),
+        "source_console_gfn": state.get("console_gfn"),
+        "save_helper_pid": saved.pid,
+        "memory_sha256": src_digest,
+        "restored_memory_sha256": dst_digest,
+        "memory_identical": identical,
+        "restored_state": dst_state.get("state"),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        rows: List[str] = [
+            f"  save:     {t_save:7.2f} s  ({report['save_mib_per_s']} MiB/s of guest memory)",
+            f"  restore:  {t_restore:7.2f} s  ({report['restore_mib_per_s']} MiB/s)",
+            f"  precopy rounds: {report['precopy_rounds']}, pages sent: {report['pages_sent']} "
+            f"({report['pages_sent'] / (mib * 256):.2f}x the guest), "
+            f"file: {file_size / (1 << 20):.1f} MiB",
+            f"  xenstore/console frames: {report['store_gfn']}/{report['console_gfn']} "
+            f"(source {report['source_store_gfn']}/{report['source_console_gfn']})",
+            f"  memory: {'IDENTICAL' if identical else 'DIFFERENT'} "
+            f"(sha256 {src_digest[:16]}... vs {dst_digest[:16]}...)",
+        ]
+        say("summary:")
+        for row in rows:
+            say(row)
+    return 0 if identical else 1
+
+
+def _int(value: Any) -> Optional[int]:
+    try:
+        return int(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
