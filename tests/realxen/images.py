@@ -191,8 +191,13 @@ def download(pkg: str, version: str) -> Path:
     if dest.exists():
         return dest
     with tempfile.TemporaryDirectory(dir=debs) as tmp:
-        run(["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root",
-             f"{pkg}={version}"], what=f"apt-get download {pkg}", cwd=tmp)
+        cmd = ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root",
+               f"{pkg}={version}"]
+        try:
+            run(cmd, what=f"apt-get download {pkg}", cwd=tmp)
+        except BuildError as exc:  # once more, for a mirror hiccup
+            log(f"{exc}\nrealxen: trying once more")
+            run(cmd, what=f"apt-get download {pkg}", cwd=tmp)
         got = list(Path(tmp).glob("*.deb"))
         if len(got) != 1:
             raise BuildError(f"apt-get download {pkg}={version} left {got}")
@@ -520,9 +525,17 @@ def build_root(versions: Dict[str, str]) -> StageInfo:
             raise BuildError("debootstrap is missing: apt-get install debootstrap")
         tree = out / "tree"
         blog = out / "build.log"
-        run(["debootstrap", "--variant=minbase",
-             "--include=" + ",".join(ROOT_BASE_PACKAGES), SUITE, str(tree), mirror()],
-            what="debootstrap", logfile=blog, timeout=1200)
+        for attempt in (1, 2):  # a mirror hiccup should not fail the tier
+            try:
+                run(["debootstrap", "--variant=minbase",
+                     "--include=" + ",".join(ROOT_BASE_PACKAGES), SUITE, str(tree),
+                     mirror()], what="debootstrap", logfile=blog, timeout=1200)
+                break
+            except BuildError as exc:
+                if attempt == 2:
+                    raise
+                log(f"{exc}\nrealxen: trying debootstrap once more")
+                force_rmtree(tree)
         (tree / "etc/apt/sources.list").write_text(
             f"deb {mirror()} {SUITE} main\n"
             f"deb {mirror()} {SUITE}-updates main\n"
@@ -631,7 +644,7 @@ def given_wheel() -> Optional[StageInfo]:
 
 
 def unpack_wheel(whl: Path, dest: Path) -> None:
-    """Unzip a wheel keeping the modes it records (the helper is 0755)."""
+    """Unzip a wheel; files it marks executable (the helper) get 0755."""
     with zipfile.ZipFile(whl) as z:
         for info in z.infolist():
             target = dest / info.filename
@@ -641,8 +654,8 @@ def unpack_wheel(whl: Path, dest: Path) -> None:
             target.parent.mkdir(parents=True, exist_ok=True)
             with z.open(info) as src, open(target, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-            mode = (info.external_attr >> 16) & 0o777
-            target.chmod(mode if mode else 0o644)
+            # As pip does: executable if the wheel says so, else 0644.
+            target.chmod(0o755 if (info.external_attr >> 16) & 0o111 else 0o644)
 
 
 def build_payload(versions: Dict[str, str], kernel: StageInfo, guest: StageInfo,

@@ -97,7 +97,7 @@ def test_results_and_end_marker(fake):
     ("[    3.1] Kernel panic - not syncing: VFS: Unable to mount root fs\n", "Linux panic"),
     ("XENSR-FATAL initramfs: cannot mount the root disk /dev/vda\n",
      "fatal error in the machine"),
-])
+], ids=["xen-panic", "dom0-crash", "linux-panic", "xensr-fatal"])
 def test_fails_fast_with_the_relevant_lines(fake, line, what):
     t0 = time.monotonic()
     with pytest.raises(qemu.BootError) as ei:

@@ -34,7 +34,7 @@ DEBIAN_HELPER = str(XEN_BIN / "libxl-save-helper")
 CONSOLE_DIR = Path("/var/log/xen/console")
 WORK = Path("/tmp")  # tmpfs: save files live in dom0's memory
 BROKEN_HELPER = Path("/run/xensr-broken-helper")
-CMD_TIMEOUT = 180
+CMD_TIMEOUT = 100  # below the host's 150 s console idle timeout
 
 Tick = Tuple[int, float]
 
@@ -54,6 +54,13 @@ def note(text: str) -> None:
 def tail(text: str, n: int = 12) -> str:
     lines = [ln for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
     return " | ".join(lines[-n:])
+
+
+def xl_errors(text: str, n: int = 4) -> str:
+    """xl's error lines (libxl says there why a helper failed), else its tail."""
+    lines = [ln.strip() for ln in text.replace("\r", "\n").splitlines()
+             if ": error: " in ln]
+    return " | ".join(lines[:n]) if lines else tail(text)
 
 
 def run(cmd: List[str], *, env: Optional[Dict[str, str]] = None, timeout: float = CMD_TIMEOUT,
@@ -352,7 +359,7 @@ def xl_save_restore(g: Guest, helper: str, xensr_expected: bool) -> dict:
     t_save = time.monotonic() - t0
     if r.returncode != 0:
         raise Failed(f"xl save with LIBXL_SAVE_HELPER={helper} exited with status "
-                     f"{r.returncode}: {tail(r.stdout)}")
+                     f"{r.returncode}: {xl_errors(r.stdout)}")
     first_save = first_helper_line(r.stdout, "xl save")
     check_helper_line(first_save, "save", xensr_expected)
     if g.domid() is not None:
@@ -363,7 +370,7 @@ def xl_save_restore(g: Guest, helper: str, xensr_expected: bool) -> dict:
     t_restore = time.monotonic() - t0
     if r2.returncode != 0:
         raise Failed(f"xl restore with LIBXL_SAVE_HELPER={helper} exited with status "
-                     f"{r2.returncode}: {tail(r2.stdout)}")
+                     f"{r2.returncode}: {xl_errors(r2.stdout)}")
     first_restore = first_helper_line(r2.stdout, "xl restore")
     check_helper_line(first_restore, "restore", xensr_expected)
     cont = g.carries_on(before, start)
@@ -466,7 +473,7 @@ def api_save_restore(g: Guest, helper: str, live: bool) -> dict:
     t_restore = time.monotonic() - t0
     if r.returncode != 0:
         raise Failed(f"xl restore of the file saved through the API exited with status "
-                     f"{r.returncode}: {tail(r.stdout)}")
+                     f"{r.returncode}: {xl_errors(r.stdout)}")
     cont = g.carries_on(before, start)
     size = path.stat().st_size
     t0 = time.monotonic()
