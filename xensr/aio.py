@@ -40,6 +40,12 @@ class _Driver:
         self.tasks: Set["asyncio.Task[Any]"] = set()
         self.closed = False
         op._set_runner(self.run_awaitable)
+        # abort()/reply() from elsewhere (a callback, a timer, a thread).
+        op.set_listener(self.wake)
+
+    def wake(self) -> None:
+        if not self.closed:
+            self.loop.call_soon_threadsafe(self.sync)
 
     def sync(self) -> None:
         if self.closed:
@@ -140,6 +146,7 @@ class _Driver:
         for task in list(self.tasks):
             task.cancel()
         self.op._set_runner(None)
+        self.op.set_listener(None)
 
 
 async def run(op: Operation) -> OperationResult:

@@ -261,6 +261,7 @@ class Operation:
         self._pending: Optional[str] = None
         self._pending_task: Any = None
         self._runner: Optional[Callable[[Any, Optional[str]], Any]] = None
+        self._listener: Optional[Callable[[], None]] = None
         self._counts: Dict[str, int] = {}
         self._first_log = True
         self._progress = _cb.find(callbacks, "progress")
@@ -440,6 +441,7 @@ class Operation:
             self._callout.close()
             return
         self._stop(Aborted(f"domain {self.domid} {self.kind} aborted"))
+        self._changed()
 
     def kill(self) -> None:
         """Stop the operation now with SIGKILL (result: Aborted unless it
@@ -448,6 +450,7 @@ class Operation:
             self.abort()
             return
         self._fail(Aborted(f"domain {self.domid} {self.kind} aborted (killed)"))
+        self._changed()
 
     def _stop(self, err: XensrError) -> None:
         """Graceful stop: SIGTERM now, SIGKILL after the grace period."""
@@ -662,6 +665,7 @@ class Operation:
             return
         self._last_frame = time.monotonic()
         self._callout.send_reply(v)
+        self._changed()
 
     def reply_error(self, exc: BaseException, name: Optional[str] = None) -> None:
         """A deferred callback failed: the operation fails with CallbackError."""
@@ -670,6 +674,20 @@ class Operation:
         if name is None:
             name = self._pending or "callback"
         self._callback_failed(name, exc)
+        self._changed()
+
+    def set_listener(self, listener: Optional[Callable[[], None]]) -> None:
+        """``listener()`` is called when :meth:`abort`, :meth:`kill`,
+        :meth:`reply` or :meth:`reply_error` changed what :meth:`fds` and
+        :meth:`next_deadline` return, so that the loop driving this
+        operation looks again (they may be called from another thread:
+        the listener must be thread-safe, e.g. ``call_soon_threadsafe``)."""
+        self._listener = listener
+
+    def _changed(self) -> None:
+        listener = self._listener
+        if listener is not None:
+            listener()
 
     def _set_runner(self, runner: Optional[Callable[[Any, Optional[str]], Any]]) -> None:
         """How awaitables returned by callbacks are run: ``runner(awaitable,
