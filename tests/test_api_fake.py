@@ -539,3 +539,15 @@ def test_helper_from_this_build_is_not_reported(fake, iofd, caplog):
     op.run()
     assert op.helper_version == "0.1.0"
     assert not [r for r in caplog.records if r.name == "xensr"]
+
+
+def test_file_object_is_flushed_before_the_helper_writes(fake, tmp_path):
+    """What the application wrote through a buffered file object comes
+    before the helper's bytes."""
+    with open(tmp_path / "out", "w+b") as f:
+        f.write(b"HEADER")
+        op = xensr.SaveOperation(1, f, helper=fake.path,
+                                 env=fake.env(Script().write_io(b"BODY").save_ok()))
+        op.run()
+        f.write(b"TRAILER")
+    assert (tmp_path / "out").read_bytes() == b"HEADERBODYTRAILER"

@@ -229,6 +229,7 @@ class Operation:
                  kill_grace: float, log_tail: int):
         self.domid = _uint("domid", domid, 32)
         self.fd = _fileno("fd", fd)
+        self._fd_objects = [o for o in (fd, back_fd) if not isinstance(o, int) and o is not None]
         self.back_fd = -1 if back_fd is None else _fileno("back-channel fd", back_fd)
         if stream_type not in (C.XC_STREAM_PLAIN, C.XC_STREAM_REMUS, C.XC_STREAM_COLO):
             raise ValueError(f"stream_type must be XC_STREAM_PLAIN, _REMUS or _COLO, not {stream_type!r}")
@@ -336,6 +337,11 @@ class Operation:
         if self._state != "new":
             raise RuntimeError(f"{self!r} was already started")
         try:
+            # A file object's buffered writes go before the helper's.
+            for obj in self._fd_objects:
+                flush = getattr(obj, "flush", None)
+                if flush is not None and not getattr(obj, "closed", False):
+                    flush()
             self.helper = resolve_helper(self._helper_arg)
             self._callout.spawn(self.helper, self._mode, self.fd, self.back_fd,
                                 self._args(), self._env)

@@ -90,6 +90,11 @@ class Script:
         self.lines.append("w " + data.hex())
         return self
 
+    def write_io(self, data: bytes) -> "Script":
+        """Write to the io fd (the stream)."""
+        self.lines.append("o " + data.hex())
+        return self
+
     def sync(self) -> "Script":
         self.lines.append("s")
         return self

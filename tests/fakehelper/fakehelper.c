@@ -7,6 +7,7 @@
  * FAKEHELPER_SCRIPT, one command per line:
  *
  *   w HEX     write these bytes to stdout in one write()
+ *   o HEX     write these bytes to the io fd (argv[2])
  *   s         wait until the parent has read everything written so far
  *             (FIONREAD on the pipe is 0): forces a split read
  *   r         read a 4-byte reply from stdin and log "reply N"
@@ -44,12 +45,12 @@ static void sleep_ms(long ms)
         ;
 }
 
-static void write_all(const unsigned char *p, size_t n)
+static void write_all(int fd, const unsigned char *p, size_t n)
 {
     ssize_t r;
 
     while (n) {
-        r = write(1, p, n);
+        r = write(fd, p, n);
         if (r < 0) {
             if (errno == EINTR)
                 continue;
@@ -189,6 +190,7 @@ int main(int argc, char **argv)
             p++;
         switch (line[0]) {
         case 'w':
+        case 'o':
             n = 0;
             while (p[0] && p[1] && n < sizeof(buf)) {
                 hi = hexval(p[0]);
@@ -200,7 +202,7 @@ int main(int argc, char **argv)
                 buf[n++] = (unsigned char)(hi << 4 | lo);
                 p += 2;
             }
-            write_all(buf, n);
+            write_all(line[0] == 'o' && argc > 2 ? atoi(argv[2]) : 1, buf, n);
             break;
         case 's':
             wait_drained();
