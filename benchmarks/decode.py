@@ -52,7 +52,8 @@ def run(build: CBuild, quick: bool, reps: int) -> Result:
     res.notes.append(
         "rates are frames/s over the whole operation (spawn to reap); xensr's "
         "log frames go to the 'xensr.helper' logger, disabled for the run, and "
-        "progress to a no-op callback")
+        "progress to a no-op callback; '_xc.Callout alone' is the callout object "
+        "with plain no-op handler methods (no Operation layer)")
     return res
 
 
@@ -87,6 +88,15 @@ def _one(helper: str, cparent: str, devnull: int, loop: asyncio.AbstractEventLoo
         assert cb.calls == n // 2, cb.calls
         return rate(t)
 
+    envb = xapi.env_bytes(env)
+
+    def xensr_callout() -> Dict[str, float]:
+        t0 = time.perf_counter()
+        co = xapi.callout_save(helper, devnull, CBFLAGS, envb, xapi.BareHandler())
+        t = time.perf_counter() - t0
+        assert co.frames == frames, co.frames
+        return rate(t)
+
     def py_blocking() -> Dict[str, float]:
         t0 = time.perf_counter()
         p = purepy.run_blocking(helper, devnull, CBFLAGS, env)
@@ -98,6 +108,7 @@ def _one(helper: str, cparent: str, devnull: int, loop: asyncio.AbstractEventLoo
         "C floor": c_floor,
         "xensr blocking": xensr_blocking,
         "xensr asyncio": xensr_asyncio,
+        "xensr _xc.Callout alone (poll loop)": xensr_callout,
         "pure Python blocking": py_blocking,
     }
     raw = interleave(variants, reps)

@@ -62,6 +62,18 @@ def run(build: CBuild, quick: bool, reps: int) -> Result:
         assert cb.calls == n, cb.calls
         return per_rt(t, c)
 
+    envb = xapi.env_bytes(env)
+
+    def xensr_callout() -> Dict[str, float]:
+        h = xapi.BareHandler()
+        c0 = cpu_seconds()
+        t0 = time.perf_counter()
+        xapi.callout_save(helper, devnull, CBFLAGS, envb, h)
+        t = time.perf_counter() - t0
+        c = cpu_seconds() - c0
+        assert h.requests == n, h.requests
+        return per_rt(t, c)
+
     def py_blocking() -> Dict[str, float]:
         c0 = cpu_seconds()
         t0 = time.perf_counter()
@@ -88,6 +100,7 @@ def run(build: CBuild, quick: bool, reps: int) -> Result:
         "C floor (poll + read)": c_floor_poll,
         "xensr blocking": xensr_blocking,
         "xensr asyncio": xensr_asyncio,
+        "xensr _xc.Callout alone (poll loop)": xensr_callout,
         "pure Python blocking": py_blocking,
         "pure Python asyncio add_reader": py_asyncio,
     }
@@ -113,5 +126,7 @@ def run(build: CBuild, quick: bool, reps: int) -> Result:
     res.notes.append(
         "each sample is one whole operation (spawn, starting line, N requests, "
         "complete, reap) divided by N; the C floor is the same bench helper "
-        "driven by a C parent over the same two pipes")
+        "driven by a C parent over the same two pipes; '_xc.Callout alone' drives "
+        "the callout object with a bare poll loop and plain handler methods (no "
+        "Operation layer), to show what each layer costs")
     return res
