@@ -33,7 +33,7 @@ def _runners(args: argparse.Namespace, build: CBuild) -> Dict[str, Callable[[], 
         "spawn": lambda: spawn.run(build, args.quick, reps),
         "concurrency": lambda: concurrency.run(
             build, args.quick, max(3, reps // 3), args.conc_kinds),
-        "datapath": lambda: datapath.run(args.quick, max(3, reps // 2)),
+        "datapath": lambda: datapath.run(build, args.quick, max(3, reps // 2)),
     }
 
 

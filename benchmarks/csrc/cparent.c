@@ -5,12 +5,14 @@
  * buffer, a strict decoder for every frame, a native int reply for each
  * request, waitpid.
  *
- *   xensr-bench-cparent [-p] HELPER MODE N [BUFFER]
+ *   xensr-bench-cparent [-p] [-f FD] [-d DOMID] HELPER MODE N [BUFFER]
  *
- * runs HELPER --save-domain IO_FD -1 1 0 CBFLAGS 0 with XENSR_BENCH_MODE
- * = MODE, XENSR_BENCH_N = N and XENSR_BENCH_BUFFER = BUFFER (0 or 1),
- * CBFLAGS = precopy_policy | suspend.  With -p every read waits in poll()
- * first, as an event-loop parent does.  It prints one line:
+ * runs HELPER --save-domain IO_FD -1 DOMID 0 CBFLAGS 0 with
+ * XENSR_BENCH_MODE = MODE, XENSR_BENCH_N = N and XENSR_BENCH_BUFFER =
+ * BUFFER (0 or 1), CBFLAGS = precopy_policy | suspend.  IO_FD is /dev/null,
+ * or the inherited FD given with -f; DOMID is 1 unless -d says otherwise.
+ * With -p every read waits in poll() first, as an event-loop parent does.
+ * It prints one line:
  *
  *   ns=ELAPSED cpu_ns=CPU frames=COUNT requests=COUNT sum=CHECKSUM
  *   status=WAITSTATUS
@@ -199,7 +201,8 @@ int main(int argc, char **argv)
     size_t have = 0, pos = 0;
     posix_spawn_file_actions_t fa;
     struct decoded d = { 0, 0, 0 };
-    char io_arg[16], cb_arg[16];
+    char io_arg[16], cb_arg[16], dom_arg[16] = "1";
+    int given_fd = -1;
     char env_mode[64], env_n[64], env_buf[32];
     char **env = NULL;
     int64_t t0, t1, c0, c1;
@@ -207,12 +210,23 @@ int main(int argc, char **argv)
     size_t nenv = 0, i;
     int argi = 1;
 
-    if (argc > 1 && !strcmp(argv[1], "-p")) {
-        use_poll = 1;
-        argi++;
+    while (argi < argc && argv[argi][0] == '-') {
+        if (!strcmp(argv[argi], "-p")) {
+            use_poll = 1;
+            argi++;
+        } else if (!strcmp(argv[argi], "-f") && argi + 1 < argc) {
+            given_fd = atoi(argv[argi + 1]);
+            argi += 2;
+        } else if (!strcmp(argv[argi], "-d") && argi + 1 < argc) {
+            snprintf(dom_arg, sizeof(dom_arg), "%s", argv[argi + 1]);
+            argi += 2;
+        } else {
+            break;
+        }
     }
     if (argc - argi < 3 || argc - argi > 4) {
-        fprintf(stderr, "usage: xensr-bench-cparent [-p] HELPER MODE N [BUFFER]\n");
+        fprintf(stderr, "usage: xensr-bench-cparent [-p] [-f FD] [-d DOMID] "
+                "HELPER MODE N [BUFFER]\n");
         return 2;
     }
     snprintf(env_mode, sizeof(env_mode), "XENSR_BENCH_MODE=%s", argv[argi + 1]);
@@ -230,13 +244,23 @@ int main(int argc, char **argv)
     env[nenv + 1] = env_n;
     env[nenv + 2] = env_buf;
 
-    /* The io fd: /dev/null, inherited by the helper (no O_CLOEXEC). */
-    io_fd = open("/dev/null", O_WRONLY);
-    if (io_fd < 0)
-        goto out;
-    snprintf(io_arg, sizeof(io_arg), "%d", io_fd);
+    /* The io fd: /dev/null or the one given, inherited by the helper. */
+    if (given_fd >= 0) {
+        int fl = fcntl(given_fd, F_GETFD);
+
+        if (fl < 0 || fcntl(given_fd, F_SETFD, fl & ~FD_CLOEXEC) < 0) {
+            perror("io fd");
+            goto out;
+        }
+        snprintf(io_arg, sizeof(io_arg), "%d", given_fd);
+    } else {
+        io_fd = open("/dev/null", O_WRONLY);
+        if (io_fd < 0)
+            goto out;
+        snprintf(io_arg, sizeof(io_arg), "%d", io_fd);
+    }
     snprintf(cb_arg, sizeof(cb_arg), "%u", (1u << 11) | (1u << 3));
-    char *hargv[] = { argv[argi], "--save-domain", io_arg, "-1", "1", "0",
+    char *hargv[] = { argv[argi], "--save-domain", io_arg, "-1", dom_arg, "0",
                       cb_arg, "0", NULL };
 
     c0 = cpu_ns();
