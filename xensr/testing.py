@@ -43,8 +43,9 @@ and ``p2m_pfn`` (PV), ``logdirty`` (0/1, on during a live save),
 ``ignore_suspend``, and the results ``save_iterations``, ``save_pages``,
 ``save_result``, ``restore_result``, ``restore_stream_type``.
 
-Guest layout: memory is filled with deterministic pseudo-random bytes (from
-``seed``).  The last page holds the console ring (``console_gfn``), the one
+Guest layout: memory is filled with deterministic pseudo-random bytes (a
+1 MiB pool drawn from ``seed``, each page stamped with ``(seed, pfn)`` as two
+little-endian u64 in its first 16 bytes).  The last page holds the console ring (``console_gfn``), the one
 before the xenstore ring (``store_gfn``).  A PV guest also has a
 ``struct start_info`` (x86_64 layout: ``store_mfn`` at offset 56,
 ``console.domU.mfn`` at 72) just below them, which the restore side reads
@@ -504,12 +505,7 @@ class SimulatedHost:
         tmpdir = Path(tempfile.mkdtemp(prefix=".new-", dir=self._state_dir))
         try:
             with open(tmpdir / "memory", "wb") as f:
-                rng = random.Random(seed)
-                left = nr * PAGE_SIZE
-                while left:
-                    chunk = min(left, 1 << 20)
-                    f.write(rng.getrandbits(chunk * 8).to_bytes(chunk, "little"))
-                    left -= chunk
+                _fill_memory(f, nr, seed)
                 if kind == "pv":
                     f.seek(p2m * PAGE_SIZE)
                     f.write(struct.pack(f"<{nr}Q", *range(nr)))
@@ -653,6 +649,25 @@ def _check_int(name: str, value: object, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise ValueError(f"{name} must be in {lo}..{hi}, got {value}")
     return value
+
+
+def _fill_memory(f, nr_pages: int, seed: int) -> None:
+    """Deterministic guest memory: pages drawn from a 1 MiB pseudo-random
+    pool (seeded), rotated per MiB, each stamped with (seed, pfn) in its
+    first 16 bytes so that every page differs."""
+    pool_pages = _PAGES_PER_MIB
+    pool = random.Random(seed).randbytes(pool_pages * PAGE_SIZE)
+    stamp = struct.Struct("<QQ")
+    pfn = 0
+    while pfn < nr_pages:
+        n = min(pool_pages, nr_pages - pfn)
+        rot = (pfn // pool_pages * 37) % pool_pages * PAGE_SIZE
+        chunk = bytearray(pool[rot:] + pool[:rot])
+        del chunk[n * PAGE_SIZE:]
+        for i in range(n):
+            stamp.pack_into(chunk, i * PAGE_SIZE, seed, pfn + i)
+        f.write(chunk)
+        pfn += n
 
 
 def _start_info(nr_pages: int, store: int, console: int) -> bytes:
