@@ -264,7 +264,7 @@ def test_remus_restore_failover(debian_helper, simulated_host, tmp_path):
     assert_completed(r, retval=-1)
 
 
-def test_debug_flag_verify_pass(debian_helper, simulated_host, tmp_path):
+def test_debug_flag_verify_pass(debian_helper, simulated_host, verify_stream, tmp_path):
     """XCFLAGS_DEBUG on a live save adds a VERIFY record and a full pass,
     which the restore compares instead of copying."""
     host = simulated_host
@@ -272,6 +272,7 @@ def test_debug_flag_verify_pass(debian_helper, simulated_host, tmp_path):
     path = tmp_path / "s"
     t, data = save_to_file(debian_helper, host, dom, path, xcflags=XCFLAGS_LIVE | XCFLAGS_DEBUG)
     assert_completed(t)
+    assert verify_stream(path).returncode == 0
     s = st.parse(data)
     v = s.names.index("VERIFY")
     nr = host.domain_state(dom)["nr_pages"]

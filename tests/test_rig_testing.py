@@ -196,7 +196,8 @@ def test_domid_allocation_is_safe_across_processes(tmp_path):
 
 def test_no_extension_import():
     """xensr.testing is pure Python: importing it does not load xensr._xc."""
-    code = "import sys, xensr.testing; print('xensr._xc' in sys.modules)"
+    code = ("import sys, xensr.testing; print('xensr._xc' in sys.modules, "
+            "'pytest' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[1]).stdout
-    assert out.strip() == "False"
+    assert out.split() == ["False", "False"]      # nor pytest, until the fixture is used

@@ -681,17 +681,23 @@ def _start_info(nr_pages: int, store: int, console: int) -> bytes:
     return bytes(page)
 
 
-try:  # the fixture, when pytest is there
-    import pytest as _pytest
-except ImportError:  # pragma: no cover
-    _pytest = None
+def _make_fixture():
+    import pytest
 
-if _pytest is not None:
-    @_pytest.fixture
+    @pytest.fixture
     def simulated_host(tmp_path) -> Iterator[SimulatedHost]:
         """A :class:`SimulatedHost` in the test's ``tmp_path``."""
         with SimulatedHost(tmp_path / "simxen") as host:
             yield host
-else:  # pragma: no cover
-    def simulated_host(*_args, **_kwargs):
-        raise RuntimeError("the simulated_host fixture needs pytest")
+
+    return simulated_host
+
+
+def __getattr__(name: str):
+    # The pytest fixture is built on first use, so that importing
+    # xensr.testing does not import pytest.
+    if name == "simulated_host":
+        fixture = _make_fixture()
+        globals()["simulated_host"] = fixture
+        return fixture
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -167,6 +167,14 @@ class Transcript:
             + (f" (errno {m['errnoval']})" if m["errnoval"] not in (0, -1) else "")
             for m in self.logs)
 
+    def normalized(self, skip_first_log: bool = True) -> List[Tuple[int, Dict[str, Any], Any]]:
+        """(number, fields, reply) per message, for comparing two helpers'
+        runs; the first log line (the helper's greeting) is left out."""
+        replies = {id(m): v for m, v in self.replies}
+        msgs = self.messages[1:] if skip_first_log and self.messages and \
+            self.messages[0].number == 1 else self.messages
+        return [(m.number, m.fields, replies.get(id(m))) for m in msgs]
+
     def summary(self) -> str:
         return (f"argv={self.argv} rc={self.returncode} timed_out={self.timed_out} "
                 f"protocol_error={self.protocol_error!r} calls={self.calls}\n"
