@@ -90,6 +90,12 @@ int sim_writev_exact(struct sim_io *io, const struct iovec *iov, int iovcnt)
             return 0;
         }
 
+        if (iov[i].iov_len == off) {        /* an empty entry: skip it */
+            i++;
+            off = 0;
+            continue;
+        }
+
         r = writev(io->fd, local, n);
         if (r < 0 && errno == EINTR)
             continue;
