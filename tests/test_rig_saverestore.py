@@ -384,7 +384,7 @@ def test_colo_primary_and_secondary(debian_helper, simulated_host, tmp_path, kin
         out["save"] = run_helper(
             debian_helper, "save", save_args(dom, XCFLAGS_LIVE, CBFLAGS_SAVE_COLO, 2),
             io_fd=io_w, back_fd=back_r, env=host.env, timeout=60,
-            replies=Replies({"checkpoint": 1, "wait_checkpoint": [1, 1, 0]}),
+            replies=Replies({"wait_checkpoint": [1, 1, 0]}),
             close_after_spawn=(io_w, back_r))
 
     def secondary():
@@ -414,3 +414,20 @@ def test_colo_primary_and_secondary(debian_helper, simulated_host, tmp_path, kin
         assert (m["store_gfn"], m["console_gfn"]) == (src["store_gfn"], src["console_gfn"])
     assert "COLO Failover" in r.log_text()
     assert host.memory_digest(target) == host.memory_digest(dom)
+
+
+def test_restore_into_a_hand_made_target(debian_helper, simulated_host, tmp_path):
+    """The on-disk format is the interface: a target written by hand (meta
+    with a domid, an empty kind, no memory file, no max_pages) restores,
+    up to the default limit of 16 GiB."""
+    host = simulated_host
+    dom = host.create_domain(2, kind="hvm", vcpus=2)
+    assert_completed(save_to_file(debian_helper, host, dom, tmp_path / "s")[0])
+    d = host.state_dir / "dom77"
+    d.mkdir()
+    (d / "meta").write_text("domid=77\nkind=\nstate=paused\n")
+    r = restore_from_file(debian_helper, host, 77, tmp_path / "s")
+    assert_completed(r)
+    assert host.memory_digest(77) == host.memory_digest(dom)
+    got = host.domain_state(77)
+    assert (got["kind"], got["vcpus"], got["nr_pages"]) == ("hvm", 2, 512)

@@ -853,6 +853,10 @@ int sim_domain_open(xc_interface *xch, uint32_t domid, struct sim_domain *d)
     map_pages = d->nr_pages;
     if (sim_meta_get_ul(&d->meta, "max_pages", 0) > map_pages)
         map_pages = sim_meta_get_ul(&d->meta, "max_pages", 0);
+    else if (!*(sim_meta_get(&d->meta, "kind") ?: "") &&
+             !sim_meta_get(&d->meta, "max_pages") &&
+             map_pages < SIM_DEFAULT_MAX_PAGES)
+        map_pages = SIM_DEFAULT_MAX_PAGES;    /* an empty target */
     if (map_pages) {
         void *p = mmap(NULL, map_pages << SIM_PAGE_SHIFT,
                        PROT_READ | PROT_WRITE, MAP_SHARED, d->memfd, 0);

@@ -62,7 +62,7 @@
 #define SIM_XEN_MINOR 17
 #define SIM_HANDLE_MAGIC 0x53494d58u        /* "SIMX" */
 #define SIM_MAX_FAULTS 16
-#define SIM_DEFAULT_MAX_PAGES (16ul << 18)  /* 16 GiB for empty targets */
+#define SIM_DEFAULT_MAX_PAGES (16ul << 18)  /* 16 GiB: empty targets without max_pages */
 
 /* ---- Fault injection (XENSR_SIM_FAULT) ---- */
 

@@ -185,9 +185,10 @@ class Replies:
     """libxl's answers, with overrides.
 
     Defaults: suspend 1, postcopy 1, wait_checkpoint 1, switch_qemu_logdirty
-    0, static_data_done 0, complete 0; checkpoint in a save answers 1 for the
-    first ``checkpoints`` calls then 0 (so a Remus save carries
-    ``checkpoints + 1`` CHECKPOINT records), in a restore
+    0, static_data_done 0, complete 0; checkpoint in a Remus save answers 1
+    for the first ``checkpoints`` calls then 0 (so the stream carries
+    ``checkpoints + 1`` CHECKPOINT records), in a COLO save (stream type 2,
+    where 0 is an error) 1 -- wait_checkpoint ends COLO --, in a restore
     ``restore_checkpoint`` (1 = XGR_CHECKPOINT_SUCCESS); precopy_policy (an
     extension message, if the table has one) answers as libxenguest's own
     policy would.
@@ -214,12 +215,14 @@ class Replies:
             if isinstance(rule, (list, tuple)):
                 return rule[min(n, len(rule) - 1)]
             return rule
-        return self.default(msg, n, mode)
+        return self.default(msg, n, mode, t)
 
-    def default(self, msg: Message, n: int, mode: str) -> int:
+    def default(self, msg: Message, n: int, mode: str, t: Optional[Transcript] = None) -> int:
         name = msg.name
         if name == "checkpoint":
             if mode == "save":
+                if t is not None and t.argv and t.argv[-1] == "2":
+                    return 1            # COLO: 0 would be an error
                 return 1 if n < self.checkpoints else 0
             return self.restore_checkpoint
         if name in ("suspend", "postcopy", "wait_checkpoint"):
