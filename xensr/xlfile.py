@@ -357,33 +357,40 @@ class SaveFileReader:
         """The libxc headers, once :meth:`skip_libxc` has read them."""
         return self._parser.s.libxc
 
-    def _resync(self) -> None:
-        """After a helper consumed bytes from the fd, the position moved."""
+    def _resync(self, consumed: Optional[int] = None) -> None:
+        """After a helper consumed bytes from the fd, the position moved: a
+        seekable fd says where; on a pipe ``consumed`` (if known) does."""
         r = self._reader
         if r.seekable:
             r.offset = os.lseek(self.fd, 0, os.SEEK_CUR)
+        elif consumed is not None:
+            r.offset += consumed
 
-    def _read_section(self, how: str) -> List[EmulatorRecord]:
+    def _read_section(self, how: str, consumed: Optional[int]) -> List[EmulatorRecord]:
         if self.done:
             raise RuntimeError("the stream has already been read to its END")
-        self._resync()
+        self._resync(consumed)
         self._parser.libxc_returned(how)
         records = self._parser.read_libxl_section(keep_data=True, max_data=self.max_record)
         return [EmulatorRecord._from_record(r) for r in records if r.emulator_id is not None]
 
-    def read_checkpoint(self) -> List[EmulatorRecord]:
+    def read_checkpoint(self, *, consumed: Optional[int] = None) -> List[EmulatorRecord]:
         """After the libxc part of a checkpoint (its CHECKPOINT record):
         reads the libxl records up to CHECKPOINT_END; returns the emulator
-        records of this checkpoint."""
-        records = self._read_section("checkpoint")
+        records of this checkpoint.  ``consumed``: see :meth:`read_trailer`."""
+        records = self._read_section("checkpoint", consumed)
         self.checkpoints += 1
         return records
 
-    def read_trailer(self, *, expect_eof: bool = True) -> List[EmulatorRecord]:
+    def read_trailer(self, *, expect_eof: bool = True, consumed: Optional[int] = None) -> List[EmulatorRecord]:
         """After the libxc END: reads the emulator records and END, and
         (``expect_eof``) checks that nothing follows.  Returns the emulator
-        records; they are also kept in ``emulator_records``."""
-        records = self._read_section("end")
+        records; they are also kept in ``emulator_records``.
+
+        On a seekable fd the reader finds where the helper stopped; on a
+        pipe, pass ``consumed`` (bytes read by someone else since the
+        reader's last read) to keep error offsets absolute."""
+        records = self._read_section("end", consumed)
         if expect_eof:
             self._parser.check_eof()
         self.emulator_records = records
