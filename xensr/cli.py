@@ -146,9 +146,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return int(status)
 
 
-def console_main() -> None:  # pragma: no cover - thin wrapper
-    sys.exit(main())
-
-
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
