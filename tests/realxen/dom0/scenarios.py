@@ -30,6 +30,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 PAYLOAD = Path(sys.argv[1] if len(sys.argv) > 1 else "/payload")
 XEN_BIN = Path("/usr/lib/xen-4.17/bin")
 XL = str(XEN_BIN / "xl")
+# xl create / restore get -e: no background process waiting for the
+# domain's death.  That monitor is not what is tested here, and its
+# daemonizing child was seen to crash (SIGSEGV) now and then in this dom0,
+# failing an otherwise good restore.
 DEBIAN_HELPER = str(XEN_BIN / "libxl-save-helper")
 CONSOLE_DIR = Path("/var/log/xen/console")
 WORK = Path("/tmp")  # tmpfs: save files live in dom0's memory
@@ -63,19 +67,43 @@ def xl_errors(text: str, n: int = 4) -> str:
     return " | ".join(lines[:n]) if lines else tail(text)
 
 
+def stuck(pid: int) -> str:
+    """Where a process (and its children) wait: for a timeout's report."""
+    out = []
+    pids = [pid]
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(k) for k in kids]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            cmd = Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:80]
+            wchan = Path(f"/proc/{p}/wchan").read_text()
+            stack = Path(f"/proc/{p}/stack").read_text().split("\n")[:6]
+        except OSError:
+            continue
+        out.append(f"[{p}] {cmd} wchan={wchan} stack={'/'.join(x.split()[-1] for x in stack if x)}")
+    return "; ".join(out)
+
+
 def run(cmd: List[str], *, env: Optional[Dict[str, str]] = None, timeout: float = CMD_TIMEOUT,
         check: bool = True, what: Optional[str] = None) -> subprocess.CompletedProcess:
     """Run a command, stdout and stderr together, stdin from /dev/null."""
     full_env = dict(os.environ)
     if env:
         full_env.update(env)
-    try:
-        r = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT, env=full_env, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        out = (exc.stdout or b"").decode(errors="replace")
-        raise Failed(f"{what or cmd[0]}: no end after {timeout:.0f} s: {tail(out)}") from None
-    r.stdout = r.stdout.decode(errors="replace")
+    with subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, env=full_env) as proc:
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            where = stuck(proc.pid)
+            proc.kill()
+            out, _ = proc.communicate()
+            raise Failed(f"{what or ' '.join(cmd)}: no end after {timeout:.0f} s "
+                         f"({where}): {tail(out.decode(errors='replace'))}") from None
+    r = subprocess.CompletedProcess(cmd, proc.returncode, out.decode(errors="replace"))
     if check and r.returncode != 0:
         raise Failed(f"{what or ' '.join(cmd)} exited with status {r.returncode}: "
                      f"{tail(r.stdout)}")
@@ -166,7 +194,7 @@ class Guest:
             'on_crash = "preserve"\n')
 
     def domid(self) -> Optional[int]:
-        r = run([XL, "domid", self.name], check=False, timeout=60)
+        r = run([XL, "domid", self.name], check=False)
         if r.returncode != 0:
             return None
         try:
@@ -181,7 +209,7 @@ class Guest:
     def create(self) -> None:
         self.write_config()
         t0 = time.monotonic()
-        run([XL, "create", str(self.cfg)], what="xl create")
+        run([XL, "create", "-e", str(self.cfg)], what="xl create")
         self.wait_tick(lambda n, up: True, 0, 90)
         note(f"guest {self.name} created as domain {self.domid()} in "
              f"{time.monotonic() - t0:.1f} s")
@@ -366,7 +394,7 @@ def xl_save_restore(g: Guest, helper: str, xensr_expected: bool) -> dict:
         raise Failed("the guest still exists after xl save")
     start = g.log_size()
     t0 = time.monotonic()
-    r2 = run([XL, "-vvv", "restore", str(path)], env=env, check=False)
+    r2 = run([XL, "-vvv", "restore", "-e", str(path)], env=env, check=False)
     t_restore = time.monotonic() - t0
     if r2.returncode != 0:
         raise Failed(f"xl restore with LIBXL_SAVE_HELPER={helper} exited with status "
@@ -455,10 +483,26 @@ def api_save_restore(g: Guest, helper: str, live: bool) -> dict:
     before = g.ready()
     domid = g.domid()
     config = g.config_json()
-    cb = XenstoreSuspend(domid)
     path = WORK / "api.save"
-    t0 = time.monotonic()
-    result = api_save_to_file(domid, path, cb, live=live, helper=helper, config=config)
+    retried = None
+    for attempt in (1, 2):
+        cb = XenstoreSuspend(domid)
+        t0 = time.monotonic()
+        try:
+            result = api_save_to_file(domid, path, cb, live=live, helper=helper,
+                                      config=config)
+            break
+        except Exception as exc:
+            # Now and then libxenguest fails a PVH live save on a page it
+            # cannot map ("Mapping of pfn ... failed -22", seen with both
+            # helpers on this nested, emulated setup).  The guest runs on;
+            # one more try, recorded in the details.
+            text = str(exc)
+            if (attempt == 2 or not live or type(exc).__name__ != "SaveRestoreError"
+                    or "Mapping of pfn" not in text or xc().state(domid) != "running"):
+                raise
+            retried = [ln.strip() for ln in text.splitlines() if "Mapping of pfn" in ln][0]
+            note(f"live save failed inside libxenguest ({retried}); once more")
     t_save = time.monotonic() - t0
     if cb.suspended_after is None:
         raise Failed(f"the save returned ({result!r}) but the suspend callback never "
@@ -469,7 +513,7 @@ def api_save_restore(g: Guest, helper: str, live: bool) -> dict:
     run([XL, "destroy", str(domid)], what="xl destroy")
     start = g.log_size()
     t0 = time.monotonic()
-    r = run([XL, "-vvv", "restore", str(path)], check=False)
+    r = run([XL, "-vvv", "restore", "-e", str(path)], check=False)
     t_restore = time.monotonic() - t0
     if r.returncode != 0:
         raise Failed(f"xl restore of the file saved through the API exited with status "
@@ -485,7 +529,7 @@ def api_save_restore(g: Guest, helper: str, live: bool) -> dict:
             "inspect": summary,
             "helper": result.helper, "helper_elapsed_s": round(result.elapsed, 2),
             "callbacks": dict(result.callbacks), "frames": result.frames,
-            "counter": cont}
+            "retried_after": retried, "counter": cont}
 
 
 def scenario_api_save_xensr_nonlive() -> dict:
@@ -768,7 +812,7 @@ def scenario_figure(rounds: int = 3) -> dict:
         run([XL, "save", PV.name, str(path)], what="xl save")
         xl_times.append(time.monotonic() - t0)
         sizes["xl"] = path.stat().st_size
-        run([XL, "restore", str(path)], what="xl restore")
+        run([XL, "restore", "-e", str(path)], what="xl restore")
         path.unlink()
         # The xensr API (xensr's helper, non-live) into an xl save file.
         PV.ready(3)
@@ -781,7 +825,7 @@ def scenario_figure(rounds: int = 3) -> dict:
         api_times.append(time.monotonic() - t0)
         sizes["api"] = path.stat().st_size
         run([XL, "destroy", str(domid)], what="xl destroy")
-        run([XL, "restore", str(path)], what="xl restore")
+        run([XL, "restore", "-e", str(path)], what="xl restore")
         path.unlink()
         note(f"figure round {i + 1}: xl save {xl_times[-1]:.2f} s, "
              f"xensr API {api_times[-1]:.2f} s")
