@@ -630,3 +630,47 @@ def test_explicit_format_overrides_detection(tmp_path):
     g = make("libxc", hvm=True)
     e = scan_error(tmp_path, g.data, fmt="xl")
     assert e.offset == 0 and "bad magic" in str(e)
+
+
+def test_huge_configuration_is_streamed_past(tmp_path, monkeypatch):
+    monkeypatch.setattr(stream, "_MAX_JSON_CONFIG", 1000)
+    cfg = b'{"pad": "' + b"x" * 5000 + b'"}\0'
+    g = make("libxl", hvm=True)
+    s = scan(tmp_path, xl_header(cfg) + g.data)
+    assert s.xl.config is None and s.xl.config_len == len(cfg)
+    assert s.to_dict()["xl_header"]["config_format"] == "json"
+    assert "too large to show" in stream.format_summary(s)
+    e = scan_error(tmp_path, xl_header(cfg[:-1] + b"}") + g.data)
+    assert e.offset == 52 + len(cfg) - 1 and "NUL-terminated" in str(e)
+
+
+def test_many_distinct_optional_record_types_stay_bounded(tmp_path):
+    many = b"".join(rec(0x80000000 + i, b"") for i in range(500))
+    s = scan(tmp_path, libxc_with(SDE + many + PD + rec(END)))
+    assert s.optional_records_skipped == 500
+    assert len(s.libxc_by_type) <= 64 + 3
+    assert s.libxc_by_type["other"].count > 400
+    assert s.libxc_by_type["PAGE_DATA"].count == s.libxc_by_type["END"].count == 1
+    assert sum(v.count for v in s.libxc_by_type.values()) == 500 + 3
+
+
+@pytest.mark.parametrize("readahead", [False, True])
+def test_non_blocking_pipe(tmp_path, readahead):
+    g = make("libxc", hvm=True)
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+
+    def feed():
+        with os.fdopen(w, "wb") as f:
+            for i in range(0, len(g.data), 4096):
+                f.write(g.data[i : i + 4096])
+                f.flush()
+
+    t = threading.Thread(target=feed)
+    t.start()
+    try:
+        s = stream.StreamParser(stream.StreamReader(r, readahead=readahead)).scan("libxc")
+        assert s.pages == g.pages and s.end_offset == len(g.data)
+    finally:
+        t.join()
+        os.close(r)

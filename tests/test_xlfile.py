@@ -331,6 +331,17 @@ def test_oversized_emulator_record_is_refused_when_kept(tmp_path):
         assert "limit" in str(ei.value)
 
 
+def test_reader_refuses_a_configuration_over_its_limit(tmp_path):
+    p = tmp_path / "c.xl"
+    big = {"pad": "y" * 8000}
+    write_file(p, libxc_bytes(), config=big)
+    with SaveFileReader.open(p) as f:
+        assert f.config_json == big
+    with pytest.raises(StreamFormatError) as ei:
+        SaveFileReader.open(p, max_record=4096)
+    assert ei.value.offset == 48 and "limit" in str(ei.value)
+
+
 def test_read_save_file_header(tmp_path):
     p = tmp_path / "h.xl"
     write_file(p, libxc_bytes())

@@ -41,7 +41,7 @@ from __future__ import annotations
 import enum
 import json
 import os
-import select
+import select as _select
 import stat
 import struct
 import sys
@@ -228,6 +228,7 @@ _BITMAP_LEAF_BITS = 15  # one 4 KiB leaf covers 32768 pfns
 _BITMAP_MAX_LEAVES = 8192  # 32 MiB of bitmap at most
 _MAX_VCPU_IDS = 65536
 _MAX_LISTED = 1000
+_MAX_TYPE_NAMES = 64
 _MAX_HVM_DESCRIPTORS = 1 << 16
 _MAX_JSON_CONFIG = 16 << 20
 
@@ -296,13 +297,17 @@ class StreamReader:
     # -- raw reading
 
     def _raw_read(self, n: int) -> bytes:
-        if self._file is not None:
-            return self._file.read(n)
         while True:
             try:
-                return os.read(self.fd, n)
+                data = self._file.read(n) if self._file is not None else os.read(self.fd, n)
             except BlockingIOError:
-                select.select([self.fd], [], [])
+                data = None
+            if data is not None:
+                return data
+            # A non-blocking fd with nothing to read yet: wait for it.
+            poller = _select.poll()
+            poller.register(self.fd, _select.POLLIN)
+            poller.poll()
 
     def read(self, n: int) -> bytes:
         """Reads up to ``n`` bytes; fewer only at end of stream."""
@@ -598,7 +603,11 @@ class Summary:
     def _count(self, table: Dict[str, _TypeStat], name: str, wire: int) -> None:
         st = table.get(name)
         if st is None:
-            st = table[name] = _TypeStat()
+            if name.startswith("0x") and len(table) >= _MAX_TYPE_NAMES:
+                name = "other"  # unknown types: bounded, whatever the stream holds
+                st = table.get(name)
+            if st is None:
+                st = table[name] = _TypeStat()
         st.count += 1
         st.bytes += wire
 
@@ -622,8 +631,8 @@ class Summary:
                 "optional_data_length": x.optional_data_len,
                 "config_offset": x.config_offset,
                 "config_length": x.config_len,
-                "config_format": (None if x.config is None else ("json" if x.config_is_json else "xl")),
-                "config_json_valid": (x.config_json is not None) if x.config_is_json and x.config else None,
+                "config_format": (None if not x.config_len else ("json" if x.config_is_json else "xl")),
+                "config_parsed": x.config_json is not None,
                 "domain_name": x.domain_name,
                 "extra_optional_data": x.extra_optional_data,
                 "length": x.end_offset - x.offset,
@@ -729,7 +738,14 @@ class StreamParser:
 
     # ---------------------------------------------------------------- xl
 
-    def parse_xl_header(self) -> XlHeader:
+    def parse_xl_header(self, *, max_config: Optional[int] = None, skip_large_config: bool = True) -> XlHeader:
+        """Reads the xl header and its optional data.
+
+        A configuration larger than ``max_config`` (default 16 MiB) is
+        streamed past (not kept: ``config`` stays None) when
+        ``skip_large_config``, else it is an error."""
+        if max_config is None:
+            max_config = _MAX_JSON_CONFIG
         r = self.r
         start = r.offset
         raw = r.read_exact(XL_HEADER.size, "the xl save-file header")
@@ -775,7 +791,21 @@ class StreamParser:
                 )
             hdr.config_len = clen
             hdr.config_offset = r.offset
-            if clen:
+            if clen > max_config:
+                if not skip_large_config:
+                    raise self._error(
+                        opt_start,
+                        f"xl configuration of {clen} bytes exceeds the {max_config}-byte limit",
+                        "configuration too large",
+                    )
+                # Stream past it; only the terminating NUL can be checked.
+                r.skip(clen - 1, "the xl domain configuration")
+                last = r.read_exact(1, "the xl domain configuration")
+                if hdr.config_is_json and last != b"\0":
+                    raise self._error(
+                        r.offset - 1, "JSON domain configuration is not NUL-terminated", "configuration not NUL-terminated"
+                    )
+            elif clen:
                 hdr.config = r.read_exact(clen, "the xl domain configuration")
                 if hdr.config_is_json:
                     hdr.config_json = self._check_json_config(hdr.config, hdr.config_offset)
@@ -1435,7 +1465,10 @@ def format_summary(s: Summary) -> str:
         add(f"  mandatory flags     0x{x.mandatory_flags:x} ({', '.join(x.flag_names()) or 'none'})")
         add(f"  optional flags      0x{x.optional_flags:x}")
         add(f"  optional data       {x.optional_data_len} bytes")
-        if x.config is None:
+        if x.config is None and x.config_len:
+            kind = "JSON" if x.config_is_json else "xl text"
+            add(f"  configuration       {x.config_len} bytes at offset {x.config_offset}, {kind}, too large to show")
+        elif x.config is None:
             add("  configuration       none")
         else:
             kind = "JSON" if x.config_is_json else "xl text"

@@ -282,7 +282,7 @@ class SaveFileReader:
             self._parser = StreamParser(self._reader, Summary(format=fmt))
             self.xl_header: Optional[XlHeader] = None
             if fmt == "xl":
-                self.xl_header = self._parser.parse_xl_header()
+                self.xl_header = self._parser.parse_xl_header(max_config=max_record, skip_large_config=False)
             self.libxl_header: LibxlHeader = self._parser.parse_libxl_header()
             self._parser.read_libxl_record()  # LIBXC_CONTEXT, enforced
             self.libxc_offset: int = self._reader.offset
