@@ -377,14 +377,47 @@ def test_fds_and_children_return_to_where_they_started(simulated_host, fake, tmp
             ("fake-protocol", fake_protocol(), ProtocolError),
         ]
 
+    def fake_kinds():
+        """The same failure kinds against the fake helper (cheap to run)."""
+        def op(script, expected, cb=None, **kw):
+            env = fake.env(script)
+
+            async def go():
+                return await xensr.aio.save_domain(1, fake_io, cb, helper=kw.pop("h", fake.path),
+                                                   env=env, **kw)
+            return go, expected
+
+        def cancel():
+            env = fake.env(Script().hang())
+
+            async def go():
+                task = asyncio.ensure_future(xensr.aio.save_domain(
+                    1, fake_io, helper=fake.path, env=env))
+                await asyncio.sleep(0.02)
+                task.cancel()
+                await task
+            return go, asyncio.CancelledError
+
+        return [
+            op(Script().request(fh.SUSPEND).save_ok(), None),
+            op(Script().exit(255), HelperExitError),
+            op(Script().die(signal.SIGSEGV), HelperExitError),
+            op(Script().exit(0), HelperExitError),
+            op(Script().write(fh.bare(99)).hang(), ProtocolError),
+            op(Script().write(fh.SUSPEND[:3]).exit(0), ProtocolError),
+            op(Script().request(fh.complete(-1, errno.EIO)), SaveRestoreError),
+            op(Script().request(fh.SUSPEND).save_ok(), CallbackError, cb=Raises()),
+            op(Script().ignore_term().hang(), HelperTimeout, idle_timeout=0.05, kill_grace=0.05),
+            op(Script(), HelperStartError, h=str(tmp_path / "no-helper")),
+            cancel(),
+        ]
+
     fake_io = os.open(tmp_path / "fake-io", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     fds, kids = fh.open_fds(), fh.children()
     count = 0
     seen = set()
-    rounds = 6
-    for rnd in range(rounds):
-        jobs = [k for h in helpers for k in kinds(h, rnd)]
 
+    def run_batch(jobs, what):
         async def batch():
             return await asyncio.gather(*[factory() for _, factory, _ in jobs],
                                         return_exceptions=True)
@@ -395,9 +428,17 @@ def test_fds_and_children_return_to_where_they_started(simulated_host, fake, tmp
             else:
                 assert isinstance(outcome, expected), (name, outcome)
             seen.add(name)
-        count += len(jobs)
-        assert fh.open_fds() == fds, f"round {rnd}"
-        assert fh.children() == kids, f"round {rnd}"
+        assert fh.open_fds() == fds, what
+        assert fh.children() == kids, what
+        return len(jobs)
+
+    # Every kind on the rig with both helpers, twice.
+    for rnd in range(2):
+        count += run_batch([k for h in helpers for k in kinds(h, rnd)], f"rig round {rnd}")
+    # And the fake helper's kinds, fourteen times each, all at once.
+    count += run_batch([(f"fake-{i}", factory, expected)
+                        for _ in range(14)
+                        for i, (factory, expected) in enumerate(fake_kinds())], "fake")
     os.close(fake_io)
     assert count >= 200
-    assert len(seen) == 17
+    assert len(seen) == 17 + 11

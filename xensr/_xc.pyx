@@ -14,7 +14,7 @@ Spawning uses vfork + execve (``_spawn.h``); see there for why.
 """
 
 cimport cython
-from libc.errno cimport EAGAIN, ECHILD, EINTR, ESRCH, errno
+from libc.errno cimport EAGAIN, EBADF, ECHILD, EINTR, ESRCH, errno
 from libc.signal cimport SIGKILL
 from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
@@ -631,7 +631,9 @@ cdef class Callout:
             return False
         if xensr_pidfd_send_signal(self._pidfd, sig) < 0:
             err = errno
-            if err == ESRCH:
+            # ESRCH: already exited.  EBADF: closed by a close() racing
+            # with an abort() from another thread.
+            if err == ESRCH or err == EBADF:
                 return False
             raise OSError(err, f"pidfd_send_signal({self.pid}, {sig}): {os.strerror(err)}")
         return True
