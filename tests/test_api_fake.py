@@ -429,7 +429,7 @@ def test_requests_after_abort_get_failure_without_the_callback(fake, iofd):
 
         def switch_qemu_logdirty(self, domid, enable):
             called.append(("logdirty", enable))
-    script = (Script().ignore_term().write(fh.log(1, 0, b"c", b"x")).sleep(300)
+    script = (Script().catch_term().write(fh.log(1, 0, b"c", b"x")).wait_term()
               .request(fh.SUSPEND).request(fh.logdirty(4, 0)).request(fh.complete(-1, 4)))
     op = save_op(fake, script, iofd, CB())
     op.start()

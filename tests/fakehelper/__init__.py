@@ -111,6 +111,14 @@ class Script:
         self.lines.append("i")
         return self
 
+    def catch_term(self) -> "Script":
+        self.lines.append("t")
+        return self
+
+    def wait_term(self) -> "Script":
+        self.lines.append("T")
+        return self
+
     def hang(self) -> "Script":
         self.lines.append("h")
         return self

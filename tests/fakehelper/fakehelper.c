@@ -14,6 +14,8 @@
  *             (EOF: exit 254, like the real helper)
  *   f         log argv, open fds, the io fd's O_NONBLOCK, SigIgn/SigBlk
  *   i         ignore SIGTERM
+ *   t         catch SIGTERM (it then only sets a flag)
+ *   T         wait until a SIGTERM was caught
  *   h         hang (sleep until killed)
  *   z MS      sleep MS milliseconds
  *   c         close stdout
@@ -36,6 +38,13 @@
 #include <dirent.h>
 
 static FILE *report;
+static volatile sig_atomic_t got_term;
+
+static void on_term(int sig)
+{
+    (void)sig;
+    got_term = 1;
+}
 
 static void sleep_ms(long ms)
 {
@@ -215,6 +224,13 @@ int main(int argc, char **argv)
             break;
         case 'i':
             signal(SIGTERM, SIG_IGN);
+            break;
+        case 't':
+            signal(SIGTERM, on_term);
+            break;
+        case 'T':
+            while (!got_term)
+                sleep_ms(1);
             break;
         case 'h':
             for (;;)
