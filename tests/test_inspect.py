@@ -292,12 +292,15 @@ def write_big_stream(path: Path, gib: int) -> int:
     return nrec * per
 
 
+# Peak RSS of this process image.  (getrusage's ru_maxrss would carry over
+# the forking parent's peak across exec; VmHWM belongs to the new mm.)
 MEASURE = (
-    "import resource, sys\n"
+    "import sys\n"
     "from xensr.cli import main\n"
     "rc = main(sys.argv[1:])\n"
     "sys.stdout.flush()\n"
-    "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+    "print('MAXRSS', hwm, file=sys.stderr)\n"
     "sys.exit(rc)\n"
 )
 
