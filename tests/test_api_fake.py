@@ -551,3 +551,58 @@ def test_file_object_is_flushed_before_the_helper_writes(fake, tmp_path):
         op.run()
         f.write(b"TRAILER")
     assert (tmp_path / "out").read_bytes() == b"HEADERBODYTRAILER"
+
+
+def test_several_operations_driven_from_selectors(fake, tmp_path):
+    """The loop-agnostic interface with the selectors module: three
+    operations in one loop, one of which fails."""
+    import selectors
+    import time
+
+    fds = [os.open(tmp_path / f"s{i}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+           for i in range(3)]
+    scripts = [
+        Script().write(fh.progress(b"xc", b"a", 1, 2)).request(fh.SUSPEND).save_ok(),
+        Script().request(fh.SUSPEND).sleep(30).save_ok(),
+        Script().write(fh.bare(42)).hang(),
+    ]
+    suspended = []
+
+    class CB:
+        def __init__(self, i):
+            self.i = i
+
+        def suspend(self):
+            suspended.append(self.i)
+            return True
+    ops = [save_op(fake, s, fd, CB(i)) for i, (s, fd) in enumerate(zip(scripts, fds))]
+    for op in ops:
+        op.start()
+    sel = selectors.DefaultSelector()
+    try:
+        while not all(op.done() for op in ops):
+            for key in list(sel.get_map().values()):
+                sel.unregister(key.fileobj)
+            deadlines = []
+            for op in ops:
+                for fd, ev in op.fds():
+                    try:
+                        sel.register(fd, ev, op)
+                    except KeyError:
+                        sel.modify(fd, sel.get_key(fd).events | ev, op)
+                if op.next_deadline() is not None:
+                    deadlines.append(op.next_deadline())
+            wait = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+            for key, events in sel.select(wait):
+                key.data.handle(key.fd, events)
+            for op in ops:
+                op.handle_timeout()
+    finally:
+        sel.close()
+        for fd in fds:
+            os.close(fd)
+    assert sorted(suspended) == [0, 1]
+    assert ops[0].result().callbacks == {"suspend": 1}
+    assert ops[1].result().returncode == 0
+    with pytest.raises(xensr.UnknownMessageError):
+        ops[2].result()
