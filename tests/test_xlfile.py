@@ -298,6 +298,29 @@ def test_truncated_preamble_raises_and_closes_the_fd(tmp_path, cut):
     assert open_fds() == before
 
 
+def test_flipped_preamble_bytes_fail_at_the_same_offset_as_inspect(tmp_path):
+    cfg = b'{"c_info": {"name": "guest"}}'
+    data = xlfile.preamble_bytes(cfg) + libxc_bytes() + xlfile.trailer_bytes()
+    end = len(xlfile.preamble_bytes(cfg))
+    p = tmp_path / "flip.xl"
+    before = open_fds()
+    failures = 0
+    for i in list(range(0, 40)) + list(range(44, 52)) + list(range(end - 24, end)):
+        bad = bytearray(data)
+        bad[i] ^= 0xFF
+        p.write_bytes(bytes(bad))
+        with pytest.raises(StreamFormatError) as api:
+            SaveFileReader.open(p)
+        with pytest.raises(StreamFormatError) as scanned:
+            stream.scan_file(str(p))
+        assert api.value.offset == scanned.value.offset, i
+        if i:  # (at byte 0 the scanner cannot even tell the format)
+            assert str(api.value) == str(scanned.value)
+        failures += 1
+    assert failures == 72
+    assert open_fds() == before
+
+
 def test_trailer_problems(tmp_path):
     libxc = libxc_bytes()
     p = tmp_path / "t.xl"
