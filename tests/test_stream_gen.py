@@ -8,12 +8,9 @@ verify-stream-v2.
 
 from __future__ import annotations
 
-import os
 import struct
-import subprocess
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import pytest
@@ -29,11 +26,6 @@ VERIFY, CHECKPOINT, DIRTY_PFN_LIST, STATIC_DATA_END, CPUID_POLICY, MSR_POLICY = 
 L_END, L_LIBXC, L_XENSTORE, L_EMU_CONTEXT, L_CHECKPOINT_END, L_CHECKPOINT_STATE = 0, 1, 2, 3, 4, 5
 
 XL_MAGIC = b"Xen saved domain, xl format\n \0 \r"
-
-ROOT = Path(__file__).resolve().parent.parent
-DEBIAN_ROOT = ROOT / ".cache" / "debian" / "root"
-VERIFY_STREAM = DEBIAN_ROOT / "usr/lib/xen-4.17/bin/verify-stream-v2"
-VERIFY_PYTHONPATH = DEBIAN_ROOT / "usr/lib/xen-4.17/lib/python"
 
 
 def rec(rtype: int, body: bytes = b"") -> bytes:
@@ -265,35 +257,13 @@ def make(
 
 
 # --------------------------------------------------------------------------
-# Debian's verifier
+# Debian's verifier (the verify_stream fixture skips when it is not unpacked)
 
 
-def have_verify_stream() -> bool:
-    return VERIFY_STREAM.is_file()
-
-
-def verify_stream(path: os.PathLike, fmt: str) -> subprocess.CompletedProcess:
-    """Runs Debian's verify-stream-v2 on the host's python3."""
-    env = dict(os.environ, PYTHONPATH=str(VERIFY_PYTHONPATH))
-    return subprocess.run(
-        ["/usr/bin/python3", str(VERIFY_STREAM), "-f", fmt, "-i", os.fspath(path), "-v"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-needs_verify_stream = pytest.mark.skipif(
-    not VERIFY_STREAM.is_file(), reason=f"Debian's verify-stream-v2 not unpacked at {VERIFY_STREAM} (run ./bootstrap deps)"
-)
-
-
-@needs_verify_stream
 @pytest.mark.debian
 @pytest.mark.parametrize("fmt", ["xl", "libxl", "libxc"])
 @pytest.mark.parametrize("hvm", [True, False], ids=["hvm", "pv"])
-def test_generator_streams_pass_debian_verifier(tmp_path, fmt, hvm):
+def test_generator_streams_pass_debian_verifier(tmp_path, verify_stream, fmt, hvm):
     g = make(fmt, hvm=hvm)
     p = tmp_path / "s"
     p.write_bytes(g.data)
@@ -304,9 +274,8 @@ def test_generator_streams_pass_debian_verifier(tmp_path, fmt, hvm):
     assert "End" in res.stdout
 
 
-@needs_verify_stream
 @pytest.mark.debian
-def test_debian_verifier_rejects_broken_generator_stream(tmp_path):
+def test_debian_verifier_rejects_broken_generator_stream(tmp_path, verify_stream):
     """The verifier is a real check: a bad PAGE_DATA length fails it."""
     g = make("libxc", hvm=True)
     data = bytearray(g.data)
