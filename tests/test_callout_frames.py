@@ -12,7 +12,7 @@ import pytest
 import xensr
 from xensr import _constants as C
 from xensr import _xc
-from xensr.errors import (EmptyStringError, OversizeFrameError, ProtocolError,
+from xensr.errors import (EmptyStringError, RuntFrameError, ProtocolError,
                           ShortFrameError, TrailingBytesError,
                           TruncatedFrameError, UnexpectedCallbackError,
                           UnknownMessageError, UnterminatedStringError,
@@ -150,8 +150,8 @@ def test_a_64k_frame_split_and_coalesced():
 
 
 MALFORMED = [
-    ("body-len-0", b"\x00\x00", OversizeFrameError, None),
-    ("body-len-1", b"\x01\x00\x03", OversizeFrameError, None),
+    ("body-len-0", b"\x00\x00", RuntFrameError, None),
+    ("body-len-1", b"\x01\x00\x03", RuntFrameError, None),
     ("unknown-type", fh.bare(99), UnknownMessageError, 99),
     ("type-0", fh.bare(0), UnknownMessageError, 0),
     ("trailing-byte", fh.frame(struct.pack("=H", 3) + b"\x00"), TrailingBytesError, 3),

@@ -55,13 +55,18 @@ if TYPE_CHECKING:  # pragma: no cover
         restore_domain,
         save_domain,
     )
+    from .xlfile import restore_domain_from_file, save_domain_to_file
+
+
+# xl save files: one call each (xensr.xlfile), also loaded on first use.
+_XLFILE_NAMES = ("save_domain_to_file", "restore_domain_from_file")
 
 
 def __getattr__(name: str) -> Any:
-    if name in _API_NAMES:
-        from . import api
+    if name in _API_NAMES or name in _XLFILE_NAMES:
+        from . import api, xlfile
 
-        value = getattr(api, name)
+        value = getattr(api if name in _API_NAMES else xlfile, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'xensr' has no attribute {name!r}")
@@ -80,6 +85,8 @@ __all__ = [
     *_errors_all,
     "save_domain",
     "restore_domain",
+    "save_domain_to_file",
+    "restore_domain_from_file",
     "Operation",
     "SaveOperation",
     "RestoreOperation",

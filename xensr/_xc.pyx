@@ -43,7 +43,7 @@ import warnings
 from .errors import (
     EmptyStringError,
     HelperStartError,
-    OversizeFrameError,
+    RuntFrameError,
     ProtocolError,
     ShortFrameError,
     TrailingBytesError,
@@ -482,7 +482,7 @@ cdef class Callout:
                     break
                 memcpy(&blen, self._buf + pos, 2)
                 if blen < 2:
-                    raise OversizeFrameError(
+                    raise RuntFrameError(
                         f"frame announces a body of {blen} bytes, too short "
                         "for a message type", offset=0)
                 if avail - 2 < blen:

@@ -23,7 +23,7 @@ __all__ = [
     "WrongDirectionError",
     "EmptyStringError",
     "UnterminatedStringError",
-    "OversizeFrameError",
+    "RuntFrameError",
     "UnexpectedCallbackError",
     "TruncatedFrameError",
     "CallbackError",
@@ -147,8 +147,9 @@ class UnterminatedStringError(ProtocolError):
     """A STRING does not end in a NUL byte."""
 
 
-class OversizeFrameError(ProtocolError):
-    """A frame announces a body that cannot hold even a message type."""
+class RuntFrameError(ProtocolError):
+    """A frame's length field announces a body too short to hold even the
+    u16 message type (0 or 1 bytes)."""
 
 
 class UnexpectedCallbackError(ProtocolError):
