@@ -157,6 +157,20 @@ def colo(kind):
     return scenario
 
 
+def fewer_callbacks(c: Ctx):
+    """Only the callbacks whose cbflags bit is set reach the parent (the
+    parent rejects any other): a save with suspend alone, a restore with
+    restore_results alone."""
+    dom = c.host.create_domain(2, kind="pv")
+    t = c.save("save", dom, cbflags=C.CBFLAG_SUSPEND)
+    assert_completed(t)
+    assert t.calls == ["suspend", "complete"]
+    r = c.restore("restore", c.host.create_empty_domain(), "save",
+                  cbflags=C.CBFLAG_RESTORE_RESULTS)
+    assert_completed(r)
+    assert r.calls == ["restore_results", "complete"]
+
+
 def suspend_refused(c: Ctx):
     dom = c.host.create_domain(1)
     assert_completed(c.save("refused", dom, replies={"suspend": 0}), retval=-1)
@@ -323,6 +337,7 @@ SCENARIOS: Dict[str, Callable[[Ctx], None]] = {
     "remus-3-checkpoints-hvm": remus("hvm"),
     "colo-pv": colo("pv"),
     "colo-hvm": colo("hvm"),
+    "fewer-callbacks": fewer_callbacks,
     "suspend-refused-or-ignored": suspend_refused,
     "save-missing-domain": missing_domain,
     "restore-kind-mismatch": kind_mismatch,
