@@ -30,6 +30,11 @@ from typing import Dict, List, Optional, Sequence
 
 QEMU = "qemu-system-x86_64"
 
+
+def qemu_binary() -> str:
+    """``$XENSR_REALXEN_QEMU``, else qemu-system-x86_64 (from PATH)."""
+    return os.environ.get("XENSR_REALXEN_QEMU") or QEMU
+
 # Xen: serial console; dom0 gets half the machine's memory, fixed, so guests
 # need no ballooning; SMAP off (under TCG it crashes a PV dom0).
 XEN_ARGS = ("console=com1 com1=115200,8n1 dom0_mem=1024M,max:1024M "
@@ -89,8 +94,10 @@ class BootOutcome:
     stages: Dict[str, float]
 
 
-def preflight(qemu: str = QEMU) -> None:
-    """Raise QemuUnavailable if QEMU is missing or cannot start a TCG machine."""
+def preflight(qemu: Optional[str] = None) -> str:
+    """The QEMU binary's path; QemuUnavailable if it is missing or cannot
+    start a TCG machine."""
+    qemu = qemu or qemu_binary()
     path = shutil.which(qemu)
     if path is None:
         raise QemuUnavailable(f"{qemu} not found (apt-get install qemu-system-x86)")
@@ -113,6 +120,7 @@ def preflight(qemu: str = QEMU) -> None:
         end_process(proc)
     if status is not None:
         raise QemuUnavailable(f"{path} exits at once (status {status}): {out[-500:]}")
+    return path
 
 
 def end_process(proc: subprocess.Popen) -> None:

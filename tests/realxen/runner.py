@@ -58,9 +58,9 @@ def run(*, only: Optional[List[str]] = None,
     if only:
         dom0_args += " xensr.scenarios=" + "+".join(only)
     console = d / "console.log"
-    cmd = qemu.qemu_command(xen=art.xen_elf, vmlinuz=art.vmlinuz, initrd=art.dom0_initrd,
-                            root=art.root_img, payload=art.payload_img, console=console,
-                            dom0_args=dom0_args)
+    cmd = qemu.qemu_command(qemu=qemu.preflight(), xen=art.xen_elf, vmlinuz=art.vmlinuz,
+                            initrd=art.dom0_initrd, root=art.root_img,
+                            payload=art.payload_img, console=console, dom0_args=dom0_args)
     (d / "qemu.cmd").write_text(" ".join(cmd) + "\n")
     images.log(f"booting Xen under QEMU (console: {console})")
     outcome = qemu.boot(cmd, console, timeout=timeout, idle_timeout=idle_timeout, log=echo)

@@ -107,7 +107,7 @@ def test_figure_xl_save_against_xensr_api(realxen, capsys):
     assert len(d["xl_save_s"]) == len(d["api_save_s"]) == d["rounds"]
     figure = {
         "what": "save of a running 128 MiB PV guest on Xen 4.17 in QEMU (TCG), "
-                "same boot: `xl save` (Debian's helper) against xensr.save_domain "
+                "same boot: `xl save` (Debian's helper) against xensr.save_domain_to_file "
                 "(xensr's helper, Python suspend callback) into an xl save file",
         "xl_save_median_s": d["xl_save_median_s"],
         "xensr_api_median_s": d["api_save_median_s"],

@@ -463,19 +463,13 @@ class XenstoreSuspend:
 
 def api_save_to_file(domid: int, path: Path, callbacks, *, live: bool, helper: str,
                      config: str):
-    """Save ``domid`` with the xensr API into an xl save file at ``path``."""
+    """Save ``domid`` with the xensr API into an xl save file at ``path``
+    (``xensr.save_domain_to_file``: xl header with ``config``, libxl
+    records around the helper's libxc stream)."""
     import xensr
-    from xensr import xlfile
 
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    try:
-        xlfile.write_preamble(fd, config)
-        result = xensr.save_domain(domid, fd, callbacks, live=live, helper=helper,
-                                   timeout=CMD_TIMEOUT)
-        xlfile.write_trailer(fd)
-    finally:
-        os.close(fd)
-    return result
+    return xensr.save_domain_to_file(domid, path, callbacks, config=config, live=live,
+                                     helper=helper, timeout=CMD_TIMEOUT)
 
 
 def api_save_restore(g: Guest, helper: str, live: bool) -> dict:
