@@ -198,7 +198,7 @@ class ConsoleReader:
 
 
 def boot(cmd: Sequence[str], console: Path, *, timeout: float = 900.0,
-         idle_timeout: float = 150.0, settle: float = 2.0,
+         idle_timeout: float = 120.0, settle: float = 2.0,
          log=None) -> BootOutcome:
     """Run the machine until its end marker; always end QEMU.
 

@@ -46,7 +46,7 @@ def run_dir() -> Path:
 def run(*, only: Optional[List[str]] = None,
         echo: Optional[Callable[[str], None]] = None,
         timeout: float = float(os.environ.get("XENSR_REALXEN_TIMEOUT", "900")),
-        idle_timeout: float = float(os.environ.get("XENSR_REALXEN_IDLE_TIMEOUT", "150"))) -> Run:
+        idle_timeout: float = float(os.environ.get("XENSR_REALXEN_IDLE_TIMEOUT", "120"))) -> Run:
     """Build and boot; raise images.BuildError or qemu.BootError on failure."""
     t0 = time.monotonic()
     art = images.build_all()

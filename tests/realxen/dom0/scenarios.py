@@ -38,7 +38,7 @@ DEBIAN_HELPER = str(XEN_BIN / "libxl-save-helper")
 CONSOLE_DIR = Path("/var/log/xen/console")
 WORK = Path("/tmp")  # tmpfs: save files live in dom0's memory
 BROKEN_HELPER = Path("/run/xensr-broken-helper")
-CMD_TIMEOUT = 100  # below the host's 150 s console idle timeout
+CMD_TIMEOUT = 90  # below the host's 120 s console idle timeout
 
 Tick = Tuple[int, float]
 
