@@ -6,9 +6,10 @@ prints ``XENSR-BEGIN name`` and then exactly one
 side asserts those markers.  ``xensr.scenarios=a+b`` on dom0's kernel
 command line runs only the named scenarios.
 
-The guest is a PV domain whose console prints ``XENSR-TICK n uptime`` each
-second; xenconsoled logs it to a file, where the counter must carry on
-across a save and restore (a rebooted guest would start again from 1).
+The guests (one PV, one PVH; 128 MiB each) print ``XENSR-TICK n uptime``
+on their console each second; xenconsoled logs it to a file, where the
+counter must carry on across a save and restore (a rebooted guest would
+start again from 1).
 """
 
 from __future__ import annotations
