@@ -168,6 +168,7 @@ __all__ = [
 
 PAGE_SIZE = 4096
 _PAGES_PER_MIB = (1 << 20) // PAGE_SIZE
+_DOMID_FIRST_RESERVED = 0x7ff0       # xen/include/public/xen.h
 _DEFAULT_MAX_MIB = 16 * 1024          # restore targets: 16 GiB
 _RIG_LIBS = ("libxenctrl.so.4.17", "libxenguest.so.4.17")
 _START_INFO_MAGIC = b"xen-3.0-x86_64"
@@ -359,6 +360,7 @@ class SimulatedHost:
             self._owned = False
         self._faults: List[str] = []
         self._created = 0
+        self._last_domid = 0            # the domid _install allocated last
         self._closed = False
         if faults:
             self.set_fault(faults)
@@ -443,21 +445,30 @@ class SimulatedHost:
         return d
 
     def _install(self, tmpdir: Path, meta: Dict[str, str]) -> int:
-        """Rename a complete domain directory to the first free dom<N>."""
-        domid = 1
-        while True:
+        """Rename a complete domain directory to a free dom<N>.
+
+        Tries the domids after the one this host allocated last (as Xen
+        does), wrapping round to 1, so that creating N domains costs O(N)
+        tries rather than O(N^2).  The rename stays the arbiter: another
+        process (or host object) on the same state directory taking a
+        domid first only costs a retry with the next one.
+        """
+        domid = self._last_domid + 1
+        for _ in range(_DOMID_FIRST_RESERVED - 1):
+            if domid >= _DOMID_FIRST_RESERVED:
+                domid = 1
             meta["domid"] = str(domid)
             (tmpdir / "meta").write_text(_meta_format(meta))
             try:
                 os.rename(tmpdir, self._state_dir / f"dom{domid}")
+                self._last_domid = domid
                 return domid
             except OSError as exc:
                 if exc.errno not in (_errno.EEXIST, _errno.ENOTEMPTY):
                     raise
             domid += 1
-            if domid > 0x7fef:          # DOMID_FIRST_RESERVED
-                shutil.rmtree(tmpdir, ignore_errors=True)
-                raise OSError(_errno.ENOSPC, "no free simulated domid")
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise OSError(_errno.ENOSPC, "no free simulated domid")
 
     def create_domain(self, memory_mib: int, vcpus: int = 1, kind: str = "pv", *,
                       dirty_pages: int = 256, seed: Optional[int] = None,
