@@ -311,3 +311,85 @@ def test_callout_checks_stat_of_nonexecutable(tmp_path, iofile):
     assert info.value.errno == errno.EACCES
     assert co.pid == -1
     co.close()
+
+
+def _env_bytes(env):
+    return [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()]
+
+
+def test_error_pipe_read_once_tells_exec_failures_from_successes(fake, tmp_path, iofile, counts):
+    """The error pipe is read once, without blocking, right after the
+    spawn: a missing helper and a non-executable one are reported with
+    their errno, interleaved with helpers that start, on every try."""
+    missing = tmp_path / "missing"
+    noexec = tmp_path / "noexec"
+    noexec.write_text("#!/bin/sh\nexit 0\n")
+    noexec.chmod(stat.S_IRUSR)
+    good_env = _env_bytes(fake.env(Script().save_ok()))
+    for i in range(40):
+        for path, err in ((missing, errno.ENOENT), (noexec, errno.EACCES), (fake.path, 0)):
+            co = _xc.Callout(_xc.DIR_SAVE, 136)
+            try:
+                if err:
+                    with pytest.raises(HelperStartError) as info:
+                        co.spawn(path, "--save-domain", iofile, -1, [1, 0, 136, 0], good_env)
+                    assert info.value.errno == err, (i, path)
+                    assert "cannot execute helper" in str(info.value)
+                    assert co.pid == -1
+                else:
+                    pid = co.spawn(path, "--save-domain", iofile, -1, [1, 0, 136, 0], good_env)
+                    assert pid > 0
+                    rec = _Answer()
+                    while co.reading:
+                        _wait_readable(co.stdout_fd)
+                        co.on_readable(rec)
+                    while not co.poll_exit():
+                        _wait_readable(co.pidfd)
+                    assert co.completed and co.returncode == 0, (i, co.returncode)
+            finally:
+                co.close()
+
+
+class _Answer:
+    def msg_complete(self, retval, errnoval):
+        return 0
+
+
+def _wait_readable(fd):
+    import select
+    select.select([fd], [], [], 5.0)
+
+
+@pytest.mark.parametrize("entry", [b"NOEQUALS", b"A=b\0c", "A=b"])
+def test_bad_environment_entries_are_refused(fake, iofile, entry, counts):
+    co = _xc.Callout(_xc.DIR_SAVE, 136)
+    with pytest.raises((ValueError, TypeError)):
+        co.spawn(fake.path, "--save-domain", iofile, -1, [1, 0, 136, 0], [b"X=1", entry])
+    assert co.pid == -1
+    co.close()
+
+
+def test_environment_entries_may_be_bytes_like(fake, iofile, counts):
+    env = _env_bytes(fake.env(Script().save_ok()))
+    co = _xc.Callout(_xc.DIR_SAVE, 136)
+    try:
+        co.spawn(fake.path, "--save-domain", iofile, -1, [1, 0, 136, 0],
+                 [bytearray(e) for e in env])
+        while co.reading:
+            _wait_readable(co.stdout_fd)
+            co.on_readable(_Answer())
+        while not co.poll_exit():
+            _wait_readable(co.pidfd)
+        assert co.completed and co.returncode == 0
+    finally:
+        co.close()
+
+
+def test_same_environment_mapping_changed_between_operations(fake, iofile):
+    """The encoded environment is reused only while the mapping is equal."""
+    script = Script().save_ok()
+    env = fake.env(script)
+    xensr.save_domain(3, iofile, helper=fake.path, env=env)
+    env["FAKEHELPER_REPORT"] = str(fake.workdir / "changed-report")
+    xensr.save_domain(3, iofile, helper=fake.path, env=env)
+    assert (fake.workdir / "changed-report").exists()

@@ -18,7 +18,7 @@ from libc.errno cimport EAGAIN, EBADF, ECHILD, EINTR, ESRCH, errno
 from libc.signal cimport SIGKILL
 from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy, memmove
+from libc.string cimport memchr, memcpy, memmove
 from posix.fcntl cimport F_DUPFD_CLOEXEC, F_GETFL, F_SETFL, O_CLOEXEC, O_NONBLOCK, fcntl
 from posix.signal cimport siginfo_t
 from posix.types cimport pid_t
@@ -126,6 +126,22 @@ cdef int _getfl(int fd, str what) except? -2:
         err = errno
         raise OSError(err, f"{what} {fd}: {os.strerror(err)}")
     return flags
+
+
+cdef list _env_entries(env):
+    """env (an iterable of bytes-like ``NAME=value``) checked, as bytes."""
+    cdef list out = []
+    cdef bytes b
+    cdef const char *p
+    cdef Py_ssize_t n
+    for e in env:
+        b = e if type(e) is bytes else bytes(e)
+        p = b
+        n = len(b)
+        if memchr(p, 0, n) != NULL or memchr(p, 61, n) == NULL:   # NUL, '='
+            raise ValueError(f"invalid environment entry {b!r}")
+        out.append(b)
+    return out
 
 
 cdef char **_cstrv(list items) except NULL:
@@ -277,12 +293,13 @@ cdef class Callout:
             # non-blocking.  p_out[1], write end: the helper's stdout (fd 1
             # in the child only).
             _make_pipe(p_out)
-            # Error pipe.  p_err[0], read end: ours, read once after the
-            # spawn.  p_err[1], write end: the child's, stays close-on-exec
-            # so a successful execve closes it (EOF, no data).
+            # Error pipe.  p_err[0], read end: ours, non-blocking, read
+            # once after the spawn.  p_err[1], write end: the child's,
+            # stays close-on-exec so a successful execve closes it.
             _make_pipe(p_err)
             _set_nonblock(p_in[1])
             _set_nonblock(p_out[0])
+            _set_nonblock(p_err[0])
 
             io_child = io_fd if io_fd > 2 else _dup_high(io_fd)
             if back_fd < 0 or back_fd > 2:
@@ -294,10 +311,7 @@ cdef class Callout:
             argl += [b"%d" % a for a in args]
             argv = _cstrv(argl)
             if env is not None:
-                envl = [bytes(e) for e in env]
-                for e in envl:
-                    if b"\0" in e or b"=" not in e:
-                        raise ValueError(f"invalid environment entry {e!r}")
+                envl = _env_entries(env)
                 envp = _cstrv(envl)
 
             # libxenguest does blocking I/O on these; restored by close().
@@ -334,15 +348,20 @@ cdef class Callout:
             close(p_err[1])
             p_err[1] = -1
 
-            # vfork: the child has exec'd or exited by now; this never waits.
+            # vfork returns once the child has exec'd or exited.  A child
+            # that failed wrote its report (8 bytes: one atomic pipe write)
+            # before _exit, so it is there now; after a successful execve
+            # the read finds nothing (EAGAIN) or EOF.  A blocking read
+            # would wait for the exec'd child to close its close-on-exec
+            # fds, which the kernel does after waking us.
             got = 0
-            while got < <Py_ssize_t>sizeof(report):
-                r = read(p_err[0], (<char *>report) + got, sizeof(report) - got)
+            while True:
+                r = read(p_err[0], <char *>report, sizeof(report))
                 if r < 0 and errno == EINTR:
                     continue
-                if r <= 0:
-                    break
-                got += r
+                break
+            if r > 0:
+                got = r
             if got:
                 with nogil:
                     _reap_blocking(pid)

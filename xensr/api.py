@@ -199,10 +199,24 @@ def _seconds(what: str, value: Optional[float]) -> Optional[float]:
     return value
 
 
+# The last environment encoded: (a copy of the mapping, its entries).
+# Toolstacks pass the same environment to operation after operation;
+# comparing two dicts is much cheaper than encoding every entry again.
+_env_cache: Tuple[Optional[Dict[Any, Any]], List[bytes]] = (None, [])
+
+
 def _env_list(env: Optional[Mapping[str, str]]) -> Optional[List[bytes]]:
+    global _env_cache
     if env is None:
         return None
-    return [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()]
+    cached, entries = _env_cache
+    if type(env) is not dict:
+        env = dict(env)
+    if cached is not None and env == cached:
+        return entries
+    entries = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()]
+    _env_cache = (dict(env), entries)
+    return entries
 
 
 # ----------------------------------------------------------------------
