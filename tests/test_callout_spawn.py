@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import signal
 import stat
 import threading
@@ -241,7 +242,10 @@ def test_concurrent_spawns_from_8_threads_share_no_fds(fake, tmp_path, counts):
     errors = []
     scripts = []
     for i in range(n):
-        s = Script().sync().hang()
+        # The log frame says the helper runs: past execve, which is where
+        # a helper drops the close-on-exec fds it was born with (spawn
+        # returns as soon as the exec succeeded, a little before that).
+        s = Script().write(fh.log(5, 0, b"c", b"started")).sync().hang()
         scripts.append(fake.env(s))
     fds = [os.open(tmp_path / f"s{i}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
            for i in range(n)]
@@ -267,6 +271,8 @@ def test_concurrent_spawns_from_8_threads_share_no_fds(fake, tmp_path, counts):
         assert not errors
         mine = [pipe_inodes(op) for op in ops]
         for i, op in enumerate(ops):
+            ready, _, _ = select.select([op._callout.stdout_fd], [], [], 30.0)
+            assert ready, f"helper {i} did not start"
             held = {os.readlink(f"/proc/{op.pid}/fd/{fd}")
                     for fd in os.listdir(f"/proc/{op.pid}/fd")}
             for j, other in enumerate(mine):
