@@ -12,3 +12,28 @@ cdef extern from "<signal.h>" nogil:
         CLD_EXITED
         CLD_KILLED
         CLD_DUMPED
+
+
+cdef extern from "<poll.h>" nogil:
+    struct pollfd:
+        int fd
+        short events
+        short revents
+    int poll(pollfd *fds, unsigned long nfds, int timeout)
+    enum:
+        POLLIN
+        POLLOUT
+        POLLERR
+        POLLHUP
+        POLLNVAL
+
+
+cdef extern from "<time.h>" nogil:
+    # CLOCK_MONOTONIC is time.monotonic()'s clock on Linux.
+    ctypedef long time_t
+    struct timespec:
+        time_t tv_sec
+        long tv_nsec
+    enum:
+        CLOCK_MONOTONIC
+    int clock_gettime(int clk_id, timespec *tp)

@@ -7,8 +7,11 @@ pidfd that becomes readable when it exits, the frame buffer, the queue of
 replies not yet written, and the helper's last log lines.  It never blocks:
 the caller's event loop tells it when an fd is ready.  What the frames
 *mean* (callbacks, logging, results) is the business of the handler object
-passed to :meth:`Callout.on_readable`, normally a :class:`xensr.Operation`;
-the generated ``_dispatch`` calls ``handler.msg_<name>(*args)``.
+passed to :meth:`Callout.on_readable`, normally a :class:`xensr.Operation`:
+each frame becomes a call of ``handler.msg_<name>(*args)`` (the functions
+are looked up on the handler's class once, not per frame), or of a
+callback registered with :meth:`Callout.set_direct`.  Log frames are kept
+raw for :attr:`Callout.log_tail` and formatted only when it is read.
 
 Spawning uses vfork + execve (``_spawn.h``); see there for why.
 """
@@ -17,7 +20,7 @@ cimport cython
 from libc.errno cimport EAGAIN, EBADF, ECHILD, EINTR, ESRCH, errno
 from libc.signal cimport SIGKILL
 from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memchr, memcpy, memmove
 from posix.fcntl cimport F_DUPFD_CLOEXEC, F_GETFL, F_SETFL, O_CLOEXEC, O_NONBLOCK, fcntl
 from posix.signal cimport siginfo_t
@@ -25,7 +28,25 @@ from posix.types cimport pid_t
 from posix.unistd cimport close, read, write
 from posix.wait cimport P_PID, WEXITED, WNOHANG, waitid
 
-from ._libc cimport CLD_DUMPED, CLD_EXITED, CLD_KILLED, environ, pipe2
+from cpython.exc cimport PyErr_CheckSignals
+
+from ._libc cimport (
+    CLD_DUMPED,
+    CLD_EXITED,
+    CLD_KILLED,
+    CLOCK_MONOTONIC,
+    POLLERR,
+    POLLHUP,
+    POLLIN,
+    POLLNVAL,
+    POLLOUT,
+    clock_gettime,
+    environ,
+    pipe2,
+    poll,
+    pollfd,
+    timespec,
+)
 from ._spawn cimport (
     XENSR_SPAWN_STAGE_DUP2,
     XENSR_SPAWN_STAGE_EXEC,
@@ -38,6 +59,7 @@ from ._spawn cimport (
 
 import os
 import signal as _signal
+import types as _types
 import warnings
 
 from .errors import (
@@ -61,6 +83,23 @@ cdef enum:
     BUF_SIZE = 131072
     # Reads per readiness call before giving the loop back (log floods).
     MAX_READS = 4
+    # Per-message-type tables (types 1 to 11 are in use).
+    MSG_SLOTS = 16
+    # log_levels: the bit for xentoollog levels above 9.
+    LOG_OTHER_BIT = 10
+
+# How set_direct's callbacks' return values become replies.
+cdef enum:
+    MAP_NONE = 0        # progress: no reply
+    MAP_BOOL = 1        # bool -> 1/0, int as is
+    MAP_STATUS = 2      # None/True -> 0, False -> -1, int as is
+    MAP_POLICY = 3      # XGS_POLICY_* int (-1, 0, 1)
+
+cdef int[16] _MAP_KIND = [0, 0, MAP_NONE, MAP_BOOL, MAP_BOOL, MAP_BOOL, MAP_BOOL,
+                          MAP_STATUS, MAP_STATUS, 0, 0, MAP_POLICY, 0, 0, 0, 0]
+# Types set_direct accepts: progress and the requests.
+cdef unsigned _DIRECT_OK = ((1u << 2) | (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6)
+                            | (1u << 7) | (1u << 8) | (1u << 11))
 
 _XTL_NAMES = ("none", "debug", "verbose", "detail", "progress", "info",
               "notice", "warning", "error", "critical")
@@ -82,6 +121,52 @@ def format_log_line(level, errnoval, context, formatted):
         except ValueError:
             line += f": errno {errnoval}"
     return line
+
+
+cdef inline double _monotonic() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline Py_ssize_t _skip_string(const unsigned char *body, Py_ssize_t n,
+                                    Py_ssize_t at) noexcept:
+    """The offset after a well-formed STRING at ``at``, or -1."""
+    cdef uint32_t length
+    if n - at < 4:
+        return -1
+    memcpy(&length, body + at, 4)
+    if length == 0 or <uint64_t>(n - at - 4) < <uint64_t>length:
+        return -1
+    if body[at + 4 + length - 1] != 0:
+        return -1
+    return at + 4 + length
+
+
+cdef inline bint _log_ok(const unsigned char *body, Py_ssize_t n) noexcept:
+    """A log body (type, level, errno, context, formatted) is well formed."""
+    cdef Py_ssize_t off
+    if n < 10:
+        return False
+    off = _skip_string(body, n, 10)
+    if off < 0:
+        return False
+    return _skip_string(body, n, off) == n
+
+
+cdef inline bint _progress_ok(const unsigned char *body, Py_ssize_t n) noexcept:
+    """A progress body (type, context, doing_what, done, total) is well formed."""
+    cdef Py_ssize_t off = _skip_string(body, n, 2)
+    if off < 0:
+        return False
+    off = _skip_string(body, n, off)
+    return off >= 0 and n - off == 16
+
+
+cdef int _bad_frame(const unsigned char *body, Py_ssize_t n, int direction) except -1:
+    """Raise the generated decoder's error for a body the checks refused."""
+    _decode_body(body, n, direction)
+    raise ProtocolError("malformed frame", offset=0)
 
 
 cdef int _make_pipe(int *fds) except -1:
@@ -193,9 +278,32 @@ cdef class Callout:
     cdef int _io_flags
     cdef int _back_fd
     cdef int _back_flags
-    cdef list _ring
+    # The last log frames, raw (bodies), formatted only by log_tail.
+    cdef unsigned char **_rdata
+    cdef Py_ssize_t *_rlen
+    cdef Py_ssize_t *_rcap
+    cdef Py_ssize_t _rcount
     cdef Py_ssize_t _ring_pos
     cdef Py_ssize_t _ring_size
+    # The handler's class and its msg_<name> functions by message type.
+    cdef object _bound_type
+    cdef list _bound
+    # Callbacks called directly (set_direct) by message type.
+    cdef list _direct
+    cdef unsigned _direct_mask
+    cdef object _direct_wrap
+    cdef unsigned long long _counts[MSG_SLOTS]
+    cdef bint _wake
+
+    #: Bit N set: log frames of xentoollog level N are handed to the
+    #: handler (bit 10: levels above 9).  The others are only kept for
+    #: :attr:`log_tail` and counted.
+    cdef public unsigned log_levels
+    #: False: progress frames are checked and counted, not handed on.
+    cdef public bint progress_wanted
+    #: time.monotonic() after the last read that brought a frame, when
+    #: :meth:`serve` was asked to keep it.
+    cdef readonly double last_read_at
 
     #: Message type waiting for a reply (0: none).
     cdef readonly int awaiting
@@ -237,8 +345,17 @@ cdef class Callout:
             raise ValueError("log_tail must be at least 1")
         self.direction = direction
         self.cbflags = cbflags
-        self._ring = []
-        self._ring_size = log_tail
+        if self._rdata == NULL:
+            self._rdata = <unsigned char **>calloc(log_tail, sizeof(unsigned char *))
+            self._rlen = <Py_ssize_t *>calloc(log_tail, sizeof(Py_ssize_t))
+            self._rcap = <Py_ssize_t *>calloc(log_tail, sizeof(Py_ssize_t))
+            if self._rdata == NULL or self._rlen == NULL or self._rcap == NULL:
+                raise MemoryError()
+            self._ring_size = log_tail
+        self._bound = [None] * MSG_SLOTS
+        self._direct = [None] * MSG_SLOTS
+        self.log_levels = 0xffffffffu
+        self.progress_wanted = True
         self._reading = True
 
     # ------------------------------------------------------------------
@@ -519,11 +636,33 @@ cdef class Callout:
         return 0
 
     cdef int _frame(self, handler, const unsigned char *body, Py_ssize_t n) except -1:
+        cdef uint16_t t16
+        cdef uint32_t level
         cdef int t
         cdef int kind
         cdef unsigned bit
+        memcpy(&t16, body, 2)
+        t = t16
+        if t == 1:
+            # Checked in C, kept raw; decoded only if the handler wants it.
+            if not _log_ok(body, n):
+                _bad_frame(body, n, self.direction)
+            self.frames += 1
+            self.log_lines += 1
+            self._counts[1] += 1
+            self._ring_put(body, n)
+            memcpy(&level, body + 2, 4)
+            if not (self.log_levels & (1u << (level if level < LOG_OTHER_BIT else LOG_OTHER_BIT))):
+                return 0
+            self._call(handler, 1, _decode_log(body, n)[1])
+            return 0
+        if t == 2 and not self.progress_wanted:
+            if not _progress_ok(body, n):
+                _bad_frame(body, n, self.direction)
+            self.frames += 1
+            self._counts[2] += 1
+            return 0
         msgtype, args = _decode_body(body, n, self.direction)
-        t = msgtype
         bit = _cbflag_bit(t)
         kind = _reply_kind(t)
         if bit and not (self.cbflags & bit):
@@ -539,14 +678,9 @@ cdef class Callout:
                 f"to {_name_of(self.awaiting)} is still outstanding",
                 msgtype=t, msgname=name, offset=0)
         self.frames += 1
-        if t == 1:
-            self.log_lines += 1
-            if len(self._ring) < self._ring_size:
-                self._ring.append(args)
-            else:
-                self._ring[self._ring_pos] = args
-                self._ring_pos = (self._ring_pos + 1) % self._ring_size
-        elif t == 10:
+        if t < MSG_SLOTS:
+            self._counts[t] += 1
+        if t == 10:
             # As libxl: nothing after complete is read.
             self.completed = True
             self.retval = args[0]
@@ -554,16 +688,216 @@ cdef class Callout:
             self._reading = False
         if kind:
             self.awaiting = t
-        ret = _dispatch(handler, t, args)
+        if t < MSG_SLOTS and (self._direct_mask >> t) & 1:
+            ret = self._call_direct(handler, t, args)
+        else:
+            ret = self._call(handler, t, args)
         if kind and ret is not None and self.awaiting == t:
             self.send_reply(ret)
         return 0
 
+    cdef int _ring_put(self, const unsigned char *body, Py_ssize_t n) except -1:
+        cdef Py_ssize_t i
+        cdef unsigned char *p
+        if self._rcount < self._ring_size:
+            i = self._rcount
+            self._rcount += 1
+        else:
+            i = self._ring_pos
+            self._ring_pos = (i + 1) % self._ring_size
+        if self._rcap[i] < n:
+            p = <unsigned char *>realloc(self._rdata[i], n)
+            if p == NULL:
+                raise MemoryError()
+            self._rdata[i] = p
+            self._rcap[i] = n
+        memcpy(self._rdata[i], body, n)
+        self._rlen[i] = n
+        return 0
+
+    cdef object _call(self, handler, int t, tuple args):
+        """handler.msg_<name>(*args), through the class's function."""
+        tp = type(handler)
+        if tp is not self._bound_type:
+            self._bind(tp)
+        fn = self._bound[t]
+        if fn is None:
+            return _dispatch(handler, t, args)
+        return fn(handler, *args)
+
+    cdef int _bind(self, tp) except -1:
+        cdef int t
+        bound = [None] * MSG_SLOTS
+        for t in range(1, len(_NAMES)):
+            # Only plain functions of the class: anything else (__getattr__,
+            # descriptors) goes through getattr for each frame.
+            fn = getattr(tp, "msg_" + _NAMES[t], None)
+            if type(fn) is _types.FunctionType:
+                bound[t] = fn
+        self._bound = bound
+        self._bound_type = tp
+        return 0
+
+    cdef object _call_direct(self, handler, int t, tuple args):
+        """Call the set_direct callback; turn the common returns into the
+        reply here, hand anything else to handler.direct_result."""
+        cdef int kind = _MAP_KIND[t]
+        fn = self._direct[t]
+        if t == 11 and self._direct_wrap is not None:
+            a = (tuple.__new__(self._direct_wrap, args),)
+        elif t == 7:
+            a = (args[0], args[1] != 0)
+        else:
+            a = args
+        try:
+            v = fn(*a)
+        except Exception as exc:
+            return handler.direct_failed(t, exc)
+        if kind == MAP_NONE:
+            if v is None:
+                return None
+        elif type(v) is int:
+            if kind == MAP_POLICY:
+                if -1 <= v <= 1:
+                    return v
+            elif -0x80000000 <= v <= 0x7fffffff:
+                return v
+        elif v is True:
+            if kind == MAP_BOOL:
+                return 1
+            if kind == MAP_STATUS:
+                return 0
+        elif v is False:
+            if kind == MAP_BOOL:
+                return 0
+            if kind == MAP_STATUS:
+                return -1
+        elif v is None:
+            if kind == MAP_STATUS:
+                return 0
+        return handler.direct_result(t, v)
+
+    def set_direct(self, int msgtype, fn, wrap=None):
+        """Call ``fn`` itself for frames of msgtype (progress or a request)
+        instead of ``handler.msg_<name>``.
+
+        ``fn`` gets the message's arguments (switch_qemu_logdirty's
+        ``enable`` as a bool; with ``wrap``, a tuple subclass, precopy_policy
+        gets one ``wrap`` of its three).  A return of None (progress), a
+        bool or an int in range (requests) is the reply; anything else
+        goes to ``handler.direct_result(msgtype, value)`` and an Exception
+        to ``handler.direct_failed(msgtype, exc)``, which return the reply
+        or None.  ``fn=None`` removes it.
+        """
+        if not (0 < msgtype < MSG_SLOTS and (_DIRECT_OK >> msgtype) & 1):
+            raise ValueError(f"message type {msgtype} cannot have a direct callback")
+        if fn is not None and not callable(fn):
+            raise TypeError("the direct callback must be callable")
+        self._direct[msgtype] = fn
+        if fn is None:
+            self._direct_mask &= ~(1u << msgtype)
+        else:
+            self._direct_mask |= 1u << msgtype
+        if msgtype == 11:
+            self._direct_wrap = wrap
+
+    def clear_direct(self):
+        """Remove every direct callback: frames go to the handler again."""
+        self._direct = [None] * MSG_SLOTS
+        self._direct_mask = 0
+        self._direct_wrap = None
+
+    @property
+    def type_counts(self):
+        """Frames received so far by message type (index = type, 0-11)."""
+        return tuple(self._counts[i] for i in range(len(_NAMES)))
+
     @property
     def log_tail(self):
         """The helper's last log lines, oldest first, as text."""
-        records = self._ring[self._ring_pos:] + self._ring[:self._ring_pos]
-        return tuple(format_log_line(*rec) for rec in records)
+        cdef Py_ssize_t k, i
+        out = []
+        for k in range(self._rcount):
+            i = (self._ring_pos + k) % self._rcount
+            out.append(format_log_line(*_decode_log(self._rdata[i], self._rlen[i])[1]))
+        return tuple(out)
+
+    # ------------------------------------------------------------------
+    # The blocking loop
+
+    def wake(self):
+        """Make :meth:`serve` return (2) at its next wake-up."""
+        self._wake = True
+
+    def serve(self, handler, double until, bint stamp=False):
+        """Watch the helper's fds with poll() and handle what is ready, in C,
+        until something needs the caller: a blocking event loop of its own
+        for callers that have none (:meth:`xensr.Operation.run`).
+
+        Dispatches frames to ``handler`` as :meth:`on_readable`, writes
+        pending replies as :meth:`on_writable`.  Returns 0 once
+        ``time.monotonic()`` reaches ``until``, 1 when the pidfd is readable
+        (call :meth:`poll_exit`), 2 after :meth:`wake`, 3 when there is
+        nothing to watch.  With ``stamp``, :attr:`last_read_at` is set after
+        each read that brought frames.  Exceptions (ProtocolError, a
+        handler's) propagate; the GIL is released while it waits, and a
+        signal's Python handler runs (and may raise) on EINTR.
+        """
+        cdef pollfd fds[3]
+        cdef int n, r, ms, i_out, i_in, i_pid
+        cdef unsigned long long frames
+        cdef double now
+        if self._in_parse:
+            raise RuntimeError("Callout.serve called from a handler")
+        while True:
+            if self._wake:
+                self._wake = False
+                return 2
+            n = 0
+            i_out = i_in = i_pid = -1
+            if self._reading and self._stdout_r >= 0:
+                fds[n].fd = self._stdout_r
+                fds[n].events = POLLIN
+                i_out = n
+                n += 1
+            if self._wbuf and self._stdin_w >= 0:
+                fds[n].fd = self._stdin_w
+                fds[n].events = POLLOUT
+                i_in = n
+                n += 1
+            if not self.reaped and self._pidfd >= 0:
+                fds[n].fd = self._pidfd
+                fds[n].events = POLLIN
+                i_pid = n
+                n += 1
+            if n == 0:
+                return 3
+            now = _monotonic()
+            if now >= until:
+                return 0
+            if until - now > 3600.0:
+                ms = 3600000
+            else:
+                ms = <int>((until - now) * 1000.0) + 1
+            with nogil:
+                r = poll(fds, n, ms)
+            if r < 0:
+                err = errno
+                if err == EINTR:
+                    PyErr_CheckSignals()
+                    continue
+                raise OSError(err, f"poll: {os.strerror(err)}")
+            if r == 0:
+                continue
+            if i_in >= 0 and fds[i_in].revents:
+                self._flush()
+            if i_out >= 0 and fds[i_out].revents:
+                frames = self.frames
+                self._read_loop(handler, MAX_READS, False)
+                if stamp and self.frames != frames:
+                    self.last_read_at = _monotonic()
+            if i_pid >= 0 and fds[i_pid].revents:
+                return 1
 
     # ------------------------------------------------------------------
     # Replies
@@ -745,6 +1079,7 @@ cdef class Callout:
 
     def __dealloc__(self):
         cdef pid_t pid = self.pid
+        cdef Py_ssize_t i
         if pid >= 0 and not self.reaped:
             if self._pidfd >= 0:
                 xensr_pidfd_send_signal(self._pidfd, SIGKILL)
@@ -760,3 +1095,10 @@ cdef class Callout:
         self._restore_flags()
         free(self._buf)
         self._buf = NULL
+        if self._rdata != NULL:
+            for i in range(self._ring_size):
+                free(self._rdata[i])
+        free(self._rdata)
+        free(self._rlen)
+        free(self._rcap)
+        self._rdata = NULL

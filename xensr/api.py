@@ -11,7 +11,7 @@ is one run of the helper, driven by whatever event loop the caller has:
         op.handle_timeout()         # when next_deadline() has passed
     result = op.result()            # or raises the typed error
 
-:meth:`Operation.run` is that loop with :mod:`select.poll` (blocking);
+:meth:`Operation.run` is that loop, run by the callout in C (blocking);
 :func:`save_domain` / :func:`restore_domain` build an operation and run it;
 :mod:`xensr.aio` drives operations from asyncio.
 """
@@ -23,7 +23,6 @@ import inspect
 import logging
 import os
 import re
-import select
 import shutil
 import signal as _signal
 import time
@@ -81,6 +80,34 @@ _PY_LEVELS = {
 }
 
 _VERSION_RE = re.compile(r"xensr (\S+), table ([0-9a-f]{16})")
+
+# Message numbers of the callbacks a callbacks object may have.
+_CALLBACK_TYPES = {
+    "progress": C.MSG_PROGRESS,
+    "suspend": C.MSG_SUSPEND,
+    "postcopy": C.MSG_POSTCOPY,
+    "checkpoint": C.MSG_CHECKPOINT,
+    "wait_checkpoint": C.MSG_WAIT_CHECKPOINT,
+    "switch_qemu_logdirty": C.MSG_SWITCH_QEMU_LOGDIRTY,
+    "static_data_done": C.MSG_STATIC_DATA_DONE,
+    "precopy_policy": C.MSG_PRECOPY_POLICY,
+}
+# Names by message number, and the messages counted in results.
+_MSG_NAMES = {t: n for n, t in _CALLBACK_TYPES.items()}
+_MSG_NAMES[C.MSG_RESTORE_RESULTS] = "restore_results"
+_COUNTED = tuple(sorted((t, n) for t, n in _MSG_NAMES.items() if n != "progress"))
+
+
+def _log_levels() -> int:
+    """The Callout's log_levels for what the 'xensr.helper' logger keeps."""
+    enabled = {py: helper_log.isEnabledFor(py) for py in set(_PY_LEVELS.values())}
+    mask = 0
+    for xtl, py in _PY_LEVELS.items():
+        if enabled[py]:
+            mask |= 1 << xtl
+    if helper_log.isEnabledFor(logging.WARNING):
+        mask |= 1 << 10                 # levels above XTL_CRITICAL
+    return mask
 
 # Replies xensr gives for callbacks it always installs when the callbacks
 # object lacks them (libxl always installs these).
@@ -265,6 +292,7 @@ class Operation:
 
         self.cbflags = self._compute_cbflags()
         self._callout = _xc.Callout(self.direction, self.cbflags, log_tail)
+        self._set_direct()
         self._state = "new"             # new -> running -> done
         self._error: Optional[XensrError] = None
         self._result: Optional[OperationResult] = None
@@ -277,9 +305,10 @@ class Operation:
         self._pending_task: Any = None
         self._runner: Optional[Callable[[Any, Optional[str]], Any]] = None
         self._listener: Optional[Callable[[], None]] = None
-        self._counts: Dict[str, int] = {}
         self._first_log = True
+        self._log_seen = 0
         self._progress = _cb.find(callbacks, "progress")
+        self._callout.progress_wanted = self._progress is not None
         self.elapsed: Optional[float] = None
 
     # -- subclass hooks ---------------------------------------------------
@@ -289,6 +318,21 @@ class Operation:
 
     def _args(self) -> List[int]:
         raise NotImplementedError
+
+    def _set_direct(self) -> None:
+        """The callout calls the toolstack's callbacks itself (no Python
+        layer in between); only unusual returns come back here
+        (direct_result).  Undone once the operation fails (_disable_direct)."""
+        names = _cb.SAVE_CALLBACKS if self.direction == C.DIR_SAVE else _cb.RESTORE_CALLBACKS
+        co = self._callout
+        for name in names:
+            fn = _cb.find(self.callbacks, name)
+            if fn is not None:
+                co.set_direct(_CALLBACK_TYPES[name], fn,
+                              PrecopyStats if name == "precopy_policy" else None)
+
+    def _disable_direct(self) -> None:
+        self._callout.clear_direct()
 
     def _require(self, *names: str) -> None:
         missing = [n for n in names if _cb.find(self.callbacks, n) is None]
@@ -406,7 +450,10 @@ class Operation:
                 except ProtocolError as exc:
                     self._fail(exc)
                 if co.frames != frames:
-                    self._last_frame = time.monotonic()
+                    if self.idle_timeout is not None:
+                        self._last_frame = time.monotonic()
+                    if co.log_lines != self._log_seen:
+                        self._refresh_log_levels()
         elif fd == co.stdin_fd:
             co.on_writable()
         elif fd == co.pidfd:
@@ -418,15 +465,16 @@ class Operation:
         :func:`time.monotonic` value), or None."""
         if self._state != "running":
             return None
-        when = []
-        if self._kill_at is not None:
-            when.append(self._kill_at)
+        when = self._kill_at
         if self._error is None:
-            if self._deadline is not None:
-                when.append(self._deadline)
+            d = self._deadline
+            if d is not None and (when is None or d < when):
+                when = d
             if self.idle_timeout is not None and self._pending is None:
-                when.append(self._last_frame + self.idle_timeout)
-        return min(when) if when else None
+                d = self._last_frame + self.idle_timeout
+                if when is None or d < when:
+                    when = d
+        return when
 
     def handle_timeout(self, now: Optional[float] = None) -> None:
         """Act on deadlines that have passed (timeouts, the kill grace)."""
@@ -478,7 +526,9 @@ class Operation:
             return
         self._error = err
         self._stopping = True
+        self._disable_direct()
         self._kill_at = time.monotonic() + self.kill_grace
+        self._callout.wake()
         self._callout.send_signal(_signal.SIGTERM)
         if self._pending is not None:
             # The helper is blocked waiting for us: answer "failed" so that
@@ -493,6 +543,7 @@ class Operation:
             return
         if self._error is None:
             self._error = err
+        self._disable_direct()
         self._clear_pending()
         self._kill_at = None
         self._callout.stop_reading()
@@ -598,7 +649,11 @@ class Operation:
             domid=self.domid, retval=co.retval, errno=co.errnoval,
             pid=co.pid, returncode=co.returncode if co.returncode is not None else 0,
             helper=self.helper or "", elapsed=self.elapsed or 0.0,
-            callbacks=dict(self._counts), frames=co.frames, log_lines=co.log_lines)
+            callbacks=self._callback_counts(), frames=co.frames, log_lines=co.log_lines)
+
+    def _callback_counts(self) -> Dict[str, int]:
+        counts = self._callout.type_counts
+        return {name: counts[t] for t, name in _COUNTED if counts[t]}
 
     def _make_result(self) -> OperationResult:
         raise NotImplementedError
@@ -606,18 +661,17 @@ class Operation:
     # -- blocking driver --------------------------------------------------
 
     def run(self) -> OperationResult:
-        """Start if needed, run to the end with :func:`select.poll`, and
+        """Start if needed, run to the end with the callout's own poll()
+        loop (:meth:`xensr._xc.Callout.serve`), and
         return :meth:`result`.  Ctrl-C aborts the helper (a second one
         kills it), waits for it, then raises KeyboardInterrupt."""
         if self._state == "new":
             self.start()
-        poll = select.poll()
-        registered: Dict[int, int] = {}
         interrupted: Optional[BaseException] = None
         try:
             while self._state == "running":
                 try:
-                    self._poll_once(poll, registered)
+                    self._serve_once()
                 except KeyboardInterrupt as exc:
                     if interrupted is None:
                         interrupted = exc
@@ -631,37 +685,46 @@ class Operation:
             raise interrupted
         return self.result()
 
-    def _poll_once(self, poll: Any, registered: Dict[int, int]) -> None:
-        want: Dict[int, int] = {}
-        for fd, ev in self.fds():
-            pev = (select.POLLIN if ev & EVENT_READ else 0) | \
-                  (select.POLLOUT if ev & EVENT_WRITE else 0)
-            want[fd] = want.get(fd, 0) | pev
-        for fd in [fd for fd in registered if fd not in want]:
-            poll.unregister(fd)
-            del registered[fd]
-        for fd, pev in want.items():
-            if fd not in registered:
-                poll.register(fd, pev)
-            elif registered[fd] != pev:
-                poll.modify(fd, pev)
-            registered[fd] = pev
-        # Wake at least once a second, so that abort() from another thread
-        # gets its SIGKILL deadline honoured.
-        wait = 1.0
+    def _serve_once(self) -> None:
+        """Let the callout's own poll loop (C) run until a deadline, the
+        helper's exit, or a change that needs this layer (wake())."""
+        co = self._callout
+        # Come back at least once a second: abort() from another thread
+        # gets its SIGKILL deadline honoured, log levels are looked at again.
+        until = time.monotonic() + 1.0
         deadline = self.next_deadline()
-        if deadline is not None:
-            wait = min(wait, max(0.0, deadline - time.monotonic()))
-        for fd, pev in poll.poll(wait * 1000.0):
-            ev = 0
-            if pev & (select.POLLIN | select.POLLERR | select.POLLHUP | select.POLLNVAL):
-                ev |= EVENT_READ
-            if pev & (select.POLLOUT | select.POLLERR):
-                ev |= EVENT_WRITE
-            self.handle(fd, ev)
+        if deadline is not None and deadline < until:
+            until = deadline
+        stamp = self.idle_timeout is not None
+        frames = co.frames
+        try:
+            r = co.serve(self, until, stamp)
+        except ProtocolError as exc:
+            self._fail(exc)
+            r = -1
+        finally:
+            if stamp and co.frames != frames and co.last_read_at > self._last_frame:
+                self._last_frame = co.last_read_at
+        if self._state != "running":
+            return
+        if r == 1 or r == 3:
+            if co.poll_exit():
+                self._exited()
+                return
+        if co.log_lines != self._log_seen:
+            self._refresh_log_levels()
         deadline = self.next_deadline()
         if deadline is not None and time.monotonic() >= deadline:
             self.handle_timeout()
+
+    def _refresh_log_levels(self) -> None:
+        """Log frames below what the 'xensr.helper' logger keeps are not
+        decoded (only kept raw for log_tail); looked at again after each
+        batch of reads that brought log lines."""
+        co = self._callout
+        self._log_seen = co.log_lines
+        if not self._first_log:
+            co.log_levels = _log_levels()
 
     # -- deferred replies -------------------------------------------------
 
@@ -705,6 +768,7 @@ class Operation:
         self._listener = listener
 
     def _changed(self) -> None:
+        self._callout.wake()
         listener = self._listener
         if listener is not None:
             listener()
@@ -742,7 +806,6 @@ class Operation:
 
     def _request(self, name: str, args: Tuple[Any, ...], undo: bool = False) -> Optional[int]:
         """A callback the helper waits for; returns the reply or None (later)."""
-        self._counts[name] = self._counts.get(name, 0) + 1
         if self._error is not None and not undo:
             # Stopping: do not bother the toolstack, make libxenguest unwind.
             return _cb.failure_reply(name)
@@ -754,6 +817,10 @@ class Operation:
         except Exception as exc:
             self._callback_failed(name, exc)
             return None
+        return self._request_value(name, value)
+
+    def _request_value(self, name: str, value: Any) -> Optional[int]:
+        """What a request's callback returned -> the reply, or None (later)."""
         if value is DEFERRED:
             self._pending = name
             return None
@@ -768,10 +835,25 @@ class Operation:
             self._callback_failed(name, exc)
             return None
 
+    def direct_result(self, msgtype: int, value: Any) -> Optional[int]:
+        """A direct callback (see _set_direct) returned something the
+        callout does not map itself."""
+        name = _MSG_NAMES[msgtype]
+        if msgtype == C.MSG_PROGRESS:
+            if inspect.isawaitable(value):
+                self._awaitable(None, value)
+            return None
+        return self._request_value(name, value)
+
+    def direct_failed(self, msgtype: int, exc: BaseException) -> None:
+        """A direct callback raised."""
+        self._callback_failed(_MSG_NAMES[msgtype], exc)
+
     def msg_log(self, level: int, errnoval: int, context: str, formatted: str) -> None:
         if self._first_log:
             self._first_log = False
             self._check_helper(formatted)
+            self._refresh_log_levels()
         pylevel = _PY_LEVELS.get(level, logging.WARNING)
         if not helper_log.isEnabledFor(pylevel):
             return
@@ -878,7 +960,6 @@ class SaveOperation(Operation):
         self.live = bool(live)
         self.debug = bool(debug)
         self.xcflags = (C.XCFLAGS_LIVE if live else 0) | (C.XCFLAGS_DEBUG if debug else 0)
-        self._precopy_iterations = 0
         super().__init__(domid, fd, callbacks, back_fd=recv_fd,
                          stream_type=stream_type, helper=helper, env=env,
                          timeout=timeout, idle_timeout=idle_timeout,
@@ -898,12 +979,11 @@ class SaveOperation(Operation):
 
     def msg_precopy_policy(self, iteration: int, total_written: int,
                            dirty_count: int) -> Optional[int]:
-        self._precopy_iterations += 1
         return self._request("precopy_policy",
                              (PrecopyStats(iteration, total_written, dirty_count),))
 
     def _make_result(self) -> SaveResult:
-        return SaveResult(precopy_iterations=self._precopy_iterations,
+        return SaveResult(precopy_iterations=self._callout.type_counts[C.MSG_PRECOPY_POLICY],
                           **self._result_fields())
 
 
@@ -957,7 +1037,6 @@ class RestoreOperation(Operation):
                 self.stream_type]
 
     def msg_restore_results(self, store_gfn: int, console_gfn: int) -> None:
-        self._counts["restore_results"] = self._counts.get("restore_results", 0) + 1
         self.results = (store_gfn, console_gfn)
 
     def _needs_results(self) -> bool:
