@@ -16,14 +16,15 @@ GOLDEN = os.path.join(ROOT, "tests", "cgsupport", "golden")
 
 # A small table exercising every emitter path: integers of every width,
 # strings, each reply kind, both directions, a struct-by-value callback.
-SMALL = build_table((
+SMALL_ENTRIES = (
     ("sr", "note", [("uint32_t", "level"), ("STRING", "text")], {"doc": "d1"}),
     ("scxA", "ask", [("int", "a"), ("unsigned long", "b")], {}),
     ("rcxW", "check", [("unsigned", "bits")], {}),
     ("rcx", "results", [("xen_pfn_t", "x"), ("long", "y")], {}),
     ("scxW", "policy", [("unsigned", "iteration"), ("long", "dirty_count")],
      {"libxc_struct": "precopy_stats", "extension": True}),
-))
+)
+SMALL = build_table(SMALL_ENTRIES)
 
 
 def test_table_matches_xen_417():
@@ -103,15 +104,6 @@ def test_digest_follows_the_table():
     assert reordered.digest != SMALL.digest
     assert build_table(SMALL_ENTRIES).digest == SMALL.digest
 
-
-SMALL_ENTRIES = (
-    ("sr", "note", [("uint32_t", "level"), ("STRING", "text")], {"doc": "d1"}),
-    ("scxA", "ask", [("int", "a"), ("unsigned long", "b")], {}),
-    ("rcxW", "check", [("unsigned", "bits")], {}),
-    ("rcx", "results", [("xen_pfn_t", "x"), ("long", "y")], {}),
-    ("scxW", "policy", [("unsigned", "iteration"), ("long", "dirty_count")],
-     {"libxc_struct": "precopy_stats", "extension": True}),
-)
 
 
 def _small_outputs():
