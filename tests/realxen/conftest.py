@@ -32,7 +32,13 @@ class Tier:
                         + "\n".join(self.scenario_lines(name)), pytrace=False)
         if not res.passed:
             lines = self.scenario_lines(name)
+            canary = self.run.outcome.results.get("dom0_cpu_sanity")
+            hint = ("\n(dom0_cpu_sanity failed too: the emulated CPU loses state across "
+                    "context switches, so this failure may be the machine's, not xensr's)"
+                    if canary is not None and not canary.passed and name != canary.name
+                    else "")
             pytest.fail(f"scenario {name} {res.status}: {res.details.get('error', res.details)}"
+                        + hint
                         + (f"\n{res.details['traceback']}" if "traceback" in res.details else "")
                         + "\nconsole lines of the scenario:\n"
                         + "\n".join("  | " + ln for ln in lines[-40:])

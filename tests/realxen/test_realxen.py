@@ -22,6 +22,12 @@ def assert_counter_carried_on(details: dict) -> None:
     assert counter["after_last"][0] >= before_n + 2, counter
 
 
+def test_dom0_cpu_keeps_process_state(realxen):
+    """The canary: the emulated machine keeps each process's CPU state across
+    context switches (three processes forking and hashing on two vCPUs)."""
+    realxen.result("dom0_cpu_sanity")
+
+
 def test_xl_save_restore_with_debian_helper(realxen):
     """The baseline: stock xl with Debian's helper (proves the tier itself)."""
     d = realxen.result("xl_save_restore_debian").details
