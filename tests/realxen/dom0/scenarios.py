@@ -32,9 +32,8 @@ PAYLOAD = Path(sys.argv[1] if len(sys.argv) > 1 else "/payload")
 XEN_BIN = Path("/usr/lib/xen-4.17/bin")
 XL = str(XEN_BIN / "xl")
 # xl create / restore get -e: no background process waiting for the
-# domain's death.  That monitor is not what is tested here, and its
-# daemonizing child was seen to crash (SIGSEGV) now and then in this dom0,
-# failing an otherwise good restore.
+# domain's death.  That monitor is not what is tested here (its daemonizing
+# child was seen to segfault, before the QEMU CPU model dropped XSAVE).
 DEBIAN_HELPER = str(XEN_BIN / "libxl-save-helper")
 CONSOLE_DIR = Path("/var/log/xen/console")
 WORK = Path("/tmp")  # tmpfs: save files live in dom0's memory
@@ -488,10 +487,10 @@ def api_save_restore(g: Guest, helper: str, live: bool) -> dict:
                                       config=config)
             break
         except Exception as exc:
-            # Now and then libxenguest fails a PVH live save on a page it
-            # cannot map ("Mapping of pfn ... failed -22", seen with both
-            # helpers on this nested, emulated setup).  The guest runs on;
-            # one more try, recorded in the details.
+            # libxenguest once failed a PVH live save on a page it could not
+            # map ("Mapping of pfn ... failed -22", Debian's helper), before
+            # the QEMU CPU model dropped XSAVE and maybe for that reason.
+            # The guest runs on; one more try, recorded in the details.
             text = str(exc)
             if (attempt == 2 or not live or type(exc).__name__ != "SaveRestoreError"
                     or "Mapping of pfn" not in text or xc().state(domid) != "running"):
