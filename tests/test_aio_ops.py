@@ -20,24 +20,11 @@ from tests.fakehelper import Script
 MIB = 1
 
 
-@pytest.fixture(scope="session")
-def fake(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fakehelper")
-    return fh.Fake(fh.build(d), d)
-
-
 @pytest.fixture(params=["xensr", "debian"])
 def helper(request, rig):
     if request.param == "xensr":
         return xensr.helper_path()
     return str(request.getfixturevalue("debian_helper"))
-
-
-@pytest.fixture
-def iofd(tmp_path):
-    fd = os.open(tmp_path / "io", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    yield fd
-    os.close(fd)
 
 
 class AsyncCallbacks:

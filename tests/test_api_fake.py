@@ -22,19 +22,6 @@ from tests import fakehelper as fh
 from tests.fakehelper import Script
 
 
-@pytest.fixture(scope="session")
-def fake(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fakehelper")
-    return fh.Fake(fh.build(d), d)
-
-
-@pytest.fixture
-def iofd(tmp_path):
-    fd = os.open(tmp_path / "stream", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    yield fd
-    os.close(fd)
-
-
 @pytest.fixture
 def counts():
     fds, kids = fh.open_fds(), fh.children()

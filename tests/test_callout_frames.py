@@ -24,12 +24,6 @@ SAVE_FLAGS = C.CBFLAG_SUSPEND | C.CBFLAG_SWITCH_QEMU_LOGDIRTY | C.CBFLAG_PRECOPY
 RESTORE_FLAGS = C.CBFLAG_STATIC_DATA_DONE | C.CBFLAG_RESTORE_RESULTS
 
 
-@pytest.fixture(scope="session")
-def fake(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fakehelper")
-    return fh.Fake(fh.build(d), d)
-
-
 class Recorder:
     """A handler that records every message and answers requests."""
 

@@ -20,12 +20,6 @@ from tests import fakehelper as fh
 from tests.fakehelper import Script
 
 
-@pytest.fixture(scope="session")
-def fake(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fakehelper")
-    return fh.Fake(fh.build(d), d)
-
-
 @pytest.fixture
 def counts():
     """Asserts that the test leaves no fd and no child behind."""

@@ -13,7 +13,7 @@ from xensr.testing import SimulatedHost, rig_available, rig_dir, simulated_host 
 
 __all__ = [
     "ROOT", "DEBIAN_ROOT", "DEBIAN_BIN", "simulated_host", "rig", "debian_helper",
-    "verify_stream", "run_verify_stream",
+    "verify_stream", "run_verify_stream", "fake", "iofd",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,3 +56,20 @@ def verify_stream():
     if not (DEBIAN_BIN / "verify-stream-v2").is_file():
         pytest.skip(f"Debian's xen-utils-4.17 is not unpacked at {DEBIAN_ROOT}")
     return run_verify_stream
+
+
+@pytest.fixture(scope="session")
+def fake(tmp_path_factory):
+    """The fake helper of tests/fakehelper, built once per session."""
+    from tests import fakehelper as fh
+
+    d = tmp_path_factory.mktemp("fakehelper")
+    return fh.Fake(fh.build(d), d)
+
+
+@pytest.fixture
+def iofd(tmp_path):
+    """A close-on-exec read/write fd on a fresh file, for the io stream."""
+    fd = os.open(tmp_path / "stream", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    yield fd
+    os.close(fd)
