@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any, Dict, Mapping, Optional, Set, Union
+from typing import Any, List, Mapping, Optional, Set, Tuple, Union
 
 from . import _constants as C
 from .api import (DEFAULT_KILL_GRACE, EVENT_READ, EVENT_WRITE,
@@ -37,6 +37,7 @@ class _Driver:
         self.writers: Set[int] = set()
         self.timer: Optional[asyncio.TimerHandle] = None
         self.timer_at: Optional[float] = None
+        self.last_fds: Optional[List[Tuple[int, int]]] = None
         self.tasks: Set["asyncio.Task[Any]"] = set()
         self.closed = False
         op._set_runner(self.run_awaitable)
@@ -56,9 +57,24 @@ class _Driver:
             if not self.done.done():
                 self.done.set_result(None)
             return
+        fds = op.fds()
+        if fds != self.last_fds:    # most wake-ups change nothing
+            self.last_fds = fds
+            self._register(fds)
+        deadline = op.next_deadline()
+        if deadline != self.timer_at:
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            self.timer_at = deadline
+            if deadline is not None:
+                when = self.loop.time() + (deadline - time.monotonic())
+                self.timer = self.loop.call_at(when, self.on_timer)
+
+    def _register(self, fds: List[Tuple[int, int]]) -> None:
         want_r: Set[int] = set()
         want_w: Set[int] = set()
-        for fd, ev in op.fds():
+        for fd, ev in fds:
             if ev & EVENT_READ:
                 want_r.add(fd)
             if ev & EVENT_WRITE:
@@ -74,15 +90,6 @@ class _Driver:
             loop.add_writer(fd, self.on_ready, fd, EVENT_WRITE)
         self.readers = want_r
         self.writers = want_w
-        deadline = op.next_deadline()
-        if deadline != self.timer_at:
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
-            self.timer_at = deadline
-            if deadline is not None:
-                when = loop.time() + (deadline - time.monotonic())
-                self.timer = loop.call_at(when, self.on_timer)
 
     def on_ready(self, fd: int, events: int) -> None:
         try:
@@ -140,6 +147,7 @@ class _Driver:
             self.loop.remove_writer(fd)
         self.readers = set()
         self.writers = set()
+        self.last_fds = None
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
