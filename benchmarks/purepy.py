@@ -143,6 +143,15 @@ def helper_argv(helper: str, io_fd: int, cbflags: int) -> List[str]:
     return [helper, "--save-domain", str(io_fd), "-1", "1", "0", str(cbflags), "0"]
 
 
+def _reap(proc: subprocess.Popen) -> None:
+    """Kill the helper if it still runs, reap it, close our pipe ends."""
+    if proc.returncode is None:
+        proc.kill()
+        proc.wait()
+    proc.stdin.close()  # type: ignore[union-attr]
+    proc.stdout.close()  # type: ignore[union-attr]
+
+
 def run_blocking(helper: str, io_fd: int, cbflags: int, env: Dict[str, str],
                  handler: Any = None) -> _Parent:
     """Spawn the helper, serve it until complete, reap it."""
@@ -161,11 +170,7 @@ def run_blocking(helper: str, io_fd: int, cbflags: int, env: Dict[str, str],
             parent.feed(data, wfd)
         status = proc.wait()
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            proc.wait()
-        proc.stdin.close()  # type: ignore[union-attr]
-        proc.stdout.close()  # type: ignore[union-attr]
+        _reap(proc)
     if status != 0:
         raise PyProtocolError(f"helper exited with status {status}")
     return parent
@@ -226,11 +231,7 @@ async def run_asyncio(helper: str, io_fd: int, cbflags: int,
         loop.remove_reader(rfd)
         loop.remove_reader(pidfd)
         os.close(pidfd)
-        if proc.returncode is None:
-            proc.kill()
-            proc.wait()
-        proc.stdin.close()  # type: ignore[union-attr]
-        proc.stdout.close()  # type: ignore[union-attr]
+        _reap(proc)
     if status != 0:
         raise PyProtocolError(f"helper exited with status {status}")
     return parent

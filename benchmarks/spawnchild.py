@@ -29,7 +29,7 @@ import struct
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 from . import xapi
 from .harness import interleave
@@ -84,14 +84,10 @@ def main(argv: List[str]) -> int:
         "xensr Callout (low level)": [], "os.posix_spawn": [],
         "os.fork + os.execve": [], "subprocess.Popen": []}
 
-    def posix_spawn() -> Dict[str, float]:
-        t0 = time.perf_counter()
-        r0, w0 = os.pipe()  # helper's stdin: it reads r0, we write w0
-        r1, w1 = os.pipe()  # helper's stdout: it writes w1, we read r1
-        t1 = time.perf_counter()
-        pid = os.posix_spawn(helper, hargv, env_list, file_actions=[
-            (os.POSIX_SPAWN_DUP2, r0, 0), (os.POSIX_SPAWN_DUP2, w1, 1)])
-        t2 = time.perf_counter()
+    def finish(name: str, pid: int, fds: Tuple[int, int, int, int],
+               t0: float, t1: float, t2: float) -> Dict[str, float]:
+        """Our side of a hand-spawned helper: close its ends, serve, reap."""
+        r0, w0, r1, w1 = fds
         os.close(r0)
         os.close(w1)
         try:
@@ -102,8 +98,18 @@ def main(argv: List[str]) -> int:
             os.close(w0)
         t3 = time.perf_counter()
         assert status == 0, status
-        spawn_call["os.posix_spawn"].append((t2 - t1) * 1e3)
+        spawn_call[name].append((t2 - t1) * 1e3)
         return {"ms": (t3 - t0) * 1e3}
+
+    def posix_spawn() -> Dict[str, float]:
+        t0 = time.perf_counter()
+        r0, w0 = os.pipe()  # helper's stdin: it reads r0, we write w0
+        r1, w1 = os.pipe()  # helper's stdout: it writes w1, we read r1
+        t1 = time.perf_counter()
+        pid = os.posix_spawn(helper, hargv, env_list, file_actions=[
+            (os.POSIX_SPAWN_DUP2, r0, 0), (os.POSIX_SPAWN_DUP2, w1, 1)])
+        t2 = time.perf_counter()
+        return finish("os.posix_spawn", pid, (r0, w0, r1, w1), t0, t1, t2)
 
     def fork_exec() -> Dict[str, float]:
         t0 = time.perf_counter()
@@ -119,18 +125,7 @@ def main(argv: List[str]) -> int:
             finally:
                 os._exit(127)
         t2 = time.perf_counter()
-        os.close(r0)
-        os.close(w1)
-        try:
-            _serve(r1, w0)
-            _, status = os.waitpid(pid, 0)
-        finally:
-            os.close(r1)
-            os.close(w0)
-        t3 = time.perf_counter()
-        assert status == 0, status
-        spawn_call["os.fork + os.execve"].append((t2 - t1) * 1e3)
-        return {"ms": (t3 - t0) * 1e3}
+        return finish("os.fork + os.execve", pid, (r0, w0, r1, w1), t0, t1, t2)
 
     def popen() -> Dict[str, float]:
         t0 = time.perf_counter()

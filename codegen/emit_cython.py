@@ -208,32 +208,31 @@ def _dispatch(table: Table) -> Lines:
                 out(f"return handler.msg_{msg.name}(*args)")
         out('raise UnknownMessageError(f"unknown message type {msgtype}", msgtype=msgtype)')
     out("")
-    codes = ", ".join(str(_REPLY_CODE[m.reply]) for m in table)
-    out(f"cdef int[{table.max_number + 1}] _REPLY_KINDS = [0, {codes}]")
-    callbacks = ", ".join("1" if m.callback else "0" for m in table)
-    out(f"cdef int[{table.max_number + 1}] _IS_CALLBACK = [0, {callbacks}]")
-    bits = ", ".join(str(1 << m.number if m.cbflag else 0) for m in table)
-    out(f"cdef unsigned[{table.max_number + 1}] _CBFLAG_BITS = [0, {bits}]")
-    out("")
-    out("cdef inline int _reply_kind(int msgtype) noexcept:")
-    with out.indent():
-        out(f"if 0 < msgtype <= {table.max_number}:")
-        with out.indent():
-            out("return _REPLY_KINDS[msgtype]")
-        out("return 0")
-    out("")
-    out("cdef inline unsigned _cbflag_bit(int msgtype) noexcept:")
-    with out.indent():
-        out(f"if 0 < msgtype <= {table.max_number}:")
-        with out.indent():
-            out("return _CBFLAG_BITS[msgtype]")
-        out("return 0")
-    out("")
+    _lookup(out, table, "int", "_reply_kind", "_REPLY_KINDS",
+            [_REPLY_CODE[m.reply] for m in table])
+    _lookup(out, table, "unsigned", "_cbflag_bit", "_CBFLAG_BITS",
+            [1 << m.number if m.cbflag else 0 for m in table])
     out("def reply_kind(int msgtype):")
     with out.indent():
         out('"""0: no reply, 1: synchronous (W), 2: asynchronous (A)."""')
         out("return _reply_kind(msgtype)")
     return out
+
+
+def _lookup(out: Lines, table: Table, ctype: str, func: str, array: str,
+            values: List[int]) -> None:
+    """A C array indexed by message number, and its bounds-checked getter
+    (0 for numbers outside the table)."""
+    size = table.max_number + 1
+    out(f"cdef {ctype}[{size}] {array} = [0, {', '.join(map(str, values))}]")
+    out("")
+    out(f"cdef inline {ctype} {func}(int msgtype) noexcept:")
+    with out.indent():
+        out(f"if 0 < msgtype <= {table.max_number}:")
+        with out.indent():
+            out(f"return {array}[msgtype]")
+        out("return 0")
+    out("")
 
 
 def _replies_and_cbflags(table: Table) -> Lines:

@@ -286,13 +286,13 @@ cdef object _dispatch(object handler, int msgtype, tuple args):
     raise UnknownMessageError(f"unknown message type {msgtype}", msgtype=msgtype)
 
 cdef int[12] _REPLY_KINDS = [0, 0, 0, 2, 2, 2, 2, 2, 1, 0, 1, 1]
-cdef int[12] _IS_CALLBACK = [0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 0, 1]
-cdef unsigned[12] _CBFLAG_BITS = [0, 0, 0, 8, 16, 32, 64, 128, 256, 512, 0, 2048]
 
 cdef inline int _reply_kind(int msgtype) noexcept:
     if 0 < msgtype <= 11:
         return _REPLY_KINDS[msgtype]
     return 0
+
+cdef unsigned[12] _CBFLAG_BITS = [0, 0, 0, 8, 16, 32, 64, 128, 256, 512, 0, 2048]
 
 cdef inline unsigned _cbflag_bit(int msgtype) noexcept:
     if 0 < msgtype <= 11:
