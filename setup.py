@@ -106,19 +106,17 @@ def run(cmd):
 
 
 def package_version():
-    """The version in pyproject.toml: the helper reports it."""
-    with open(os.path.join(HERE, "pyproject.toml"), encoding="utf-8") as f:
-        text = f.read()
-    try:
-        import tomllib
-    except ImportError:  # Python < 3.11
-        import re
+    """xensr.__version__, read without importing xensr: the helper reports it."""
+    import ast
 
-        m = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
-        if not m:
-            sys.exit("xensr: no version in pyproject.toml")
-        return m.group(1)
-    return tomllib.loads(text)["project"]["version"]
+    path = os.path.join(HERE, "xensr", "__init__.py")
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), path)
+    for node in tree.body:
+        if (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and getattr(node.targets[0], "id", None) == "__version__"):
+            return ast.literal_eval(node.value)
+    sys.exit("xensr: no __version__ in xensr/__init__.py")
 
 
 def helper_command(out, variant=None):

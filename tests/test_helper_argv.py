@@ -162,8 +162,8 @@ def test_good_argv_gets_past_parsing(helper, argv):
 
 
 def package_version():
-    with open(os.path.join(ROOT, "pyproject.toml")) as f:
-        m = re.search(r'^version\s*=\s*"([^"]+)"', f.read(), re.MULTILINE)
+    with open(os.path.join(ROOT, "xensr", "__init__.py")) as f:
+        m = re.search(r'^__version__\s*=\s*"([^"]+)"', f.read(), re.MULTILINE)
     return m.group(1)
 
 

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version: pyproject.toml and setup.py read it
 
 from ._constants import (  # noqa: E402
     XC_STREAM_COLO,
