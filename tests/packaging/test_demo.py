@@ -8,7 +8,7 @@ import pytest
 from xensr import cli, demo
 from xensr.testing import SimulatedHost
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEBIAN_HELPER = os.path.join(ROOT, ".cache", "debian", "root", "usr", "lib", "xen-4.17",
                              "bin", "libxl-save-helper")
 
