@@ -192,33 +192,29 @@ static int write_all(int fd, const void *v, size_t len)
     return 0;
 }
 
-int main(int argc, char **argv)
+/* The command line: [-p] [-f FD] [-d DOMID] HELPER MODE N [BUFFER]. */
+struct options {
+    int given_fd;       /* -f: io fd to pass on, or -1 for /dev/null */
+    const char *domid;  /* -d */
+    const char *helper, *mode, *n, *buffer;
+};
+
+/* 0, or -1 after printing the usage. */
+static int parse_options(int argc, char **argv, struct options *o)
 {
-    int to_child[2] = { -1, -1 };   /* [0] helper's stdin, [1] ours */
-    int from_child[2] = { -1, -1 }; /* [0] ours, [1] helper's stdout */
-    int io_fd = -1, status = 0, rc = 1, r, done = 0;
-    static unsigned char buf[1 << 17];
-    size_t have = 0, pos = 0;
-    posix_spawn_file_actions_t fa;
-    struct decoded d = { 0, 0, 0 };
-    char io_arg[16], cb_arg[16], dom_arg[16] = "1";
-    int given_fd = -1;
-    char env_mode[64], env_n[64], env_buf[32];
-    char **env = NULL;
-    int64_t t0, t1, c0, c1;
-    pid_t pid = -1;
-    size_t nenv = 0, i;
     int argi = 1;
 
+    o->given_fd = -1;
+    o->domid = "1";
     while (argi < argc && argv[argi][0] == '-') {
         if (!strcmp(argv[argi], "-p")) {
             use_poll = 1;
             argi++;
         } else if (!strcmp(argv[argi], "-f") && argi + 1 < argc) {
-            given_fd = atoi(argv[argi + 1]);
+            o->given_fd = atoi(argv[argi + 1]);
             argi += 2;
         } else if (!strcmp(argv[argi], "-d") && argi + 1 < argc) {
-            snprintf(dom_arg, sizeof(dom_arg), "%s", argv[argi + 1]);
+            o->domid = argv[argi + 1];
             argi += 2;
         } else {
             break;
@@ -227,101 +223,181 @@ int main(int argc, char **argv)
     if (argc - argi < 3 || argc - argi > 4) {
         fprintf(stderr, "usage: xensr-bench-cparent [-p] [-f FD] [-d DOMID] "
                 "HELPER MODE N [BUFFER]\n");
-        return 2;
+        return -1;
     }
-    snprintf(env_mode, sizeof(env_mode), "XENSR_BENCH_MODE=%s", argv[argi + 1]);
-    snprintf(env_n, sizeof(env_n), "XENSR_BENCH_N=%s", argv[argi + 2]);
-    snprintf(env_buf, sizeof(env_buf), "XENSR_BENCH_BUFFER=%s",
-             argc - argi == 4 ? argv[argi + 3] : "0");
+    o->helper = argv[argi];
+    o->mode = argv[argi + 1];
+    o->n = argv[argi + 2];
+    o->buffer = argc - argi == 4 ? argv[argi + 3] : "0";
+    return 0;
+}
+
+/* Our environment plus the bench helper's three settings (in vars). */
+static char **helper_env(const struct options *o, char vars[3][64])
+{
+    size_t nenv = 0, i;
+    char **env;
+
+    snprintf(vars[0], sizeof(vars[0]), "XENSR_BENCH_MODE=%s", o->mode);
+    snprintf(vars[1], sizeof(vars[1]), "XENSR_BENCH_N=%s", o->n);
+    snprintf(vars[2], sizeof(vars[2]), "XENSR_BENCH_BUFFER=%s", o->buffer);
     while (environ[nenv])
         nenv++;
     env = calloc(nenv + 4, sizeof(*env));
     if (!env)
-        goto out;
+        return NULL;
     for (i = 0; i < nenv; i++)
         env[i] = environ[i];
-    env[nenv] = env_mode;
-    env[nenv + 1] = env_n;
-    env[nenv + 2] = env_buf;
+    for (i = 0; i < 3; i++)
+        env[nenv + i] = vars[i];
+    return env;
+}
 
-    /* The io fd: /dev/null or the one given, inherited by the helper. */
-    if (given_fd >= 0) {
-        int fl = fcntl(given_fd, F_GETFD);
+/*
+ * The io fd, inherited by the helper: the one given (close-on-exec
+ * cleared), or /dev/null opened here (*opened, for closing).  Its number
+ * goes in arg.  0, or -1 on failure.
+ */
+static int setup_io_fd(const struct options *o, int *opened, char *arg,
+                       size_t size)
+{
+    int fd = o->given_fd;
 
-        if (fl < 0 || fcntl(given_fd, F_SETFD, fl & ~FD_CLOEXEC) < 0) {
+    if (fd >= 0) {
+        int fl = fcntl(fd, F_GETFD);
+
+        if (fl < 0 || fcntl(fd, F_SETFD, fl & ~FD_CLOEXEC) < 0) {
             perror("io fd");
-            goto out;
+            return -1;
         }
-        snprintf(io_arg, sizeof(io_arg), "%d", given_fd);
     } else {
-        io_fd = open("/dev/null", O_WRONLY);
-        if (io_fd < 0)
-            goto out;
-        snprintf(io_arg, sizeof(io_arg), "%d", io_fd);
+        fd = *opened = open("/dev/null", O_WRONLY);
+        if (fd < 0)
+            return -1;
     }
-    snprintf(cb_arg, sizeof(cb_arg), "%u", (1u << 11) | (1u << 3));
-    char *hargv[] = { argv[argi], "--save-domain", io_arg, "-1", dom_arg, "0",
-                      cb_arg, "0", NULL };
+    snprintf(arg, size, "%d", fd);
+    return 0;
+}
 
-    c0 = cpu_ns();
-    t0 = now_ns();
+/*
+ * The two pipes and posix_spawn: to_child[1] and from_child[0] stay ours,
+ * the helper's ends are closed here.  The pid, or -1.
+ */
+static pid_t spawn_helper(const char *path, char **hargv, char **env,
+                          int to_child[2], int from_child[2])
+{
+    posix_spawn_file_actions_t fa;
+    pid_t pid;
+    int r;
+
     if (pipe2(to_child, O_CLOEXEC) || pipe2(from_child, O_CLOEXEC))
-        goto out;
+        return -1;
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, to_child[0], 0);
     posix_spawn_file_actions_adddup2(&fa, from_child[1], 1);
-    r = posix_spawn(&pid, argv[argi], &fa, NULL, hargv, env);
+    r = posix_spawn(&pid, path, &fa, NULL, hargv, env);
     posix_spawn_file_actions_destroy(&fa);
     if (r) {
-        pid = -1;
         errno = r;
         perror("posix_spawn");
-        goto out;
+        return -1;
     }
     close(to_child[0]);
     to_child[0] = -1;
     close(from_child[1]);
     from_child[1] = -1;
+    return pid;
+}
 
-    while (!done) {
+/*
+ * Decode every whole frame in buf[*pos..have), replying to requests on
+ * reply_fd.  1 once complete was decoded, 0 when more bytes are needed,
+ * -1 on a malformed frame or a failed reply.
+ */
+static int decode_buffered(const unsigned char *buf, size_t have, size_t *pos,
+                           int reply_fd, struct decoded *d)
+{
+    while (have - *pos >= 2) {
         uint16_t body_len;
-        int reply, value;
-        ssize_t got;
+        int reply, value, r;
 
-        /* Decode every whole frame in the buffer. */
-        while (have - pos >= 2) {
-            memcpy(&body_len, buf + pos, 2);
-            if (have - pos < 2u + body_len)
-                break;
-            r = decode(buf + pos + 2, body_len, &d, &reply, &value);
-            if (r < 0) {
-                fprintf(stderr, "cparent: malformed frame at %zu\n", pos);
-                goto out;
-            }
-            pos += 2u + body_len;
-            if (reply && write_all(to_child[1], &value, sizeof(value)))
-                goto out;
-            if (r == MSG_COMPLETE) {
-                done = 1;
-                break;
-            }
-        }
-        if (done)
+        memcpy(&body_len, buf + *pos, 2);
+        if (have - *pos < 2u + body_len)
             break;
+        r = decode(buf + *pos + 2, body_len, d, &reply, &value);
+        if (r < 0) {
+            fprintf(stderr, "cparent: malformed frame at %zu\n", *pos);
+            return -1;
+        }
+        *pos += 2u + body_len;
+        if (reply && write_all(reply_fd, &value, sizeof(value)))
+            return -1;
+        if (r == MSG_COMPLETE)
+            return 1;
+    }
+    return 0;
+}
+
+/* Read and answer frames until complete.  0, or -1 on any failure. */
+static int serve(int reply_fd, int frame_fd, struct decoded *d)
+{
+    static unsigned char buf[1 << 17];
+    size_t have = 0, pos = 0;
+
+    for (;;) {
+        ssize_t got;
+        int r = decode_buffered(buf, have, &pos, reply_fd, d);
+
+        if (r)
+            return r > 0 ? 0 : -1;
         if (pos) {
             memmove(buf, buf + pos, have - pos);
             have -= pos;
             pos = 0;
         }
-        got = read_some(from_child[0], buf + have, sizeof(buf) - have);
+        got = read_some(frame_fd, buf + have, sizeof(buf) - have);
         if (got <= 0) {
             fprintf(stderr, "cparent: %s before complete\n",
                     got ? "read error" : "EOF");
-            goto out;
+            return -1;
         }
         have += (size_t)got;
     }
-    while ((r = waitpid(pid, &status, 0)) < 0 && errno == EINTR)
+}
+
+static void close_fd(int fd)
+{
+    if (fd >= 0)
+        close(fd);
+}
+
+int main(int argc, char **argv)
+{
+    int to_child[2] = { -1, -1 };   /* [0] helper's stdin, [1] ours */
+    int from_child[2] = { -1, -1 }; /* [0] ours, [1] helper's stdout */
+    int io_fd = -1, status = 0, rc = 1;
+    struct options o;
+    struct decoded d = { 0, 0, 0 };
+    char io_arg[16], cb_arg[16], vars[3][64];
+    char **env = NULL;
+    int64_t t0, t1, c0, c1;
+    pid_t pid = -1;
+
+    if (parse_options(argc, argv, &o))
+        return 2;
+    env = helper_env(&o, vars);
+    if (!env || setup_io_fd(&o, &io_fd, io_arg, sizeof(io_arg)))
+        goto out;
+    snprintf(cb_arg, sizeof(cb_arg), "%u", (1u << 11) | (1u << 3));
+    char *hargv[] = { (char *)o.helper, "--save-domain", io_arg, "-1",
+                      (char *)o.domid, "0", cb_arg, "0", NULL };
+
+    c0 = cpu_ns();
+    t0 = now_ns();
+    pid = spawn_helper(o.helper, hargv, env, to_child, from_child);
+    if (pid < 0 || serve(to_child[1], from_child[0], &d))
+        goto out;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
         ;
     pid = -1;
     t1 = now_ns();
@@ -336,16 +412,11 @@ out:
         kill(pid, SIGKILL);
         waitpid(pid, &status, 0);
     }
-    if (to_child[0] >= 0)
-        close(to_child[0]);
-    if (to_child[1] >= 0)
-        close(to_child[1]);
-    if (from_child[0] >= 0)
-        close(from_child[0]);
-    if (from_child[1] >= 0)
-        close(from_child[1]);
-    if (io_fd >= 0)
-        close(io_fd);
+    close_fd(to_child[0]);
+    close_fd(to_child[1]);
+    close_fd(from_child[0]);
+    close_fd(from_child[1]);
+    close_fd(io_fd);
     free(env);
     return rc;
 }
