@@ -15,7 +15,8 @@ import os
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional, TextIO
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, TextIO
 
 HELP = "save a live simulated guest to an xl save file and restore it"
 
@@ -137,20 +138,62 @@ class DemoCallbacks:
         self.bar(context, doing_what, done, total)
 
 
+@dataclass
+class _Outcome:
+    """What the demo measured on the simulated host, for the summary."""
+
+    src: int
+    dst: int
+    source_state: Dict[str, Any]       # before the save
+    saved_state: Dict[str, Any]        # after it
+    restored_state: Dict[str, Any]
+    saved: Any                         # SaveResult (or what xlfile returns)
+    restored: Any
+    t_save: float
+    t_restore: float
+    pages_sent: int
+    file_size: int
+    src_digest: str
+    dst_digest: str
+
+
 def run(args: argparse.Namespace) -> int:
     from . import __version__
-    from .stream import scan_file
-    from .testing import SimulatedHost
-    from .xlfile import restore_domain_from_file, save_domain_to_file
 
     out = sys.stdout
-    say = (lambda text: None) if args.json else (lambda text: print(text, file=out, flush=True))
+    say = _sayer(out, quiet=args.json)
     try:
         helper = _helper(args.helper)
     except LookupError as e:
         print(f"xensr: demo: {e}", file=sys.stderr)
         return 1
     bar = ProgressBar(sys.stderr if args.json else out, not args.no_progress)
+    outcome = _migrate(args, helper, bar, say, out)
+    report = _report(args, helper, outcome, __version__)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        say("summary:")
+        for row in _summary_rows(report, outcome, args.memory):
+            say(row)
+    return 0 if report["memory_identical"] else 1
+
+
+def _sayer(out: TextIO, quiet: bool) -> Callable[[str], None]:
+    """Prints a line of the running commentary (nothing with --json)."""
+    def say(text: str) -> None:
+        if not quiet:
+            print(text, file=out, flush=True)
+    return say
+
+
+def _migrate(args: argparse.Namespace, helper: Optional[str], bar: ProgressBar,
+             say: Callable[[str], None], out: TextIO) -> _Outcome:
+    """Create the guest, save it live to a file, restore it into a new domain."""
+    from . import __version__
+    from .stream import scan_file
+    from .testing import SimulatedHost
+    from .xlfile import restore_domain_from_file, save_domain_to_file
 
     with SimulatedHost() as host, tempfile.TemporaryDirectory(prefix="xensr-demo-") as tmp:
         path = args.keep or os.path.join(tmp, "guest.save")
@@ -170,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
                                     live=args.live, helper=helper, env=host.env)
         t_save = time.monotonic() - t0
         bar.end()
-        source_state = host.domain_state(src)
+        saved_state = host.domain_state(src)
         summary = scan_file(path)
         file_size = os.path.getsize(path)
 
@@ -183,57 +226,62 @@ def run(args: argparse.Namespace) -> int:
         bar.end()
         src_digest = host.memory_digest(src)
         dst_digest = host.memory_digest(dst)
-        dst_state = host.domain_state(dst)
+        return _Outcome(src=src, dst=dst, source_state=state, saved_state=saved_state,
+                        restored_state=host.domain_state(dst), saved=saved,
+                        restored=restored, t_save=t_save, t_restore=t_restore,
+                        pages_sent=summary.pages, file_size=file_size,
+                        src_digest=src_digest, dst_digest=dst_digest)
 
-    result = getattr(restored, "result", restored)
-    identical = src_digest == dst_digest
+
+def _report(args: argparse.Namespace, helper: Optional[str], o: _Outcome,
+            version: str) -> Dict[str, Any]:
+    """The summary as the JSON document ``--json`` prints."""
+    result = getattr(o.restored, "result", o.restored)
     mib = args.memory
-    report: Dict[str, Any] = {
-        "version": __version__,
+    return {
+        "version": version,
         "helper": helper or "xensr-save-helper",
-        "guest": {"domid": src, "kind": args.kind, "memory_mib": mib, "vcpus": args.vcpus,
+        "guest": {"domid": o.src, "kind": args.kind, "memory_mib": mib, "vcpus": args.vcpus,
                   "dirty_pages_per_round": args.dirty_pages},
         "live": args.live,
-        "save_seconds": round(t_save, 3),
-        "restore_seconds": round(t_restore, 3),
-        "save_mib_per_s": round(mib / t_save, 1) if t_save else None,
-        "restore_mib_per_s": round(mib / t_restore, 1) if t_restore else None,
-        "precopy_rounds": _int(source_state.get("save_iterations")),
-        "pages_sent": summary.pages,
-        "file_bytes": file_size,
-        "restored_domid": dst,
+        "save_seconds": round(o.t_save, 3),
+        "restore_seconds": round(o.t_restore, 3),
+        "save_mib_per_s": round(mib / o.t_save, 1) if o.t_save else None,
+        "restore_mib_per_s": round(mib / o.t_restore, 1) if o.t_restore else None,
+        "precopy_rounds": _int(o.saved_state.get("save_iterations")),
+        "pages_sent": o.pages_sent,
+        "file_bytes": o.file_size,
+        "restored_domid": o.dst,
         "store_gfn": getattr(result, "store_gfn", None),
         "console_gfn": getattr(result, "console_gfn", None),
-        "source_store_gfn": state.get("store_gfn"),
-        "source_console_gfn": state.get("console_gfn"),
-        "save_helper_pid": saved.pid,
-        "memory_sha256": src_digest,
-        "restored_memory_sha256": dst_digest,
-        "memory_identical": identical,
-        "restored_state": dst_state.get("state"),
+        "source_store_gfn": o.source_state.get("store_gfn"),
+        "source_console_gfn": o.source_state.get("console_gfn"),
+        "save_helper_pid": o.saved.pid,
+        "memory_sha256": o.src_digest,
+        "restored_memory_sha256": o.dst_digest,
+        "memory_identical": o.src_digest == o.dst_digest,
+        "restored_state": o.restored_state.get("state"),
     }
-    if args.json:
-        print(json.dumps(report, indent=2))
-    else:
-        rows: List[str] = [
-            f"  save:     {t_save:7.2f} s  ({report['save_mib_per_s']} MiB/s of guest memory)",
-            f"  restore:  {t_restore:7.2f} s  ({report['restore_mib_per_s']} MiB/s)",
-            f"  precopy rounds: {report['precopy_rounds']}, pages sent: {report['pages_sent']} "
-            f"({report['pages_sent'] / (mib * 256):.2f}x the guest), "
-            f"file: {file_size / (1 << 20):.1f} MiB",
-            f"  xenstore/console frames: {report['store_gfn']}/{report['console_gfn']} "
-            f"(source {report['source_store_gfn']}/{report['source_console_gfn']})",
-            f"  memory: {'IDENTICAL' if identical else 'DIFFERENT'} "
-            f"(sha256 {src_digest[:16]}... vs {dst_digest[:16]}...)",
-        ]
-        say("summary:")
-        for row in rows:
-            say(row)
-    return 0 if identical else 1
+
+
+def _summary_rows(report: Dict[str, Any], o: _Outcome, mib: int) -> List[str]:
+    """The summary as text lines."""
+    identical = report["memory_identical"]
+    return [
+        f"  save:     {o.t_save:7.2f} s  ({report['save_mib_per_s']} MiB/s of guest memory)",
+        f"  restore:  {o.t_restore:7.2f} s  ({report['restore_mib_per_s']} MiB/s)",
+        f"  precopy rounds: {report['precopy_rounds']}, pages sent: {report['pages_sent']} "
+        f"({report['pages_sent'] / (mib * 256):.2f}x the guest), "
+        f"file: {o.file_size / (1 << 20):.1f} MiB",
+        f"  xenstore/console frames: {report['store_gfn']}/{report['console_gfn']} "
+        f"(source {report['source_store_gfn']}/{report['source_console_gfn']})",
+        f"  memory: {'IDENTICAL' if identical else 'DIFFERENT'} "
+        f"(sha256 {o.src_digest[:16]}... vs {o.dst_digest[:16]}...)",
+    ]
 
 
 def _int(value: Any) -> Optional[int]:
     try:
-        return int(value)  # type: ignore[arg-type]
+        return int(value)
     except (TypeError, ValueError):
         return None

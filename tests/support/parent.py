@@ -357,20 +357,9 @@ def run_helper(helper: Union[str, os.PathLike], mode: str, args: Sequence[int] =
         raise ValueError(f"mode must be 'save' or 'restore', not {mode!r}")
     table = dict(MESSAGES)
     table.update(extra_messages or {})
-    if replies is None:
-        replies = Replies()
-    elif isinstance(replies, dict):
-        replies = Replies(replies)
-
     if argv is None:
         build = save_argv if mode == "save" else restore_argv
         argv = build(str(helper), io_fd, back_fd, args)
-    cbflags: Optional[int] = None
-    try:
-        cbflags = int(args[2] if mode == "save" else args[5])
-    except (IndexError, ValueError, TypeError):
-        cbflags = None
-
     fds = {io_fd, *pass_fds}
     if back_fd >= 0:
         fds.add(back_fd)
@@ -382,115 +371,186 @@ def run_helper(helper: Union[str, os.PathLike], mode: str, args: Sequence[int] =
                             env=env, close_fds=True)
     for fd in close_after_spawn:
         os.close(fd)
-    ctl = Control(proc, t)
-    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
-    stdin_open = True
-    buf = bytearray()
-    consumed = 0            # stdout offset of buf[0]
-    out_chunks: List[bytes] = []
-    err_chunks: List[bytes] = []
-    open_fds = {out_fd, err_fd}
-    last_activity = start
-    deadline = start + timeout
+    run = _Run(proc, t, mode, table, _reply_policy(replies), start=start,
+               cbflags=_cbflags(mode, args), timeout=timeout,
+               idle_timeout=idle_timeout, on_message=on_message, on_idle=on_idle)
+    try:
+        run.serve()
+        run.check_trailing_bytes()
+        run.reap()
+    finally:
+        run.close()
+    return run.finish()
 
-    def stop(reason: Optional[str] = None) -> None:
+
+def _reply_policy(replies: Union[Replies, Callable, Dict[str, Any], None]) -> Callable:
+    if replies is None:
+        return Replies()
+    if isinstance(replies, dict):
+        return Replies(replies)
+    return replies
+
+
+def _cbflags(mode: str, args: Sequence[int]) -> Optional[int]:
+    """CBFLAGS from the argument list, None if it has none (a bad argv test)."""
+    try:
+        return int(args[2] if mode == "save" else args[5])
+    except (IndexError, ValueError, TypeError):
+        return None
+
+
+class _Run:
+    """One helper being driven: its pipes, the frame buffer, the deadlines
+    and the transcript being written."""
+
+    def __init__(self, proc: subprocess.Popen, t: Transcript, mode: str,
+                 table: Dict[int, MessageSpec], replies: Callable, *, start: float,
+                 cbflags: Optional[int], timeout: float, idle_timeout: Optional[float],
+                 on_message: Optional[Callable[[Message, Control], None]],
+                 on_idle: Optional[Callable[[Control], None]]):
+        self.proc = proc
+        self.t = t
+        self.mode = mode
+        self.table = table
+        self.replies = replies
+        self.cbflags = cbflags
+        self.on_message = on_message
+        self.on_idle = on_idle
+        self.ctl = Control(proc, t)
+        self.out_fd, self.err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+        self.open_fds = {self.out_fd, self.err_fd}
+        self.stdin_open = True
+        self.buf = bytearray()
+        self.consumed = 0            # stdout offset of buf[0]
+        self.out_chunks: List[bytes] = []
+        self.err_chunks: List[bytes] = []
+        self.start = start
+        self.last_activity = start
+        self.deadline = start + timeout
+        self.idle_timeout = idle_timeout
+
+    def stop(self, reason: Optional[str] = None) -> None:
         if reason:
-            t.timed_out = reason
-        if proc.poll() is None:
-            t.killed_by_parent = True
-            proc.kill()
+            self.t.timed_out = reason
+        if self.proc.poll() is None:
+            self.t.killed_by_parent = True
+            self.proc.kill()
 
-    def reply(msg: Message, value: Any) -> None:
-        nonlocal stdin_open
-        t.replies.append((msg, value))
+    def reply(self, msg: Message, value: Any) -> None:
+        self.t.replies.append((msg, value))
         if value == NO_REPLY:
             return
         if value == KILL:
-            ctl.kill()
+            self.ctl.kill()
             return
         if value == CLOSE_STDIN:
-            if stdin_open:
-                proc.stdin.close()
-                stdin_open = False
+            if self.stdin_open:
+                self.proc.stdin.close()
+                self.stdin_open = False
             return
         if value == TERM:
-            ctl.terminate()
+            self.ctl.terminate()
             return
-        if stdin_open:
+        if self.stdin_open:
             try:
-                os.write(proc.stdin.fileno(), struct.pack("=i", int(value)))
+                os.write(self.proc.stdin.fileno(), struct.pack("=i", int(value)))
             except BrokenPipeError:
                 pass
 
-    try:
+    def serve(self) -> None:
+        """Read both pipes until the helper closes them."""
         poller = select.poll()
-        for fd in open_fds:
+        for fd in self.open_fds:
             poller.register(fd, select.POLLIN)
-        while open_fds:
-            now = time.monotonic()
-            wait = deadline - now
-            if idle_timeout is not None:
-                wait = min(wait, last_activity + idle_timeout - now)
-            if wait <= 0 and on_idle is not None and now < deadline:
-                hook, on_idle = on_idle, None
-                t.idle_hooks += 1
-                hook(ctl)
-                last_activity = time.monotonic()
+        while self.open_fds:
+            wait = self._wait()
+            if wait is None:
                 continue
-            if wait <= 0:
-                stop("timeout" if now >= deadline else "idle")
-                # Drain what is left; the pipes close once the helper is dead.
-                deadline = now + 10
-                idle_timeout = None
-                wait = 10
-            events = poller.poll(max(0, int(wait * 1000)) + 1)
-            for fd, _ev in events:
-                try:
-                    data = os.read(fd, 1 << 16)
-                except OSError:
-                    data = b""
-                if not data:
+            for fd, _ev in poller.poll(max(0, int(wait * 1000)) + 1):
+                if not self._read(fd):
                     poller.unregister(fd)
-                    open_fds.discard(fd)
-                    continue
-                last_activity = time.monotonic()
-                if fd == err_fd:
-                    err_chunks.append(data)
-                    continue
-                out_chunks.append(data)
-                if t.protocol_error is not None:
-                    continue
-                buf += data
-                while t.protocol_error is None and len(buf) >= 2:
-                    (length,) = struct.unpack_from("=H", buf, 0)
-                    if len(buf) < 2 + length:
-                        break
-                    body = bytes(buf[2:2 + length])
-                    base = consumed + 2
-                    del buf[:2 + length]
-                    consumed += 2 + length
-                    try:
-                        msg = _decode(body, base, mode, cbflags, table)
-                    except _Violation as v:
-                        t.protocol_error = str(v)
-                        t.protocol_error_offset = v.offset
-                        stop()
-                        break
-                    t.messages.append(msg)
-                    if on_message is not None:
-                        on_message(msg, ctl)
-                    if table[msg.number].reply:
-                        reply(msg, replies(msg, t, mode))
-        if buf and t.protocol_error is None and t.timed_out is None:
-            t.protocol_error = f"stdout ended in the middle of a frame ({len(buf)} bytes)"
-            t.protocol_error_offset = consumed
-        remaining = max(0.1, deadline - time.monotonic())
+                    self.open_fds.discard(fd)
+
+    def _wait(self) -> Optional[float]:
+        """Seconds to poll for; None when the idle hook just ran.  Past a
+        deadline the helper is killed and ten more seconds are given to
+        drain what is left (the pipes close once it is dead)."""
+        now = time.monotonic()
+        wait = self.deadline - now
+        if self.idle_timeout is not None:
+            wait = min(wait, self.last_activity + self.idle_timeout - now)
+        if wait <= 0 and self.on_idle is not None and now < self.deadline:
+            hook, self.on_idle = self.on_idle, None
+            self.t.idle_hooks += 1
+            hook(self.ctl)
+            self.last_activity = time.monotonic()
+            return None
+        if wait <= 0:
+            self.stop("timeout" if now >= self.deadline else "idle")
+            self.deadline = now + 10
+            self.idle_timeout = None
+            wait = 10
+        return wait
+
+    def _read(self, fd: int) -> bool:
+        """One read from fd; False at its end."""
         try:
-            proc.wait(remaining)
+            data = os.read(fd, 1 << 16)
+        except OSError:
+            data = b""
+        if not data:
+            return False
+        self.last_activity = time.monotonic()
+        if fd == self.err_fd:
+            self.err_chunks.append(data)
+            return True
+        self.out_chunks.append(data)
+        if self.t.protocol_error is None:
+            self.buf += data
+            self._frames()
+        return True
+
+    def _frames(self) -> None:
+        """Decode and answer every whole frame in the buffer."""
+        t, buf = self.t, self.buf
+        while t.protocol_error is None and len(buf) >= 2:
+            (length,) = struct.unpack_from("=H", buf, 0)
+            if len(buf) < 2 + length:
+                break
+            body = bytes(buf[2:2 + length])
+            base = self.consumed + 2
+            del buf[:2 + length]
+            self.consumed += 2 + length
+            try:
+                msg = _decode(body, base, self.mode, self.cbflags, self.table)
+            except _Violation as v:
+                t.protocol_error = str(v)
+                t.protocol_error_offset = v.offset
+                self.stop()
+                break
+            t.messages.append(msg)
+            if self.on_message is not None:
+                self.on_message(msg, self.ctl)
+            if self.table[msg.number].reply:
+                self.reply(msg, self.replies(msg, t, self.mode))
+
+    def check_trailing_bytes(self) -> None:
+        t = self.t
+        if self.buf and t.protocol_error is None and t.timed_out is None:
+            t.protocol_error = f"stdout ended in the middle of a frame ({len(self.buf)} bytes)"
+            t.protocol_error_offset = self.consumed
+
+    def reap(self) -> None:
+        remaining = max(0.1, self.deadline - time.monotonic())
+        try:
+            self.proc.wait(remaining)
         except subprocess.TimeoutExpired:
-            stop(t.timed_out or "timeout")
-            proc.wait()
-    finally:
+            self.stop(self.t.timed_out or "timeout")
+            self.proc.wait()
+
+    def close(self) -> None:
+        """Kill and reap the helper if it is still running; close the pipes."""
+        proc = self.proc
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -500,9 +560,12 @@ def run_helper(helper: Union[str, os.PathLike], mode: str, args: Sequence[int] =
                     f.close()
             except OSError:
                 pass
-    t.returncode = proc.returncode
-    t.pending = len(buf)
-    t.stdout = b"".join(out_chunks)
-    t.stderr = b"".join(err_chunks)
-    t.duration = time.monotonic() - start
-    return t
+
+    def finish(self) -> Transcript:
+        t = self.t
+        t.returncode = self.proc.returncode
+        t.pending = len(self.buf)
+        t.stdout = b"".join(self.out_chunks)
+        t.stderr = b"".join(self.err_chunks)
+        t.duration = time.monotonic() - self.start
+        return t
