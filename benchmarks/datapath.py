@@ -17,7 +17,7 @@ import resource
 import subprocess
 import tempfile
 import time
-from typing import Dict, Tuple
+from typing import Any, Callable, Dict, List, Tuple
 
 from . import xapi
 from .harness import CBuild, Group, Result, Series, Target, interleave
@@ -72,109 +72,158 @@ def run(build: CBuild, quick: bool, reps: int) -> Result:
     with tempfile.TemporaryDirectory(prefix="xensr-bench-data-", dir=scratch) as tmp, \
             SimulatedHost(os.path.join(tmp, "host")) as host:
         domid = host.create_domain(mib)
-        env = dict(host.env)
-        ref = os.path.join(tmp, "reference.stream")
-        out_path = os.path.join(tmp, "out.stream")
-        fd = os.open(ref, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        bench = _Copies(tmp, dict(host.env), domid, cparent, helper)
+        res.params["stream_bytes"] = bench.save_reference()
+        os.sync()  # no write-back of the set-up during the timed copies
+        raw = interleave(bench.variants(), reps)
+    _add_figures(res, raw)
+    res.notes.append(
+        "xensr rows run xensr's own helper against the test rig, and so do the "
+        "'C parent' rows, where the benchmark's C parent (poll + read, as the "
+        "round-trip floor) serves the same helper: the floor for the parent's CPU; "
+        "the dd rows copy "
+        "a stream of the same domain saved once beforehand (so the same number of "
+        "bytes); pipes are drained by `wc -c`, which also checks the byte count; "
+        f"'near zero' parent CPU is taken as at most {CPU_TARGET:.0%} of the wall time; "
+        "the domain, the reference stream and the output files are in scratch_dir "
+        "(a tmpfs when one has room: disk write-back made file timings erratic)")
+    return res
+
+
+_Pipe = Tuple[int, "subprocess.Popen[bytes]"]  # our write end, the `wc -c` draining it
+
+
+class _Copies:
+    """The variants: a save (xensr, or the C parent) or a dd copy of the
+    reference stream, into a file or a drained pipe."""
+
+    def __init__(self, tmp: str, env: Dict[str, str], domid: int, cparent: str,
+                 helper: str):
+        self.env = env
+        self.domid = domid
+        self.cparent = cparent
+        self.helper = helper
+        self.ref = os.path.join(tmp, "reference.stream")
+        self.out_path = os.path.join(tmp, "out.stream")
+        self.nbytes = 0
+        self.c_figures: Dict[str, float] = {}
+
+    def save_reference(self) -> int:
+        """Save the domain once to the reference file: what dd copies, and
+        the byte count every variant must produce."""
+        fd = os.open(self.ref, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            xapi.save_blocking(fd, None, helper=None, env=env, domid=domid)
+            xapi.save_blocking(fd, None, helper=None, env=self.env, domid=self.domid)
         finally:
             os.close(fd)
-        nbytes = os.path.getsize(ref)
-        res.params["stream_bytes"] = nbytes
-        os.sync()  # no write-back of the set-up during the timed copies
+        self.nbytes = os.path.getsize(self.ref)
+        return self.nbytes
 
-        def measure(setup, op, finish) -> Dict[str, float]:  # type: ignore[no-untyped-def]
-            """Time op() alone; setup() makes its fds, finish() checks and
-            cleans up (unlinking a 1 GiB file costs CPU: not the save's)."""
-            ctx = setup()
-            try:
-                c0, k0 = _cpu(), _children_cpu()
-                t0 = time.perf_counter()
-                op(ctx)
-                wall = time.perf_counter() - t0
-                cpu = _cpu() - c0
-                kids = _children_cpu() - k0
-            finally:
-                written = finish(ctx)
-            assert written == nbytes, (written, nbytes)
-            return {"wall_ms": wall * 1e3, "mbps": nbytes / wall / 1e6,
-                    "parent_cpu_ms": cpu * 1e3, "children_cpu_ms": kids * 1e3,
-                    "parent_cpu_frac": cpu / wall}
-
-        def file_setup() -> int:
-            return os.open(out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
-                           0o600)
-
-        def file_finish(fd: int) -> int:
-            os.close(fd)
-            size = os.path.getsize(out_path)
-            os.unlink(out_path)
-            return size
-
-        def pipe_setup() -> Tuple[int, subprocess.Popen]:
-            r, w = os.pipe()
-            drain = subprocess.Popen(["wc", "-c"], stdin=r, stdout=subprocess.PIPE)
-            os.close(r)
-            return w, drain
-
-        def pipe_finish(ctx: Tuple[int, subprocess.Popen]) -> int:
-            w, drain = ctx
-            os.close(w)
-            out, _ = drain.communicate()
-            return int(out.split()[0])
-
-        def save(fd: int) -> None:
-            xapi.save_blocking(fd, None, helper=None, env=env, domid=domid)
-
-        def dd(fd: int) -> None:
-            subprocess.run(["dd", f"if={ref}", "bs=1M", "status=none"],
-                           stdout=fd, check=True)
-
-        def save_pipe(ctx: Tuple[int, subprocess.Popen]) -> None:
-            save(ctx[0])
-
-        c_figures: Dict[str, float] = {}
-
-        def c_save(fd: int) -> None:
-            proc = subprocess.run(
-                [cparent, "-p", "-f", str(fd), "-d", str(domid), helper, "-", "0"],
-                env=env, pass_fds=(fd,), capture_output=True, text=True)
-            if proc.returncode:
-                raise RuntimeError(f"C parent failed: {proc.stderr.strip()}")
-            out = dict(item.split("=", 1) for item in proc.stdout.split())
-            c_figures["wall"] = int(out["ns"]) / 1e9
-            c_figures["cpu"] = int(out["cpu_ns"]) / 1e9
-
-        def c_save_pipe(ctx: Tuple[int, subprocess.Popen]) -> None:
-            c_save(ctx[0])
-
-        def measure_c(setup, op, finish) -> Dict[str, float]:  # type: ignore[no-untyped-def]
-            """As measure(), with the C parent's own figures (spawn to reap)."""
-            ctx = setup()
-            try:
-                op(ctx)
-            finally:
-                written = finish(ctx)
-            assert written == nbytes, (written, nbytes)
-            wall, cpu = c_figures["wall"], c_figures["cpu"]
-            return {"wall_ms": wall * 1e3, "mbps": nbytes / wall / 1e6,
-                    "parent_cpu_ms": cpu * 1e3, "children_cpu_ms": float("nan"),
-                    "parent_cpu_frac": cpu / wall}
-
-        def dd_pipe(ctx: Tuple[int, subprocess.Popen]) -> None:
-            dd(ctx[0])
-
-        variants = {
-            "xensr save -> file": lambda: measure(file_setup, save, file_finish),
-            "dd bs=1M file -> file": lambda: measure(file_setup, dd, file_finish),
-            "xensr save -> pipe": lambda: measure(pipe_setup, save_pipe, pipe_finish),
-            "dd bs=1M file -> pipe": lambda: measure(pipe_setup, dd_pipe, pipe_finish),
-            "C parent save -> file": lambda: measure_c(file_setup, c_save, file_finish),
-            "C parent save -> pipe": lambda: measure_c(pipe_setup, c_save_pipe, pipe_finish),
+    def variants(self) -> Dict[str, Callable[[], Dict[str, float]]]:
+        file, pipe = self._file, self._pipe
+        return {
+            "xensr save -> file": lambda: self.measure(self.save, *file),
+            "dd bs=1M file -> file": lambda: self.measure(self.dd, *file),
+            "xensr save -> pipe": lambda: self.measure(self.save_pipe, *pipe),
+            "dd bs=1M file -> pipe": lambda: self.measure(self.dd_pipe, *pipe),
+            "C parent save -> file": lambda: self.measure_c(self.c_save, *file),
+            "C parent save -> pipe": lambda: self.measure_c(self.c_save_pipe, *pipe),
         }
-        raw = interleave(variants, reps)
 
+    @property
+    def _file(self) -> Tuple[Callable[[], int], Callable[[int], int]]:
+        """Set-up and finish of an output file."""
+        return self.file_setup, self.file_finish
+
+    @property
+    def _pipe(self) -> Tuple[Callable[[], _Pipe], Callable[[_Pipe], int]]:
+        """Set-up and finish of an output pipe drained by `wc -c`."""
+        return self.pipe_setup, self.pipe_finish
+
+    def measure(self, op: Callable[[Any], None], setup: Callable[[], Any],
+                finish: Callable[[Any], int]) -> Dict[str, float]:
+        """Time op() alone; setup() makes its fds, finish() checks and
+        cleans up (unlinking a 1 GiB file costs CPU: not the save's)."""
+        ctx = setup()
+        try:
+            c0, k0 = _cpu(), _children_cpu()
+            t0 = time.perf_counter()
+            op(ctx)
+            wall = time.perf_counter() - t0
+            cpu = _cpu() - c0
+            kids = _children_cpu() - k0
+        finally:
+            written = finish(ctx)
+        assert written == self.nbytes, (written, self.nbytes)
+        return {"wall_ms": wall * 1e3, "mbps": self.nbytes / wall / 1e6,
+                "parent_cpu_ms": cpu * 1e3, "children_cpu_ms": kids * 1e3,
+                "parent_cpu_frac": cpu / wall}
+
+    def measure_c(self, op: Callable[[Any], None], setup: Callable[[], Any],
+                  finish: Callable[[Any], int]) -> Dict[str, float]:
+        """As measure(), with the C parent's own figures (spawn to reap)."""
+        ctx = setup()
+        try:
+            op(ctx)
+        finally:
+            written = finish(ctx)
+        assert written == self.nbytes, (written, self.nbytes)
+        wall, cpu = self.c_figures["wall"], self.c_figures["cpu"]
+        return {"wall_ms": wall * 1e3, "mbps": self.nbytes / wall / 1e6,
+                "parent_cpu_ms": cpu * 1e3, "children_cpu_ms": float("nan"),
+                "parent_cpu_frac": cpu / wall}
+
+    def file_setup(self) -> int:
+        return os.open(self.out_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                       0o600)
+
+    def file_finish(self, fd: int) -> int:
+        os.close(fd)
+        size = os.path.getsize(self.out_path)
+        os.unlink(self.out_path)
+        return size
+
+    def pipe_setup(self) -> _Pipe:
+        r, w = os.pipe()
+        drain = subprocess.Popen(["wc", "-c"], stdin=r, stdout=subprocess.PIPE)
+        os.close(r)
+        return w, drain
+
+    def pipe_finish(self, ctx: _Pipe) -> int:
+        w, drain = ctx
+        os.close(w)
+        out, _ = drain.communicate()
+        return int(out.split()[0])
+
+    def save(self, fd: int) -> None:
+        xapi.save_blocking(fd, None, helper=None, env=self.env, domid=self.domid)
+
+    def save_pipe(self, ctx: _Pipe) -> None:
+        self.save(ctx[0])
+
+    def dd(self, fd: int) -> None:
+        subprocess.run(["dd", f"if={self.ref}", "bs=1M", "status=none"],
+                       stdout=fd, check=True)
+
+    def dd_pipe(self, ctx: _Pipe) -> None:
+        self.dd(ctx[0])
+
+    def c_save(self, fd: int) -> None:
+        proc = subprocess.run(
+            [self.cparent, "-p", "-f", str(fd), "-d", str(self.domid), self.helper, "-", "0"],
+            env=self.env, pass_fds=(fd,), capture_output=True, text=True)
+        if proc.returncode:
+            raise RuntimeError(f"C parent failed: {proc.stderr.strip()}")
+        out = dict(item.split("=", 1) for item in proc.stdout.split())
+        self.c_figures["wall"] = int(out["ns"]) / 1e9
+        self.c_figures["cpu"] = int(out["cpu_ns"]) / 1e9
+
+    def c_save_pipe(self, ctx: _Pipe) -> None:
+        self.c_save(ctx[0])
+
+
+def _add_figures(res: Result, raw: Dict[str, Dict[str, List[float]]]) -> None:
+    """The groups and targets of the result, from the samples."""
     def series(name: str, key: str, unit: str, hib: bool = False) -> Series:
         return Series(name, unit, raw[name][key], higher_is_better=hib)
 
@@ -188,9 +237,9 @@ def run(build: CBuild, quick: bool, reps: int) -> Result:
                    series("xensr save -> pipe", "wall_ms", "ms"),
                    series("C parent save -> pipe", "wall_ms", "ms")],
                   baseline="dd bs=1M file -> pipe")
-    rate = Group("throughput", [series(n, "mbps", "MB/s", True) for n in variants])
+    rate = Group("throughput", [series(n, "mbps", "MB/s", True) for n in raw])
     cpu = Group("parent CPU time during the operation (RUSAGE_SELF)",
-                [series(n, "parent_cpu_ms", "ms") for n in variants]
+                [series(n, "parent_cpu_ms", "ms") for n in raw]
                 + [series("xensr save -> file", "children_cpu_ms", "ms"),
                    ])
     cpu.series[-1].variant = "helper CPU, save -> file (RUSAGE_CHILDREN)"
@@ -204,14 +253,3 @@ def run(build: CBuild, quick: bool, reps: int) -> Result:
                               frac.get("xensr save -> file").median, CPU_TARGET, "<="))
     res.targets.append(Target("save -> pipe: parent CPU / wall",
                               frac.get("xensr save -> pipe").median, CPU_TARGET, "<="))
-    res.notes.append(
-        "xensr rows run xensr's own helper against the test rig, and so do the "
-        "'C parent' rows, where the benchmark's C parent (poll + read, as the "
-        "round-trip floor) serves the same helper: the floor for the parent's CPU; "
-        "the dd rows copy "
-        "a stream of the same domain saved once beforehand (so the same number of "
-        "bytes); pipes are drained by `wc -c`, which also checks the byte count; "
-        f"'near zero' parent CPU is taken as at most {CPU_TARGET:.0%} of the wall time; "
-        "the domain, the reference stream and the output files are in scratch_dir "
-        "(a tmpfs when one has room: disk write-back made file timings erratic)")
-    return res

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 from . import purepy, xapi
 from .harness import CBuild, Group, Result, Series, Target, interleave
@@ -59,63 +59,81 @@ def run(build: CBuild, quick: bool, reps: int) -> Result:
 
 def _one(helper: str, cparent: str, devnull: int, loop: asyncio.AbstractEventLoop,
          n: int, frames: int, buffered: bool, reps: int) -> Group:
-    env = purepy.bench_env("flood", n, buffered)
-
-    def rate(seconds: float) -> Dict[str, float]:
-        return {"rate": frames / seconds}
-
-    def c_floor() -> Dict[str, float]:
-        out = purepy.run_cparent(cparent, helper, "flood", n, buffered=buffered)
-        assert out["frames"] == frames, out
-        return rate(out["ns"] / 1e9)
-
-    def xensr_blocking() -> Dict[str, float]:
-        cb = xapi.ProgressCallbacks()
-        t0 = time.perf_counter()
-        xapi.save_blocking(devnull, cb, helper=helper, env=env)
-        t = time.perf_counter() - t0
-        assert cb.calls == n // 2, cb.calls
-        return rate(t)
-
-    async def _aio(cb: "xapi.ProgressCallbacks") -> float:
-        t0 = time.perf_counter()
-        await xapi.save_aio(devnull, cb, helper=helper, env=env)
-        return time.perf_counter() - t0
-
-    def xensr_asyncio() -> Dict[str, float]:
-        cb = xapi.ProgressCallbacks()
-        t = loop.run_until_complete(_aio(cb))
-        assert cb.calls == n // 2, cb.calls
-        return rate(t)
-
-    envb = xapi.env_bytes(env)
-
-    def xensr_callout() -> Dict[str, float]:
-        t0 = time.perf_counter()
-        co = xapi.callout_save(helper, devnull, CBFLAGS, envb, xapi.BareHandler())
-        t = time.perf_counter() - t0
-        assert co.frames == frames, co.frames
-        return rate(t)
-
-    def py_blocking() -> Dict[str, float]:
-        t0 = time.perf_counter()
-        p = purepy.run_blocking(helper, devnull, CBFLAGS, env)
-        t = time.perf_counter() - t0
-        assert p.frames == frames, p.frames
-        return rate(t)
-
-    variants = {
-        "C floor": c_floor,
-        "xensr blocking": xensr_blocking,
-        "xensr asyncio": xensr_asyncio,
-        "xensr _xc.Callout alone (poll loop)": xensr_callout,
-        "pure Python blocking": py_blocking,
-    }
-    raw = interleave(variants, reps)
+    flood = _Flood(helper, cparent, devnull, loop, n, frames, buffered)
+    raw = interleave(flood.variants(), reps)
     series: List[Series] = [
         Series(name, "frames/s", raw[name]["rate"], higher_is_better=True)
-        for name in variants
+        for name in raw
     ]
     label = ("producer batches 64 KiB of frames per write" if buffered
              else "producer writes one frame per write (as the helper does)")
     return Group(f"{label}, N={n}", series, baseline="C floor")
+
+
+class _Flood:
+    """The variants for one producer: each decodes a whole flood of N
+    frames and returns the rate in frames per second."""
+
+    def __init__(self, helper: str, cparent: str, devnull: int,
+                 loop: asyncio.AbstractEventLoop, n: int, frames: int, buffered: bool):
+        self.helper = helper
+        self.cparent = cparent
+        self.devnull = devnull
+        self.loop = loop
+        self.n = n
+        self.frames = frames
+        self.buffered = buffered
+        self.env = purepy.bench_env("flood", n, buffered)
+        self.envb = xapi.env_bytes(self.env)
+
+    def variants(self) -> Dict[str, Callable[[], Dict[str, float]]]:
+        return {
+            "C floor": self.c_floor,
+            "xensr blocking": self.xensr_blocking,
+            "xensr asyncio": self.xensr_asyncio,
+            "xensr _xc.Callout alone (poll loop)": self.xensr_callout,
+            "pure Python blocking": self.py_blocking,
+        }
+
+    def rate(self, seconds: float) -> Dict[str, float]:
+        return {"rate": self.frames / seconds}
+
+    def c_floor(self) -> Dict[str, float]:
+        out = purepy.run_cparent(self.cparent, self.helper, "flood", self.n,
+                                 buffered=self.buffered)
+        assert out["frames"] == self.frames, out
+        return self.rate(out["ns"] / 1e9)
+
+    def xensr_blocking(self) -> Dict[str, float]:
+        cb = xapi.ProgressCallbacks()
+        t0 = time.perf_counter()
+        xapi.save_blocking(self.devnull, cb, helper=self.helper, env=self.env)
+        t = time.perf_counter() - t0
+        assert cb.calls == self.n // 2, cb.calls
+        return self.rate(t)
+
+    async def _aio(self, cb: "xapi.ProgressCallbacks") -> float:
+        t0 = time.perf_counter()
+        await xapi.save_aio(self.devnull, cb, helper=self.helper, env=self.env)
+        return time.perf_counter() - t0
+
+    def xensr_asyncio(self) -> Dict[str, float]:
+        cb = xapi.ProgressCallbacks()
+        t = self.loop.run_until_complete(self._aio(cb))
+        assert cb.calls == self.n // 2, cb.calls
+        return self.rate(t)
+
+    def xensr_callout(self) -> Dict[str, float]:
+        t0 = time.perf_counter()
+        co = xapi.callout_save(self.helper, self.devnull, CBFLAGS, self.envb,
+                               xapi.BareHandler())
+        t = time.perf_counter() - t0
+        assert co.frames == self.frames, co.frames
+        return self.rate(t)
+
+    def py_blocking(self) -> Dict[str, float]:
+        t0 = time.perf_counter()
+        p = purepy.run_blocking(self.helper, self.devnull, CBFLAGS, self.env)
+        t = time.perf_counter() - t0
+        assert p.frames == self.frames, p.frames
+        return self.rate(t)

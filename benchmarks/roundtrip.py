@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Dict, Tuple
+from typing import Callable, Dict, List, Tuple
 
 from . import purepy, xapi
 from .harness import CBuild, Group, Result, Series, Target, cpu_seconds, interleave
@@ -21,100 +21,114 @@ CBFLAGS = (1 << 11) | (1 << 3)  # precopy_policy | suspend
 
 def run(build: CBuild, quick: bool, reps: int) -> Result:
     n = 2000 if quick else 20000
-    helper = build.bench_helper()
-    cparent = build.cparent()
-    env = purepy.bench_env("roundtrip", n)
-    devnull = os.open("/dev/null", os.O_WRONLY | os.O_CLOEXEC)
-    loop = asyncio.new_event_loop()
+    bench = _RoundTrips(build, n)
+    try:
+        raw = interleave(bench.variants(), reps)
+    finally:
+        bench.close()
+    return _result(raw, n, reps)
 
-    def per_rt(seconds: float, cpu: float) -> Dict[str, float]:
-        return {"us": seconds * 1e6 / n, "cpu_us": cpu * 1e6 / n}
 
-    def c_floor() -> Dict[str, float]:
-        out = purepy.run_cparent(cparent, helper, "roundtrip", n)
-        assert out["requests"] == n + 1, out
-        return per_rt(out["ns"] / 1e9, out["cpu_ns"] / 1e9)
+class _RoundTrips:
+    """The variants: each runs one whole operation of N round trips and
+    returns wall and parent CPU time per round trip."""
 
-    def c_floor_poll() -> Dict[str, float]:
-        out = purepy.run_cparent(cparent, helper, "roundtrip", n, poll=True)
-        assert out["requests"] == n + 1, out
-        return per_rt(out["ns"] / 1e9, out["cpu_ns"] / 1e9)
+    def __init__(self, build: CBuild, n: int):
+        self.n = n
+        self.helper = build.bench_helper()
+        self.cparent = build.cparent()
+        self.env = purepy.bench_env("roundtrip", n)
+        self.envb = xapi.env_bytes(self.env)
+        self.devnull = os.open("/dev/null", os.O_WRONLY | os.O_CLOEXEC)
+        self.loop = asyncio.new_event_loop()
 
-    def xensr_blocking() -> Dict[str, float]:
+    def variants(self) -> Dict[str, Callable[[], Dict[str, float]]]:
+        return {
+            "C floor (blocking read)": self.c_floor,
+            "C floor (poll + read)": self.c_floor_poll,
+            "xensr blocking": self.xensr_blocking,
+            "xensr asyncio": self.xensr_asyncio,
+            "xensr _xc.Callout alone (poll loop)": self.xensr_callout,
+            "pure Python blocking": self.py_blocking,
+            "pure Python asyncio add_reader": self.py_asyncio,
+        }
+
+    def close(self) -> None:
+        self.loop.close()
+        os.close(self.devnull)
+
+    def per_rt(self, seconds: float, cpu: float) -> Dict[str, float]:
+        return {"us": seconds * 1e6 / self.n, "cpu_us": cpu * 1e6 / self.n}
+
+    def c_floor(self, poll: bool = False) -> Dict[str, float]:
+        out = purepy.run_cparent(self.cparent, self.helper, "roundtrip", self.n, poll=poll)
+        assert out["requests"] == self.n + 1, out
+        return self.per_rt(out["ns"] / 1e9, out["cpu_ns"] / 1e9)
+
+    def c_floor_poll(self) -> Dict[str, float]:
+        return self.c_floor(poll=True)
+
+    def xensr_blocking(self) -> Dict[str, float]:
         cb = xapi.PolicyCallbacks()
         c0 = cpu_seconds()
         t0 = time.perf_counter()
-        xapi.save_blocking(devnull, cb, helper=helper, env=env)
+        xapi.save_blocking(self.devnull, cb, helper=self.helper, env=self.env)
         t = time.perf_counter() - t0
         c = cpu_seconds() - c0
-        assert cb.calls == n, cb.calls
-        return per_rt(t, c)
+        assert cb.calls == self.n, cb.calls
+        return self.per_rt(t, c)
 
-    async def _aio(cb: "xapi.PolicyCallbacks") -> Tuple[float, float]:
+    async def _aio(self, cb: "xapi.PolicyCallbacks") -> Tuple[float, float]:
         c0 = cpu_seconds()
         t0 = time.perf_counter()
-        await xapi.save_aio(devnull, cb, helper=helper, env=env)
+        await xapi.save_aio(self.devnull, cb, helper=self.helper, env=self.env)
         return time.perf_counter() - t0, cpu_seconds() - c0
 
-    def xensr_asyncio() -> Dict[str, float]:
+    def xensr_asyncio(self) -> Dict[str, float]:
         cb = xapi.PolicyCallbacks()
-        t, c = loop.run_until_complete(_aio(cb))
-        assert cb.calls == n, cb.calls
-        return per_rt(t, c)
+        t, c = self.loop.run_until_complete(self._aio(cb))
+        assert cb.calls == self.n, cb.calls
+        return self.per_rt(t, c)
 
-    envb = xapi.env_bytes(env)
-
-    def xensr_callout() -> Dict[str, float]:
+    def xensr_callout(self) -> Dict[str, float]:
         h = xapi.BareHandler()
         c0 = cpu_seconds()
         t0 = time.perf_counter()
-        xapi.callout_save(helper, devnull, CBFLAGS, envb, h)
+        xapi.callout_save(self.helper, self.devnull, CBFLAGS, self.envb, h)
         t = time.perf_counter() - t0
         c = cpu_seconds() - c0
-        assert h.requests == n, h.requests
-        return per_rt(t, c)
+        assert h.requests == self.n, h.requests
+        return self.per_rt(t, c)
 
-    def py_blocking() -> Dict[str, float]:
+    def py_blocking(self) -> Dict[str, float]:
         c0 = cpu_seconds()
         t0 = time.perf_counter()
-        p = purepy.run_blocking(helper, devnull, CBFLAGS, env)
+        p = purepy.run_blocking(self.helper, self.devnull, CBFLAGS, self.env)
         t = time.perf_counter() - t0
         c = cpu_seconds() - c0
-        assert p.frames == n + 2, p.frames
-        return per_rt(t, c)
+        assert p.frames == self.n + 2, p.frames
+        return self.per_rt(t, c)
 
-    async def _py_aio() -> Tuple[float, float]:
+    async def _py_aio(self) -> Tuple[float, float]:
         c0 = cpu_seconds()
         t0 = time.perf_counter()
-        p = await purepy.run_asyncio(helper, devnull, CBFLAGS, env)
+        p = await purepy.run_asyncio(self.helper, self.devnull, CBFLAGS, self.env)
         t = time.perf_counter() - t0
         c = cpu_seconds() - c0
-        assert p.frames == n + 2, p.frames
+        assert p.frames == self.n + 2, p.frames
         return t, c
 
-    def py_asyncio() -> Dict[str, float]:
-        return per_rt(*loop.run_until_complete(_py_aio()))
+    def py_asyncio(self) -> Dict[str, float]:
+        return self.per_rt(*self.loop.run_until_complete(self._py_aio()))
 
-    variants = {
-        "C floor (blocking read)": c_floor,
-        "C floor (poll + read)": c_floor_poll,
-        "xensr blocking": xensr_blocking,
-        "xensr asyncio": xensr_asyncio,
-        "xensr _xc.Callout alone (poll loop)": xensr_callout,
-        "pure Python blocking": py_blocking,
-        "pure Python asyncio add_reader": py_asyncio,
-    }
-    try:
-        raw = interleave(variants, reps)
-    finally:
-        loop.close()
-        os.close(devnull)
 
-    series = [Series(name, "us/rt", raw[name]["us"]) for name in variants]
+def _result(raw: Dict[str, Dict[str, List[float]]], n: int, reps: int) -> Result:
+    names = list(raw)
+    series = [Series(name, "us/rt", raw[name]["us"]) for name in names]
     group = Group(f"round trip, N={n} requests per operation: wall time", series,
                   baseline="C floor (blocking read)")
     cpu = Group("parent CPU time (user + system) per round trip",
-                [Series(name, "us/rt", raw[name]["cpu_us"]) for name in variants],
+                [Series(name, "us/rt", raw[name]["cpu_us"]) for name in names],
                 baseline="C floor (blocking read)")
     res = Result("roundtrip", "callback round trip (helper asks, Python answers)",
                  params={"N": n, "reps": reps})

@@ -73,18 +73,52 @@ def _serve(rfd: int, wfd: int) -> None:
 
 def main(argv: List[str]) -> int:
     size_mib, reps, helper = int(argv[0]), int(argv[1]), argv[2]
-    env = dict(os.environ, XENSR_BENCH_MODE="complete")
-    env_list = env
     io_fd = os.open("/dev/null", os.O_WRONLY)
     os.set_inheritable(io_fd, True)  # the helper's IO_FD, as libxl passes it
-    hargv = [helper, "--save-domain", str(io_fd), "-1", "1", "0", "0", "0"]
+    spawns = _Spawns(helper, io_fd)
     mm = _touch(size_mib << 20) if size_mib else None
     rss = _rss_mib()
-    spawn_call: Dict[str, List[float]] = {
-        "xensr Callout (low level)": [], "os.posix_spawn": [],
-        "os.fork + os.execve": [], "subprocess.Popen": []}
+    raw = interleave(spawns.variants(), reps)
+    for v in spawns.spawn_call.values():
+        del v[: len(v) - reps]  # drop the warm-up
+    out = {
+        "size_mib": size_mib,
+        "rss_mib": rss,
+        "total_ms": {k: v["ms"] for k, v in raw.items()},
+        "spawn_call_ms": spawns.spawn_call,
+    }
+    json.dump(out, sys.stdout)
+    sys.stdout.write("\n")
+    if mm is not None:
+        mm.close()
+    return 0
 
-    def finish(name: str, pid: int, fds: Tuple[int, int, int, int],
+
+class _Spawns:
+    """The variants: each starts the bench helper one way, serves its
+    complete frame, reaps it, and returns the whole time; the time of the
+    spawn call alone goes to spawn_call."""
+
+    def __init__(self, helper: str, io_fd: int):
+        self.helper = helper
+        self.io_fd = io_fd
+        self.env = dict(os.environ, XENSR_BENCH_MODE="complete")
+        self.hargv = [helper, "--save-domain", str(io_fd), "-1", "1", "0", "0", "0"]
+        self.handler = xapi.BareHandler()
+        self.spawn_call: Dict[str, List[float]] = {
+            "xensr Callout (low level)": [], "os.posix_spawn": [],
+            "os.fork + os.execve": [], "subprocess.Popen": []}
+
+    def variants(self) -> Dict[str, Callable[[], Dict[str, float]]]:
+        return {
+            "xensr Callout (low level)": self.xensr_callout,
+            "xensr save_domain": self.xensr_op,
+            "os.posix_spawn": self.posix_spawn,
+            "os.fork + os.execve": self.fork_exec,
+            "subprocess.Popen": self.popen,
+        }
+
+    def finish(self, name: str, pid: int, fds: Tuple[int, int, int, int],
                t0: float, t1: float, t2: float) -> Dict[str, float]:
         """Our side of a hand-spawned helper: close its ends, serve, reap."""
         r0, w0, r1, w1 = fds
@@ -98,20 +132,20 @@ def main(argv: List[str]) -> int:
             os.close(w0)
         t3 = time.perf_counter()
         assert status == 0, status
-        spawn_call[name].append((t2 - t1) * 1e3)
+        self.spawn_call[name].append((t2 - t1) * 1e3)
         return {"ms": (t3 - t0) * 1e3}
 
-    def posix_spawn() -> Dict[str, float]:
+    def posix_spawn(self) -> Dict[str, float]:
         t0 = time.perf_counter()
         r0, w0 = os.pipe()  # helper's stdin: it reads r0, we write w0
         r1, w1 = os.pipe()  # helper's stdout: it writes w1, we read r1
         t1 = time.perf_counter()
-        pid = os.posix_spawn(helper, hargv, env_list, file_actions=[
+        pid = os.posix_spawn(self.helper, self.hargv, self.env, file_actions=[
             (os.POSIX_SPAWN_DUP2, r0, 0), (os.POSIX_SPAWN_DUP2, w1, 1)])
         t2 = time.perf_counter()
-        return finish("os.posix_spawn", pid, (r0, w0, r1, w1), t0, t1, t2)
+        return self.finish("os.posix_spawn", pid, (r0, w0, r1, w1), t0, t1, t2)
 
-    def fork_exec() -> Dict[str, float]:
+    def fork_exec(self) -> Dict[str, float]:
         t0 = time.perf_counter()
         r0, w0 = os.pipe()
         r1, w1 = os.pipe()
@@ -121,16 +155,16 @@ def main(argv: List[str]) -> int:
             try:
                 os.dup2(r0, 0)
                 os.dup2(w1, 1)
-                os.execve(helper, hargv, env_list)
+                os.execve(self.helper, self.hargv, self.env)
             finally:
                 os._exit(127)
         t2 = time.perf_counter()
-        return finish("os.fork + os.execve", pid, (r0, w0, r1, w1), t0, t1, t2)
+        return self.finish("os.fork + os.execve", pid, (r0, w0, r1, w1), t0, t1, t2)
 
-    def popen() -> Dict[str, float]:
+    def popen(self) -> Dict[str, float]:
         t0 = time.perf_counter()
-        p = subprocess.Popen(hargv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             pass_fds=(io_fd,), env=env, bufsize=0)
+        p = subprocess.Popen(self.hargv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             pass_fds=(self.io_fd,), env=self.env, bufsize=0)
         t1 = time.perf_counter()
         try:
             _serve(p.stdout.fileno(), p.stdin.fileno())  # type: ignore[union-attr]
@@ -140,44 +174,20 @@ def main(argv: List[str]) -> int:
             p.stdout.close()  # type: ignore[union-attr]
         t2 = time.perf_counter()
         assert status == 0, status
-        spawn_call["subprocess.Popen"].append((t1 - t0) * 1e3)
+        self.spawn_call["subprocess.Popen"].append((t1 - t0) * 1e3)
         return {"ms": (t2 - t0) * 1e3}
 
-    handler = xapi.BareHandler()
-
-    def xensr_callout() -> Dict[str, float]:
+    def xensr_callout(self) -> Dict[str, float]:
         t0 = time.perf_counter()
-        envb = xapi.env_bytes(env)  # as posix_spawn converts its env each call
-        xapi.callout_save(helper, io_fd, 0, envb, handler,
-                          spawn_ms=spawn_call["xensr Callout (low level)"])
+        envb = xapi.env_bytes(self.env)  # as posix_spawn converts its env each call
+        xapi.callout_save(self.helper, self.io_fd, 0, envb, self.handler,
+                          spawn_ms=self.spawn_call["xensr Callout (low level)"])
         return {"ms": (time.perf_counter() - t0) * 1e3}
 
-    def xensr_op() -> Dict[str, float]:
+    def xensr_op(self) -> Dict[str, float]:
         t0 = time.perf_counter()
-        xapi.save_blocking(io_fd, None, helper=helper, env=env)
+        xapi.save_blocking(self.io_fd, None, helper=self.helper, env=self.env)
         return {"ms": (time.perf_counter() - t0) * 1e3}
-
-    variants: Dict[str, Callable[[], Dict[str, float]]] = {
-        "xensr Callout (low level)": xensr_callout,
-        "xensr save_domain": xensr_op,
-        "os.posix_spawn": posix_spawn,
-        "os.fork + os.execve": fork_exec,
-        "subprocess.Popen": popen,
-    }
-    raw = interleave(variants, reps)
-    for v in spawn_call.values():
-        del v[: len(v) - reps]  # drop the warm-up
-    out = {
-        "size_mib": size_mib,
-        "rss_mib": rss,
-        "total_ms": {k: v["ms"] for k, v in raw.items()},
-        "spawn_call_ms": spawn_call,
-    }
-    json.dump(out, sys.stdout)
-    sys.stdout.write("\n")
-    if mm is not None:
-        mm.close()
-    return 0
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import select
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional
 
 import xensr
 import xensr.aio
@@ -38,7 +38,7 @@ class ProgressCallbacks:
         self.calls += 1
 
 
-def save_blocking(fd: int, callbacks: Any, *, helper: str,
+def save_blocking(fd: int, callbacks: Any, *, helper: Optional[str],
                   env: Dict[str, str], domid: int = BENCH_DOMID,
                   live: bool = False) -> Any:
     return xensr.save_domain(domid, fd, callbacks, live=live, helper=helper, env=env)
@@ -103,7 +103,7 @@ def env_bytes(env: Dict[str, str]) -> List[bytes]:
     return [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()]
 
 
-def callout_save(helper: str, io_fd: int, cbflags: int, env: Sequence[bytes],
+def callout_save(helper: str, io_fd: int, cbflags: int, env: List[bytes],
                  handler: Any, domid: int = BENCH_DOMID,
                  spawn_ms: Optional[List[float]] = None) -> Any:
     """One save through _xc.Callout alone; returns the finished Callout.
