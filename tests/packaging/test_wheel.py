@@ -7,6 +7,7 @@ import re
 import stat
 import subprocess
 import sys
+import tarfile
 import textwrap
 import zipfile
 
@@ -53,6 +54,14 @@ def test_wheel_and_sdist_carry_the_package_version(dist):
     with zipfile.ZipFile(dist) as z:
         metadata = z.read(f"xensr-{version}.dist-info/METADATA").decode()
     assert f"\nVersion: {version}\n" in metadata
+
+
+def test_sdist_carries_the_protocol_document(dist):
+    """Code and tests in the sdist cite docs/protocol.md; it must be there."""
+    sdist = os.path.join(os.path.dirname(dist), f"xensr-{package_version()}.tar.gz")
+    with tarfile.open(sdist) as tar:
+        names = tar.getnames()
+    assert f"xensr-{package_version()}/docs/protocol.md" in names
 
 
 def test_wheel_contents(dist):
