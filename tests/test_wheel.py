@@ -46,8 +46,8 @@ def test_wheel_contents(dist):
     assert any(n.startswith("xensr/_xc.") and n.endswith(".so") for n in infos)
     assert "xensr/py.typed" in infos and "xensr/_xc.pyi" in infos
     libs = sorted(n for n in infos if ".so" in os.path.basename(n) and not n.startswith("xensr/_xc."))
-    # Only the rig's two simulated libraries; never a host libxen* library.
-    assert libs == ["xensr/_rig/libxenctrl.so.4.17", "xensr/_rig/libxenguest.so.4.17"]
+    # Only the simulated host's two libraries; never a host libxen* library.
+    assert libs == ["xensr/_simhost/libxenctrl.so.4.17", "xensr/_simhost/libxenguest.so.4.17"]
     with zipfile.ZipFile(dist) as z:
         for name in libs:
             data = z.read(name)

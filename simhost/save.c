@@ -1,5 +1,6 @@
 /*
- * simxen libxenguest.so.4.17: xc_domain_save.
+ * simhost libxenguest.so.4.17: xc_domain_save (the layout of simhost/ is in
+ * simhost.h, what is simulated in README.md).
  *
  * Follows the order of libxenguest 4.17 (xg_sr_save.c and friends): image
  * and domain headers; static data (PV: X86_PV_INFO; both: X86_CPUID_POLICY,
@@ -15,7 +16,7 @@
  * simulated guest runs its workload (dirty_pages pages per round, seeded by
  * seed) during each round in which it is running.
  *
- * Rig-specific behaviour (documented in xensr/testing.py): a nonzero
+ * Behaviour of the simulated host (README.md, "Saves"): a nonzero
  * suspend reply suspends the simulated domain (unless its meta says
  * ignore_suspend=1); a positive postcopy reply resumes it; a failed save
  * resumes a domain it suspended, standing in for the toolstack's resume
@@ -30,8 +31,8 @@
 #include <string.h>
 #include <arpa/inet.h>
 
-/* xenctrl.h (through simstream.h) first: it sets up the Xen headers. */
-#include "simstream.h"
+/* xenctrl.h (through stream.h) first: it sets up the Xen headers. */
+#include "stream.h"
 
 #include <xen/hvm/params.h>
 #include <xen/hvm/save.h>
@@ -1054,7 +1055,7 @@ int xc_domain_save(xc_interface *xch, int io_fd, uint32_t dom,
     rc = save(&ctx);
     saved_errno = errno;
 
-    /* Rig bookkeeping: statistics, and the toolstack's resume after a
+    /* The simulated host's bookkeeping: statistics, and the toolstack's resume after a
      * failed save. */
     snprintf(buf, sizeof(buf), "%lu", ctx.pages_done);
     sim_domain_update(&ctx.d, "save_pages", buf, NULL);

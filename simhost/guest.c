@@ -1,5 +1,6 @@
 /*
- * simxen libxenguest.so.4.17: stream I/O shared by save and restore.
+ * simhost libxenguest.so.4.17: stream I/O shared by save and restore (the
+ * layout of simhost/ is in simhost.h, what is simulated in README.md).
  */
 #include <errno.h>
 #include <limits.h>
@@ -7,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "simstream.h"
+#include "stream.h"
 
 #ifndef IOV_MAX
 #define IOV_MAX 1024
@@ -146,8 +147,9 @@ int sim_read_exact(int fd, void *buf, size_t len)
         if (r < 0)
             return -1;
         if (r == 0) {
-            /* libxc reports EOF as errno 0; the rig says EIO (documented
-             * in xensr/testing.py) so that every failure carries an errno. */
+            /* libxc reports EOF as errno 0; the simulated host says EIO
+             * (README.md, "Errors") so that every failure carries an
+             * errno. */
             errno = EIO;
             return -1;
         }

@@ -1,5 +1,6 @@
 /*
- * simxen libxenguest.so.4.17: xc_domain_restore.
+ * simhost libxenguest.so.4.17: xc_domain_restore (the layout of simhost/ is
+ * in simhost.h, what is simulated in README.md).
  *
  * Reads a libxc stream (v2 or v3) into a simulated domain, with the checks
  * and the record handling of libxenguest 4.17 (xg_sr_restore*.c), plus
@@ -17,7 +18,7 @@
  * back channel.
  *
  * The target's memory receives exactly the stream's page data: unlike the
- * real libxenguest, the rig does not rewrite start_info, the p2m or the
+ * real libxenguest, the simulated host does not rewrite start_info, the p2m or the
  * store page, so the restored memory is byte-identical to the source's.
  */
 #include <assert.h>
@@ -29,8 +30,8 @@
 #include <string.h>
 #include <arpa/inet.h>
 
-/* xenctrl.h (through simstream.h) first: it sets up the Xen headers. */
-#include "simstream.h"
+/* xenctrl.h (through stream.h) first: it sets up the Xen headers. */
+#include "stream.h"
 
 #include <xen/hvm/params.h>
 #include <xen/hvm/save.h>
