@@ -356,12 +356,76 @@ int sim_domain_update_ul(struct sim_domain *d, const char *key,
 /* ------------------------------------------------------------------ */
 /* Domains                                                             */
 
-int sim_domain_open(xc_interface *xch, uint32_t domid, struct sim_domain *d)
+/* Take dom<N>/oplock for the whole operation: EBUSY if someone has it. */
+static int take_oplock(struct sim_domain *d)
+{
+    char path[PATH_MAX];
+
+    snprintf(path, sizeof(path), "%s/oplock", d->dir);
+    d->opfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (d->opfd < 0)
+        return -1;
+    if (flock(d->opfd, LOCK_EX | LOCK_NB) < 0) {
+        if (errno == EWOULDBLOCK)
+            errno = EBUSY;
+        return -1;
+    }
+    return 0;
+}
+
+/* A snapshot of dom<N>/meta, under the shared meta lock. */
+static int read_meta_locked(struct sim_domain *d)
+{
+    int lfd = lock_meta(d->dir, LOCK_SH), rc;
+
+    if (lfd < 0)
+        return -1;
+    rc = meta_read(d->dir, &d->meta);
+    if (rc && errno == ENOENT)
+        errno = ESRCH;
+    close(lfd);
+    return rc;
+}
+
+/* Open and map dom<N>/memory.  A restore target may grow up to max_pages
+ * (an empty target without max_pages up to SIM_DEFAULT_MAX_PAGES), so the
+ * mapping covers that much; a domain with a kind has the size it has. */
+static int map_memory(struct sim_domain *d)
 {
     char path[PATH_MAX];
     struct stat st;
-    int lfd = -1, rc = -1;
     unsigned long map_pages;
+    void *p;
+
+    snprintf(path, sizeof(path), "%s/memory", d->dir);
+    d->memfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (d->memfd < 0 || fstat(d->memfd, &st))
+        return -1;
+    d->nr_pages = st.st_size >> SIM_PAGE_SHIFT;
+
+    map_pages = d->nr_pages;
+    if (sim_meta_get_ul(&d->meta, "max_pages", 0) > map_pages)
+        map_pages = sim_meta_get_ul(&d->meta, "max_pages", 0);
+    else if (!*(sim_meta_get(&d->meta, "kind") ?: "") &&
+             !sim_meta_get(&d->meta, "max_pages") &&
+             map_pages < SIM_DEFAULT_MAX_PAGES)
+        map_pages = SIM_DEFAULT_MAX_PAGES;    /* an empty target */
+    if (!map_pages)
+        return 0;
+
+    p = mmap(NULL, map_pages << SIM_PAGE_SHIFT, PROT_READ | PROT_WRITE,
+             MAP_SHARED, d->memfd, 0);
+    if (p == MAP_FAILED)
+        return -1;
+    d->mem = p;
+    d->map_pages = map_pages;
+    return 0;
+}
+
+int sim_domain_open(xc_interface *xch, uint32_t domid, struct sim_domain *d)
+{
+    struct stat st;
+    int e;
 
     memset(d, 0, sizeof(*d));
     d->domid = domid;
@@ -371,73 +435,17 @@ int sim_domain_open(xc_interface *xch, uint32_t domid, struct sim_domain *d)
     if (asprintf(&d->dir, "%s/dom%u", xch->sim_dir, domid) < 0) {
         d->dir = NULL;
         errno = ENOMEM;
-        goto out;
+        return -1;
     }
-
-    if (stat(d->dir, &st) || !S_ISDIR(st.st_mode)) {
+    if (stat(d->dir, &st) || !S_ISDIR(st.st_mode))
         errno = ESRCH;
-        goto out;
-    }
+    else if (!take_oplock(d) && !read_meta_locked(d) && !map_memory(d))
+        return 0;
 
-    snprintf(path, sizeof(path), "%s/oplock", d->dir);
-    d->opfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (d->opfd < 0)
-        goto out;
-    if (flock(d->opfd, LOCK_EX | LOCK_NB) < 0) {
-        if (errno == EWOULDBLOCK)
-            errno = EBUSY;
-        goto out;
-    }
-
-    lfd = lock_meta(d->dir, LOCK_SH);
-    if (lfd < 0)
-        goto out;
-    if (meta_read(d->dir, &d->meta)) {
-        if (errno == ENOENT)
-            errno = ESRCH;
-        goto out;
-    }
-    close(lfd);
-    lfd = -1;
-
-    snprintf(path, sizeof(path), "%s/memory", d->dir);
-    d->memfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    if (d->memfd < 0)
-        goto out;
-    if (fstat(d->memfd, &st))
-        goto out;
-    d->nr_pages = st.st_size >> SIM_PAGE_SHIFT;
-
-    /* A restore target may grow up to max_pages; a domain with a kind has
-     * the size it has. */
-    map_pages = d->nr_pages;
-    if (sim_meta_get_ul(&d->meta, "max_pages", 0) > map_pages)
-        map_pages = sim_meta_get_ul(&d->meta, "max_pages", 0);
-    else if (!*(sim_meta_get(&d->meta, "kind") ?: "") &&
-             !sim_meta_get(&d->meta, "max_pages") &&
-             map_pages < SIM_DEFAULT_MAX_PAGES)
-        map_pages = SIM_DEFAULT_MAX_PAGES;    /* an empty target */
-    if (map_pages) {
-        void *p = mmap(NULL, map_pages << SIM_PAGE_SHIFT,
-                       PROT_READ | PROT_WRITE, MAP_SHARED, d->memfd, 0);
-
-        if (p == MAP_FAILED)
-            goto out;
-        d->mem = p;
-        d->map_pages = map_pages;
-    }
-    rc = 0;
-
- out:
-    if (lfd >= 0)
-        close(lfd);
-    if (rc) {
-        int e = errno;
-
-        sim_domain_close(d);
-        errno = e;
-    }
-    return rc;
+    e = errno;
+    sim_domain_close(d);
+    errno = e;
+    return -1;
 }
 
 void sim_domain_close(struct sim_domain *d)
