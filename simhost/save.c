@@ -56,7 +56,7 @@ struct save_ctx {
 
     unsigned long p2m_size;
     unsigned long *dirty;       /* pages to send this round */
-    unsigned long *hv_dirty;    /* the simulated hypervisor's log-dirty */
+    unsigned long *hv_dirty;    /* the simulated host's log-dirty log */
     bool logdirty;
     bool qemu_logdirty;
     bool suspended_by_us;
