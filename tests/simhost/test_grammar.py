@@ -5,7 +5,8 @@ to the C parser (simhost/fault.c, through driver.c's parse-fault) and to
 the Python one (xensr.testing.parse_fault_spec); both must accept it, fill
 in the documented defaults and agree on the result; malformed variants
 must be refused by both.  The meta keys and files a save and a restore
-leave must be those the README lists."""
+leave must be those the README lists, and C and Python must read a meta
+file alike."""
 
 from __future__ import annotations
 
@@ -285,3 +286,25 @@ def test_state_directory_is_as_documented(debian_helper, simulated_host, tmp_pat
     assert keys == documented_keys
     assert files == {f for f in documented_files if f.startswith("dom<N>/")
                      and "<pid>" not in f}
+
+
+def test_meta_lines_read_alike(driver, simulated_host, tmp_path):
+    """C and Python read a hand-edited meta file alike: lines without "="
+    or with an empty key are ignored, a value may hold "=", the last of two
+    equal keys wins, unknown keys survive C's rewrite."""
+    host = simulated_host
+    dom = host.create_domain(1, kind="pv", dirty_pages=0)
+    meta = host.state_dir / f"dom{dom}" / "meta"
+    odd = "no equals sign\n=empty key\nnote=a=b\nseed=1\nseed=7\ncustom=\n"
+    meta.write_text(meta.read_text() + odd)
+    before = host.read_meta(dom)
+    assert (before["note"], before["seed"], before["custom"]) == ("a=b", "7", "")
+    p = subprocess.run([str(driver), "save", str(dom), "0", str(tmp_path / "s"), "none"],
+                       env=host.env, capture_output=True, text=True, timeout=60)
+    assert "rc 0 errno 0" in p.stdout.splitlines(), p.stdout + p.stderr
+    after = host.read_meta(dom)
+    new = {"save_pages", "save_iterations", "save_result"}
+    assert {k: v for k, v in after.items() if k not in new | {"state"}} == \
+        {k: v for k, v in before.items() if k != "state"}
+    assert after["state"] == "suspended" and after["save_result"] == "ok"
+    assert "no equals sign" not in meta.read_text() and meta.read_text().count("seed=") == 1
