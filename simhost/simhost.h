@@ -127,7 +127,8 @@ const char *sim_set_progress_prefix(xc_interface *xch, const char *doing);
 int sim_faults_parse(xc_interface *xch, const char *var, const char *spec,
                      struct sim_faults *out);
 /* The normal form of a parsed fault: NAME[:ARG...][@SCOPE] with every
- * argument given and as a number (snprintf's return value). */
+ * argument given and as a number (snprintf's return value).  The test
+ * driver prints it to compare this parser with xensr/testing.py's. */
 int sim_fault_format(const struct sim_fault *f, char *buf, size_t len);
 const struct sim_fault *sim_fault_find(const xc_interface *xch,
                                        enum sim_fault_kind kind,
