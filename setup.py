@@ -5,8 +5,8 @@ Three kinds of native artifact are built here, all from this tree:
 * the Cython extension ``xensr._xc`` (the callout);
 * the helper program ``xensr/bin/xensr-save-helper`` (links only
   libxenctrl, libxenguest and libxentoollog);
-* the test rig's simulated ``libxenctrl.so.4.17`` / ``libxenguest.so.4.17``
-  in ``xensr/_rig/``.
+* the simulated host's ``libxenctrl.so.4.17`` / ``libxenguest.so.4.17``
+  (sources in ``simhost/``, see simhost/README.md) in ``xensr/_simhost/``.
 
 Xen is found through pkg-config (Debian 12: ``apt-get install libxen-dev``).
 """
@@ -43,26 +43,27 @@ HELPER_VARIANTS = {
     ],
 }
 
-# The test rig: simulated libraries with the real sonames.
-RIG_LIBS = [
+# The simulated host (simhost/): stand-in libraries with the real sonames.
+SIMHOST_SOURCES = ["simhost/domain.c", "simhost/fault.c"]
+SIMHOST_LIBS = [
     {
-        "output": "xensr/_rig/libxenctrl.so.4.17",
+        "output": "xensr/_simhost/libxenctrl.so.4.17",
         "soname": "libxenctrl.so.4.17",
-        "sources": ["helper_c/simxen/simxenctrl.c", "helper_c/simxen/simdomain.c"],
-        "version_script": "helper_c/simxen/vers.map",
+        "sources": ["simhost/ctrl.c", *SIMHOST_SOURCES],
+        "version_script": "simhost/vers.map",
         "pkgs": ("xentoollog",),
         "cflags_pkgs": XEN_PKGS,
     },
     {
-        "output": "xensr/_rig/libxenguest.so.4.17",
+        "output": "xensr/_simhost/libxenguest.so.4.17",
         "soname": "libxenguest.so.4.17",
         "sources": [
-            "helper_c/simxen/simxenguest.c",
-            "helper_c/simxen/simsave.c",
-            "helper_c/simxen/simrestore.c",
-            "helper_c/simxen/simdomain.c",
+            "simhost/guest.c",
+            "simhost/save.c",
+            "simhost/restore.c",
+            *SIMHOST_SOURCES,
         ],
-        "version_script": "helper_c/simxen/vers.map",
+        "version_script": "simhost/vers.map",
         "pkgs": ("xentoollog",),
         "cflags_pkgs": XEN_PKGS,
     },
@@ -154,13 +155,13 @@ if __name__ == "__main__" and os.environ.get("XENSR_HELPER_ONLY"):
     sys.exit(0)
 
 
-def build_rig(outdir):
-    for lib in RIG_LIBS:
+def build_simhost(outdir):
+    for lib in SIMHOST_LIBS:
         out = os.path.join(outdir, lib["output"])
         os.makedirs(os.path.dirname(out), exist_ok=True)
         cmd = [
             *cc(), "-std=gnu11", "-O2", "-g", *WARN, "-D_GNU_SOURCE", "-fPIC",
-            "-shared", "-Ihelper_c/simxen",
+            "-shared", "-Isimhost",
             *pkg_config("--cflags", *lib["cflags_pkgs"]), *extra("CFLAGS"),
             *lib["sources"], "-o", out,
             f"-Wl,-soname,{lib['soname']}",
@@ -172,7 +173,8 @@ def build_rig(outdir):
 
 
 class BuildExt(build_ext):
-    """Build the extension, then the helper and the rig libraries beside it."""
+    """Build the extension, then the helper and the simulated host's
+    libraries beside it."""
 
     def run(self):
         check_xen()
@@ -182,14 +184,14 @@ class BuildExt(build_ext):
         os.chdir(HERE)
         try:
             build_helper(outdir)
-            build_rig(outdir)
+            build_simhost(outdir)
         finally:
             os.chdir(old)
 
     def get_outputs(self):
         outdir = HERE if self.inplace else self.build_lib
         extra_outputs = [os.path.join(outdir, HELPER["output"])]
-        extra_outputs += [os.path.join(outdir, lib["output"]) for lib in RIG_LIBS]
+        extra_outputs += [os.path.join(outdir, lib["output"]) for lib in SIMHOST_LIBS]
         return super().get_outputs() + extra_outputs
 
 

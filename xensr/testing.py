@@ -1,13 +1,14 @@
 """A simulated Xen host for tests: :class:`SimulatedHost` and a pytest fixture.
 
-xensr ships a test rig: simulated ``libxenctrl.so.4.17`` and
-``libxenguest.so.4.17`` (in ``xensr/_rig/``) with the real sonames and symbol
-version ``VERS_4.17.0``.  Any save/restore helper -- xensr's own or Debian's
-unmodified ``libxl-save-helper`` -- run with :attr:`SimulatedHost.env`
-(``LD_LIBRARY_PATH`` with the rig first, ``XENSR_SIM_DIR``, and
-``XENSR_SIM_FAULT`` when faults are set) saves and restores simulated
-domains instead of real ones, writing and reading real libxc migration
-streams (v3).  This module is pure Python; it does not need ``xensr._xc``.
+xensr ships a simulated host ("simhost"): stand-in ``libxenctrl.so.4.17`` and
+``libxenguest.so.4.17`` (built from ``simhost/`` into ``xensr/_simhost/``)
+with the real sonames and symbol version ``VERS_4.17.0``.  Any save/restore
+helper -- xensr's own or Debian's unmodified ``libxl-save-helper`` -- run
+with :attr:`SimulatedHost.env` (``LD_LIBRARY_PATH`` with the simulated
+libraries first, ``XENSR_SIMHOST_DIR``, and ``XENSR_SIMHOST_FAULT`` when
+faults are set) saves and restores simulated domains instead of real ones,
+writing and reading real libxc migration streams (v3).  This module is pure
+Python; it does not need ``xensr._xc``.
 
 Example::
 
@@ -17,130 +18,24 @@ Example::
         ... run a save of ``src`` and a restore into ``dst`` with host.env ...
         assert host.memory_digest(src) == host.memory_digest(dst)
 
-State directory (``XENSR_SIM_DIR``)
------------------------------------
-``dom<N>/meta``
-    ``key=value`` lines, replaced atomically (write ``meta.tmp.<pid>``,
-    rename) under an exclusive ``flock`` of ``dom<N>/lock``.
-``dom<N>/memory``
-    Guest memory: page *P* (4096 bytes) at offset ``P*4096``; the rig maps it
-    shared, so saving a 1 GiB guest takes seconds.
-``dom<N>/oplock``
-    Held by the rig for the whole of a save or restore; a second operation on
-    the same domain fails with ``EBUSY``.
+What the simulated host does (PV and HVM guests, live saves with a guest
+that dirties memory, checkpoints, the precopy policy, its logs and errno
+values), its state directory (every file and meta key) and its fault
+grammar (every fault, argument and effect) are documented once, in
+``simhost/README.md`` of the source tree.  This module reads and writes
+that directory and parses that grammar (:func:`parse_fault_spec`);
+``tests/simhost/test_grammar.py`` checks that it agrees with the C side on
+every fault the README lists.
 
-A domain directory is created complete under a temporary name and renamed to
-``dom<N>``; the rename fails when ``dom<N>`` exists, so concurrent creators
-(processes or threads) never share a domid.
+Renamed in this release, the old names still work (aliases):
 
-Meta keys: ``domid``, ``kind`` (``pv``, ``hvm``, or empty for a restore
-target that adopts the stream's type), ``vcpus``, ``nr_pages``,
-``max_pages``, ``state`` (``running``, ``paused``, ``suspended``,
-``shutdown``), ``store_gfn``, ``console_gfn``, ``store_evtchn``,
-``console_evtchn``, ``store_domid``, ``console_domid``, ``start_info_pfn``
-and ``p2m_pfn`` (PV), ``logdirty`` (0/1, on during a live save),
-``dirty_pages`` and ``seed`` (the workload), ``tsc_khz``,
-``ignore_suspend``, and the results ``save_iterations``, ``save_pages``,
-``save_result``, ``restore_result``, ``restore_stream_type``.
-
-Guest layout: memory is filled with deterministic pseudo-random bytes (a
-1 MiB pool drawn from ``seed``, each page stamped with ``(seed, pfn)`` as two
-little-endian u64 in its first 16 bytes).  The last page holds the console ring (``console_gfn``), the one
-before the xenstore ring (``store_gfn``).  A PV guest also has a
-``struct start_info`` (x86_64 layout: ``store_mfn`` at offset 56,
-``console.domU.mfn`` at 72) just below them, which the restore side reads
-through vCPU0's ``rdx`` as libxenguest does, and its identity p2m
-(8-byte entries) in the frames below that.  HVM guests carry the two frame
-numbers in ``HVM_PARAMS``.
-
-The simulated guest and the save
---------------------------------
-* ``xc_domain_save`` writes the record sequence of libxenguest 4.17: image
-  and domain headers, (PV) ``X86_PV_INFO``, ``X86_CPUID_POLICY``,
-  ``X86_MSR_POLICY``, ``STATIC_DATA_END``, (PV) ``X86_PV_P2M_FRAMES``,
-  ``PAGE_DATA`` batches of at most 1024 pages, then ``X86_TSC_INFO`` and
-  (PV) ``SHARED_INFO`` and per vCPU ``X86_PV_VCPU_BASIC``/``EXTENDED``/
-  ``XSAVE``, or (HVM) ``HVM_CONTEXT`` and ``HVM_PARAMS``; then ``END``, or
-  for Remus/COLO a ``CHECKPOINT`` record per checkpoint (and no ``END``:
-  libxenguest ends a checkpointed stream when the toolstack stops it).
-* HVM saves call ``switch_qemu_logdirty(domid, 1)`` at setup and ``(domid,
-  0)`` at cleanup, live or not, as libxenguest does.
-* Live saves turn log-dirty on and iterate.  While the guest runs (during
-  each precopy round, and between Remus/COLO checkpoints) it dirties
-  ``dirty_pages`` pages chosen from ``seed``.  The installed
-  ``precopy_policy`` decides when to stop, else libxenguest's policy (stop
-  after 5 iterations or with fewer than 50 dirty pages).
-* A nonzero ``suspend`` reply suspends the domain (``state=suspended``)
-  unless its meta says ``ignore_suspend=1``, in which case the save fails
-  with "Domain has not been suspended"; a zero reply fails the save.  A
-  positive ``postcopy`` reply resumes it (``state=running``).
-* On failure the rig turns log-dirty off (as libxenguest) and resumes a
-  domain it suspended (``state=running``): it stands in for the toolstack's
-  resume that ``xl`` performs after a failed save.
-
-Restores fill the target so that its memory is byte-identical to the
-source's at the final round (the rig does not rewrite start_info, the p2m or
-the store page, which real Xen does), set ``kind``, ``vcpus``,
-``nr_pages``, the frame numbers, the event channels and domids it was
-given, and leave the domain ``paused``.  An empty target adopts the
-stream's type; a target with a kind rejects a stream of the other kind.
-
-errno values the rig sets where libxenguest leaves errno unspecified:
-``EINVAL`` for malformed stream content and for callbacks that report
-failure, ``EIO`` for an unexpected end of stream (libxc says 0),
-``ESRCH`` for a missing domain, ``EBUSY`` for a domain already being saved
-or restored, ``ECANCELED`` for a precopy policy abort.
-
-Fault injection (``XENSR_SIM_FAULT``)
--------------------------------------
-A comma-separated list of ``NAME[:ARG...][@save|@restore]``.  The ``@``
-suffix limits a fault to saves or to restores; without it the fault applies
-to both.  ``ERRNO`` is a number or a name (``EIO``); ``SIGNAME`` a number or
-a name with or without ``SIG`` (``SEGV``, ``ABRT``, ``BUS``, ``KILL``...).
-
-``open-fail[:ERRNO]``
-    ``xc_interface_open`` logs "Could not obtain handle on privileged
-    command interface" (context ``xencall``, level ERROR, errno ERRNO) and
-    returns NULL with errno ERRNO (default ``ENOENT``, as on a host without
-    Xen).  No ``@`` suffix.
-``fail-at-page:N[:ERRNO]``
-    Once N pages have been processed (written to the stream by a save,
-    copied into the domain by a restore, counted over all rounds) the
-    operation fails: an ERROR log in libxc's style ("Failed to map guest
-    pages (5 = Input/output error): Internal error" for a save, "Unable to
-    map ... mfns for ... pages of data" for a restore), the usual unwinding
-    ("Save failed"/"Restore failed"), return -1 with errno ERRNO (default
-    ``EIO``).  A failed save's stream holds exactly N pages.
-``signal-at-page:N:SIGNAME``
-    At the same point, ``raise(SIGNAME)``: the helper dies of that signal.
-``hang-at:POINT``
-    Block forever in ``pause()`` (handled signals such as the helper's
-    SIGTERM do not end it; SIGKILL does).  POINT is ``suspend``,
-    ``postcopy``, ``checkpoint``, ``wait_checkpoint``,
-    ``switch_qemu_logdirty``, ``static_data_done``, ``precopy_policy`` or
-    ``restore_results`` -- just before the rig calls that installed
-    callback -- or ``page:N``, at the page-count point above.
-``stall:MS``
-    Sleep MS milliseconds before each ``PAGE_DATA`` batch written or read.
-``log-flood:N[:LEN]``
-    At the start of ``xc_domain_save``/``xc_domain_restore`` emit N log
-    lines (level DEBUG, context ``xc``) of exactly LEN bytes (default 80;
-    LEN may exceed 64 KiB, which Debian's helper cannot frame: it aborts).
-``truncate-stream:BYTES``
-    A save writes only the first BYTES bytes of its stream, drops the rest
-    while reporting it written, and returns success: a lying sender.
-``garbage-control:BYTES``
-    At the start of the operation write BYTES bytes of deterministic garbage
-    (xorshift64* seeded with 0x5eed, top byte of each output) to fd 1, the
-    helper's control pipe.
-``exit-early``
-    ``_exit(0)`` at the start of ``xc_domain_save``/``xc_domain_restore``
-    (after log-flood and garbage-control): the helper never sends
-    ``complete``.
-
-A malformed spec makes ``xc_interface_open`` fail with ``EINVAL`` after an
-ERROR log naming the bad item; :func:`parse_fault_spec` applies the same
-grammar in Python.
+* environment: ``XENSR_SIM_DIR`` and ``XENSR_SIM_FAULT`` are read by the
+  libraries when ``XENSR_SIMHOST_DIR`` / ``XENSR_SIMHOST_FAULT`` are absent
+  (the new name wins when both are set); :attr:`SimulatedHost.env` sets
+  the new names and drops inherited old ones;
+* :func:`rig_dir` is :func:`simhost_lib_dir`, :func:`rig_available` is
+  :func:`simhost_available`, and :attr:`SimulatedHost.rig_dir` is
+  :attr:`SimulatedHost.lib_dir`.
 """
 
 from __future__ import annotations
@@ -155,11 +50,15 @@ import signal as _signal
 import struct
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import (
+    Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union,
+)
 
 __all__ = [
     "SimulatedHost",
     "simulated_host",
+    "simhost_lib_dir",
+    "simhost_available",
     "rig_dir",
     "rig_available",
     "parse_fault_spec",
@@ -170,68 +69,167 @@ PAGE_SIZE = 4096
 _PAGES_PER_MIB = (1 << 20) // PAGE_SIZE
 _DOMID_FIRST_RESERVED = 0x7ff0       # xen/include/public/xen.h
 _DEFAULT_MAX_MIB = 16 * 1024          # restore targets: 16 GiB
-_RIG_LIBS = ("libxenctrl.so.4.17", "libxenguest.so.4.17")
+_SIMHOST_LIBS = ("libxenctrl.so.4.17", "libxenguest.so.4.17")
 _START_INFO_MAGIC = b"xen-3.0-x86_64"
 
+# The environment the libraries read (simhost/README.md, "Environment").
+_ENV_DIR = "XENSR_SIMHOST_DIR"
+_ENV_FAULT = "XENSR_SIMHOST_FAULT"
+_OLD_ENV = ("XENSR_SIM_DIR", "XENSR_SIM_FAULT")   # still read when the new are absent
+
+_STATES = ("running", "paused", "suspended", "shutdown")
+
+
+def simhost_lib_dir() -> Path:
+    """Directory holding the simulated host's libraries (``xensr/_simhost``)."""
+    return Path(__file__).resolve().parent / "_simhost"
+
+
+def simhost_available() -> bool:
+    """True when both simulated libraries have been built."""
+    d = simhost_lib_dir()
+    return all((d / name).is_file() for name in _SIMHOST_LIBS)
+
+
+#: Old name of :func:`simhost_lib_dir`, kept for this release.
+rig_dir = simhost_lib_dir
+#: Old name of :func:`simhost_available`, kept for this release.
+rig_available = simhost_available
+
+
+# --------------------------------------------------------------------------
+# Fault specifications: the grammar of simhost/README.md ("Faults"), also
+# parsed in C by simhost/fault.c; tests/simhost/test_grammar.py holds the
+# two to the README.
+
+# The names the README's "Argument types" lists (numbers always work).
+_ERRNO_NAMES = (
+    "EPERM", "ENOENT", "ESRCH", "EINTR", "EIO", "ENXIO", "E2BIG", "EBADF",
+    "EAGAIN", "ENOMEM", "EACCES", "EFAULT", "EBUSY", "EEXIST", "ENODEV",
+    "EINVAL", "ENOSPC", "EPIPE", "ERANGE", "ENOSYS", "ENODATA", "ETIMEDOUT",
+    "ECONNRESET", "ECANCELED", "EOVERFLOW", "EROFS", "EDQUOT", "ENOTSUP",
+)
+_SIGNAL_NAMES = (
+    "HUP", "INT", "QUIT", "ILL", "TRAP", "ABRT", "BUS", "FPE", "KILL", "USR1",
+    "SEGV", "USR2", "PIPE", "ALRM", "TERM", "SYS", "XCPU", "XFSZ",
+)
 _HANG_POINTS = (
     "suspend", "postcopy", "checkpoint", "wait_checkpoint",
     "switch_qemu_logdirty", "static_data_done", "precopy_policy",
     "restore_results",
 )
-_STATES = ("running", "paused", "suspended", "shutdown")
+_MAX_FAULTS = 16
+_ULONG_MAX = (1 << 64) - 1
+_LOG_FLOOD_DEFAULT_LEN = 80
+_LOG_FLOOD_MAX_LEN = 64 << 20
 
+FaultArgs = Tuple[Union[int, str], ...]
+Fault = Tuple[str, FaultArgs, Optional[str]]
 
-def rig_dir() -> Path:
-    """Directory holding the rig's libraries (``xensr/_rig``)."""
-    return Path(__file__).resolve().parent / "_rig"
-
-
-def rig_available() -> bool:
-    """True when both rig libraries have been built."""
-    d = rig_dir()
-    return all((d / name).is_file() for name in _RIG_LIBS)
-
-
-# --------------------------------------------------------------------------
-# Fault specifications
 
 def _parse_uint(text: str, what: str) -> int:
-    if not text.isdigit() or not text.isascii():
+    if not text.isdigit() or not text.isascii() or int(text) > _ULONG_MAX:
         raise ValueError(f"{what}: expected a decimal number, got {text!r}")
     return int(text)
 
 
 def _parse_errno(text: str) -> int:
-    if text.isdigit():
+    if text.isdigit() and text.isascii():
         value = int(text)
         if not 0 < value <= 4095:
             raise ValueError(f"errno out of range: {text}")
         return value
-    value = getattr(_errno, text, None)
-    if not text.startswith("E") or not isinstance(value, int):
+    if text not in _ERRNO_NAMES:
         raise ValueError(f"unknown errno name {text!r}")
-    return value
+    return int(getattr(_errno, text))
 
 
 def _parse_signal(text: str) -> int:
-    if text.isdigit():
+    if text.isdigit() and text.isascii():
         value = int(text)
         if not 0 < value < _signal.NSIG:
             raise ValueError(f"signal out of range: {text}")
         return value
-    name = text if text.startswith("SIG") else "SIG" + text
-    try:
-        return int(_signal.Signals[name])
-    except KeyError:
-        raise ValueError(f"unknown signal name {text!r}") from None
+    name = text[3:] if text.startswith("SIG") else text
+    if name not in _SIGNAL_NAMES:
+        raise ValueError(f"unknown signal name {text!r}")
+    return int(_signal.Signals["SIG" + name])
 
 
-def parse_fault_spec(spec: str) -> List[Tuple[str, Tuple[Union[int, str], ...], Optional[str]]]:
-    """Parse a ``XENSR_SIM_FAULT`` value into ``(name, args, scope)`` tuples.
+def _args_open_fail(args: Sequence[str]) -> FaultArgs:
+    return (_parse_errno(args[0]) if args else _errno.ENOENT,)
 
-    Raises :class:`ValueError` naming the bad item, as the rig would refuse
-    it (the rig's C parser knows a fixed table of errno names; numbers always
-    work).
+
+def _args_fail_at_page(args: Sequence[str]) -> FaultArgs:
+    return (_parse_uint(args[0], "N"),
+            _parse_errno(args[1]) if len(args) == 2 else _errno.EIO)
+
+
+def _args_signal_at_page(args: Sequence[str]) -> FaultArgs:
+    return (_parse_uint(args[0], "N"), _parse_signal(args[1]))
+
+
+def _args_hang_at(args: Sequence[str]) -> FaultArgs:
+    if len(args) == 2 and args[0] == "page":
+        return ("page", _parse_uint(args[1], "N"))
+    if len(args) == 1 and args[0] in _HANG_POINTS:
+        return (args[0],)
+    raise ValueError(f"POINT must be page:N or one of {', '.join(_HANG_POINTS)}")
+
+
+def _args_log_flood(args: Sequence[str]) -> FaultArgs:
+    count = _parse_uint(args[0], "N")
+    length = _parse_uint(args[1], "LEN") if len(args) == 2 else _LOG_FLOOD_DEFAULT_LEN
+    if not 0 < length <= _LOG_FLOOD_MAX_LEN:
+        raise ValueError("LEN must be 1..64 MiB")
+    return (count, length)
+
+
+def _one_count(what: str) -> Callable[[Sequence[str]], FaultArgs]:
+    return lambda args: (_parse_uint(args[0], what),)
+
+
+# name: (usage, fewest and most arguments, scopes allowed, argument parser);
+# the rows of the README's fault table, in its order.
+_ANY_SCOPE = (None, "save", "restore")
+_FAULTS: Dict[str, Tuple[str, int, int, Tuple[Optional[str], ...],
+                         Callable[[Sequence[str]], FaultArgs]]] = {
+    "open-fail": ("[:ERRNO] and no @scope", 0, 1, (None,), _args_open_fail),
+    "fail-at-page": (":N[:ERRNO]", 1, 2, _ANY_SCOPE, _args_fail_at_page),
+    "signal-at-page": (":N:SIGNAME", 2, 2, _ANY_SCOPE, _args_signal_at_page),
+    "hang-at": (":POINT or :page:N", 1, 2, _ANY_SCOPE, _args_hang_at),
+    "stall": (":MS", 1, 1, _ANY_SCOPE, _one_count("MS")),
+    "log-flood": (":N[:LEN]", 1, 2, _ANY_SCOPE, _args_log_flood),
+    "truncate-stream": (":BYTES and applies to saves only", 1, 1, (None, "save"),
+                        _one_count("BYTES")),
+    "garbage-control": (":BYTES", 1, 1, _ANY_SCOPE, _one_count("BYTES")),
+    "exit-early": ("no argument", 0, 0, _ANY_SCOPE, lambda args: ()),
+}
+
+
+def _parse_item(item: str) -> Fault:
+    body: str = item
+    scope: Optional[str] = None
+    if "@" in item:
+        body, scope = item.rsplit("@", 1)
+        if scope not in ("save", "restore"):
+            raise ValueError("scope must be @save or @restore")
+    name, *args = body.split(":")
+    if name not in _FAULTS:
+        raise ValueError(f"unknown fault {name!r}")
+    usage, fewest, most, scopes, parse = _FAULTS[name]
+    if not fewest <= len(args) <= most or scope not in scopes:
+        raise ValueError(f"takes {usage}")
+    return (name, parse(args), scope)
+
+
+def parse_fault_spec(spec: str) -> List[Fault]:
+    """Parse a ``XENSR_SIMHOST_FAULT`` value into ``(name, args, scope)`` tuples.
+
+    ``args`` holds every argument, defaults filled in, errno values and
+    signals as numbers; ``scope`` is ``"save"``, ``"restore"`` or None.
+    Raises :class:`ValueError` naming the bad item, as the simulated host
+    would refuse it (the grammar is simhost/README.md's "Faults").
     """
     if not isinstance(spec, str):
         raise TypeError(f"fault spec must be a str, not {type(spec).__name__}")
@@ -239,67 +237,13 @@ def parse_fault_spec(spec: str) -> List[Tuple[str, Tuple[Union[int, str], ...], 
     for item in spec.split(","):
         if not item:
             continue
-        body, scope = item, None
-        if "@" in item:
-            body, scope = item.rsplit("@", 1)
-            if scope not in ("save", "restore"):
-                raise ValueError(f"bad fault {item!r}: scope must be @save or @restore")
-        name, *args = body.split(":")
         try:
-            parsed = _parse_fault(name, args, scope)
+            out.append(_parse_item(item))
         except ValueError as exc:
             raise ValueError(f"bad fault {item!r}: {exc}") from None
-        out.append((name, parsed, scope))
-    if len(out) > 16:
-        raise ValueError("more than 16 faults")
+    if len(out) > _MAX_FAULTS:
+        raise ValueError(f"more than {_MAX_FAULTS} faults")
     return out
-
-
-def _parse_fault(name: str, args: List[str], scope: Optional[str]) -> Tuple:
-    n = len(args)
-    if name == "open-fail":
-        if scope is not None or n > 1:
-            raise ValueError("takes [:ERRNO] and no @scope")
-        return (_parse_errno(args[0]),) if n else (_errno.ENOENT,)
-    if name == "fail-at-page":
-        if n not in (1, 2):
-            raise ValueError("takes :N[:ERRNO]")
-        return (_parse_uint(args[0], "N"),
-                _parse_errno(args[1]) if n == 2 else _errno.EIO)
-    if name == "signal-at-page":
-        if n != 2:
-            raise ValueError("takes :N:SIGNAME")
-        return (_parse_uint(args[0], "N"), _parse_signal(args[1]))
-    if name == "hang-at":
-        if n == 2 and args[0] == "page":
-            return ("page", _parse_uint(args[1], "N"))
-        if n == 1 and args[0] in _HANG_POINTS:
-            return (args[0],)
-        raise ValueError(f"POINT must be page:N or one of {', '.join(_HANG_POINTS)}")
-    if name == "stall":
-        if n != 1:
-            raise ValueError("takes :MS")
-        return (_parse_uint(args[0], "MS"),)
-    if name == "log-flood":
-        if n not in (1, 2):
-            raise ValueError("takes :N[:LEN]")
-        length = _parse_uint(args[1], "LEN") if n == 2 else 80
-        if not 0 < length <= 64 << 20:
-            raise ValueError("LEN must be 1..64 MiB")
-        return (_parse_uint(args[0], "N"), length)
-    if name == "truncate-stream":
-        if n != 1 or scope == "restore":
-            raise ValueError("takes :BYTES and applies to saves only")
-        return (_parse_uint(args[0], "BYTES"),)
-    if name == "garbage-control":
-        if n != 1:
-            raise ValueError("takes :BYTES")
-        return (_parse_uint(args[0], "BYTES"),)
-    if name == "exit-early":
-        if n:
-            raise ValueError("takes no argument")
-        return ()
-    raise ValueError(f"unknown fault {name!r}")
 
 
 # --------------------------------------------------------------------------
@@ -323,17 +267,19 @@ def _typed(value: str) -> Union[int, str]:
 
 
 class _MetaLock:
+    """flock(2) of ``dom<N>/lock``, which guards ``dom<N>/meta``."""
+
     def __init__(self, domdir: Path, exclusive: bool):
         self.path = domdir / "lock"
         self.how = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
         self.fd = -1
 
-    def __enter__(self):
+    def __enter__(self) -> "_MetaLock":
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         fcntl.flock(self.fd, self.how)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         os.close(self.fd)
         self.fd = -1
 
@@ -342,17 +288,17 @@ class _MetaLock:
 # The host
 
 class SimulatedHost:
-    """A simulated Xen host: a state directory the rig's libraries work on.
+    """A simulated Xen host: a state directory the simulated libraries work on.
 
     ``state_dir`` defaults to a new temporary directory, removed by
     :meth:`close` (or on leaving the ``with`` block) unless ``keep=True``.
     An existing directory passed in is used as is and never removed.
     """
 
-    def __init__(self, state_dir: Union[str, os.PathLike, None] = None, *,
+    def __init__(self, state_dir: Union[str, "os.PathLike[str]", None] = None, *,
                  faults: Optional[str] = None, keep: bool = False):
         if state_dir is None:
-            self._state_dir = Path(tempfile.mkdtemp(prefix="xensr-sim-"))
+            self._state_dir = Path(tempfile.mkdtemp(prefix="xensr-simhost-"))
             self._owned = not keep
         else:
             self._state_dir = Path(state_dir)
@@ -370,7 +316,7 @@ class SimulatedHost:
     def __enter__(self) -> "SimulatedHost":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -391,27 +337,36 @@ class SimulatedHost:
         return self._state_dir
 
     @property
+    def lib_dir(self) -> Path:
+        """Directory of the simulated libraries (``xensr/_simhost``)."""
+        return simhost_lib_dir()
+
+    @property
     def rig_dir(self) -> Path:
-        """Directory of the rig libraries (``xensr/_rig``)."""
-        return rig_dir()
+        """Old name of :attr:`lib_dir`, kept for this release."""
+        return self.lib_dir
 
     @property
     def env_vars(self) -> Dict[str, str]:
-        """Only the variables the rig needs (merged into :attr:`env`)."""
+        """Only the variables the simulated host needs (merged into :attr:`env`)."""
         old = os.environ.get("LD_LIBRARY_PATH", "")
-        ld = str(self.rig_dir) + (":" + old if old else "")
-        out = {"LD_LIBRARY_PATH": ld, "XENSR_SIM_DIR": str(self._state_dir)}
+        ld = str(self.lib_dir) + (":" + old if old else "")
+        out = {"LD_LIBRARY_PATH": ld, _ENV_DIR: str(self._state_dir)}
         if self._faults:
-            out["XENSR_SIM_FAULT"] = self.fault_spec
+            out[_ENV_FAULT] = self.fault_spec
         return out
 
     @property
     def env(self) -> Dict[str, str]:
-        """The environment for a helper: ``os.environ`` plus the rig's
-        ``LD_LIBRARY_PATH`` (rig first), ``XENSR_SIM_DIR`` and, when faults
-        are set, ``XENSR_SIM_FAULT`` (an inherited one is dropped)."""
+        """The environment for a helper: ``os.environ`` plus
+        ``LD_LIBRARY_PATH`` (the simulated libraries first),
+        ``XENSR_SIMHOST_DIR`` and, when faults are set,
+        ``XENSR_SIMHOST_FAULT``.  Inherited fault specs and the old names
+        (``XENSR_SIM_DIR``, ``XENSR_SIM_FAULT``) are dropped, so that only
+        this host's settings apply."""
         env = dict(os.environ)
-        env.pop("XENSR_SIM_FAULT", None)
+        for name in (_ENV_FAULT, *_OLD_ENV):
+            env.pop(name, None)
         env.update(self.env_vars)
         return env
 
@@ -662,7 +617,7 @@ def _check_int(name: str, value: object, lo: int, hi: int) -> int:
     return value
 
 
-def _fill_memory(f, nr_pages: int, seed: int) -> None:
+def _fill_memory(f: BinaryIO, nr_pages: int, seed: int) -> None:
     """Deterministic guest memory: pages drawn from a 1 MiB pseudo-random
     pool (seeded), rotated per MiB, each stamped with (seed, pfn) in its
     first 16 bytes so that every page differs."""
@@ -692,19 +647,19 @@ def _start_info(nr_pages: int, store: int, console: int) -> bytes:
     return bytes(page)
 
 
-def _make_fixture():
+def _make_fixture() -> Any:
     import pytest
 
     @pytest.fixture
-    def simulated_host(tmp_path) -> Iterator[SimulatedHost]:
+    def simulated_host(tmp_path: Path) -> Iterator[SimulatedHost]:
         """A :class:`SimulatedHost` in the test's ``tmp_path``."""
-        with SimulatedHost(tmp_path / "simxen") as host:
+        with SimulatedHost(tmp_path / "simhost") as host:
             yield host
 
     return simulated_host
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # The pytest fixture is built on first use, so that importing
     # xensr.testing does not import pytest.
     if name == "simulated_host":

@@ -73,8 +73,8 @@ def test_wheel_contents(dist):
     assert any(n.startswith("xensr/_xc.") and n.endswith(".so") for n in infos)
     assert "xensr/py.typed" in infos and "xensr/_xc.pyi" in infos
     libs = sorted(n for n in infos if ".so" in os.path.basename(n) and not n.startswith("xensr/_xc."))
-    # Only the rig's two simulated libraries; never a host libxen* library.
-    assert libs == ["xensr/_rig/libxenctrl.so.4.17", "xensr/_rig/libxenguest.so.4.17"]
+    # Only the simulated host's two libraries; never a host libxen* library.
+    assert libs == ["xensr/_simhost/libxenctrl.so.4.17", "xensr/_simhost/libxenguest.so.4.17"]
     with zipfile.ZipFile(dist) as z:
         for name in libs:
             data = z.read(name)
@@ -82,7 +82,7 @@ def test_wheel_contents(dist):
             if os.path.exists(host):
                 with open(host, "rb") as f:
                     assert hashlib.sha256(f.read()).digest() != hashlib.sha256(data).digest()
-            assert b"XENSR_SIM_FAULT" in data  # the simulated host's own library
+            assert b"bad fault" in data  # the simulated host's own library (fault.c)
 
 
 def run_outside(venv, *args, **kw):

@@ -68,7 +68,7 @@ RECIPE = {"xen": 1, "kernel": 1, "dom0-initrd": 1, "guest-initrd": 1,
           "root": 1, "wheel": 1, "payload": 1}
 
 # The sources a wheel is built from (tracked or new, never ignored files).
-WHEEL_SOURCES = ["xensr", "helper_c", "codegen", "setup.py", "pyproject.toml",
+WHEEL_SOURCES = ["xensr", "helper_c", "simhost", "codegen", "setup.py", "pyproject.toml",
                  "README.md", "LICENSE", "MANIFEST.in"]
 
 
@@ -592,7 +592,7 @@ def wheel_source_files() -> List[str]:
                 if (f.is_file() and "__pycache__" not in f.parts
                         and f.suffix not in (".so", ".o", ".pyc")
                         and ".so." not in f.name and rel != "xensr/_xc.c"
-                        and not rel.startswith(("xensr/bin/", "xensr/_rig/"))):
+                        and not rel.startswith(("xensr/bin/", "xensr/_simhost/"))):
                     files.append(rel)
     return sorted(set(files))
 

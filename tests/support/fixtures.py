@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from xensr.testing import SimulatedHost, rig_available, rig_dir, simulated_host  # noqa: F401
+from xensr.testing import (  # noqa: F401
+    SimulatedHost, simhost_available, simhost_lib_dir, simulated_host,
+)
 
 __all__ = [
     "ROOT", "DEBIAN_ROOT", "DEBIAN_BIN", "simulated_host", "rig", "debian_helper",
@@ -23,11 +25,12 @@ DEBIAN_BIN = DEBIAN_ROOT / "usr" / "lib" / "xen-4.17" / "bin"
 
 @pytest.fixture(scope="session")
 def rig() -> Path:
-    """The rig's library directory; fails (not skips) when it is not built."""
-    if not rig_available():
-        pytest.fail(f"the test rig is not built in {rig_dir()}: run "
+    """The simulated host's library directory; fails (not skips) when it is
+    not built."""
+    if not simhost_available():
+        pytest.fail(f"the simulated host is not built in {simhost_lib_dir()}: run "
                     "`python setup.py build_ext --inplace`")
-    return rig_dir()
+    return simhost_lib_dir()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""The rig runs clean under valgrind (memcheck, full leak check) and under
+"""The simulated host runs clean under valgrind (memcheck, full leak check) and under
 AddressSanitizer/UBSan inside Debian's helper, on the save, restore,
 checkpoint and error paths."""
 
@@ -12,7 +12,7 @@ from tests.support.parent import (
     CBFLAGS_RESTORE_REMUS, CBFLAGS_SAVE_REMUS, Replies, restore_args, restore_argv,
     run_helper, save_args, save_argv,
 )
-from tests.support.rigops import assert_completed
+from tests.support.simhost import assert_completed
 
 VALGRIND = shutil.which("valgrind")
 pytestmark = pytest.mark.skipif(VALGRIND is None, reason="valgrind is not installed")
@@ -82,40 +82,31 @@ def test_valgrind_failures(debian_helper, simulated_host, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def asan_rig(tmp_path_factory):
-    """The rig rebuilt with AddressSanitizer and UBSan."""
+def asan_libs(tmp_path_factory):
+    """The simulated libraries rebuilt with AddressSanitizer and UBSan."""
     import os
     import subprocess
-    from tests.support.fixtures import ROOT
-    cc = os.environ.get("CC", "cc")
+    from tests.simhost.cbuild import LIB_SOURCES, compiler, lib_command
+    cc = compiler()
     libasan = subprocess.run([cc, "-print-file-name=libasan.so"], capture_output=True,
                              text=True).stdout.strip()
     if not os.path.isabs(libasan) or not os.path.exists(libasan):
         pytest.skip("no libasan for this compiler")
-    out = tmp_path_factory.mktemp("asanrig")
-    simxen = ROOT / "helper_c" / "simxen"
-    cflags = subprocess.run(["pkg-config", "--cflags", "xencontrol", "xenguest", "xentoollog"],
-                            check=True, capture_output=True, text=True).stdout.split()
-    libs = subprocess.run(["pkg-config", "--libs", "xentoollog"], check=True,
-                          capture_output=True, text=True).stdout.split()
-    for lib, sources in (("libxenctrl.so.4.17", ["simxenctrl.c", "simdomain.c"]),
-                         ("libxenguest.so.4.17", ["simxenguest.c", "simsave.c",
-                                                  "simrestore.c", "simdomain.c"])):
-        subprocess.run([cc, "-std=gnu11", "-O1", "-g", "-fsanitize=address,undefined",
-                        "-fno-sanitize-recover=undefined", "-fno-omit-frame-pointer",
-                        "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE", "-fPIC", "-shared",
-                        f"-I{simxen}", *cflags, *[str(simxen / s) for s in sources],
-                        "-o", str(out / lib), f"-Wl,-soname,{lib}",
-                        f"-Wl,--version-script={simxen / 'vers.map'}", *libs], check=True)
+    out = tmp_path_factory.mktemp("asanlibs")
+    for lib in LIB_SOURCES:
+        subprocess.run(lib_command(cc, lib, out / lib, [
+            "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+            "-fno-omit-frame-pointer", "-Wall", "-Wextra", "-Werror"]), check=True)
     return out, libasan
 
 
-def test_asan_save_restore(debian_helper, simulated_host, tmp_path, asan_rig):
+def test_asan_save_restore(debian_helper, simulated_host, tmp_path, asan_libs):
     """Live HVM save, Remus PV save and their restores, plus a corrupt
-    stream, with the rig under ASan/UBSan (leak detection on)."""
-    rigdir, libasan = asan_rig
+    stream, with the simulated libraries under ASan/UBSan (leak detection
+    on)."""
+    libdir, libasan = asan_libs
     host = simulated_host
-    env = dict(host.env, LD_LIBRARY_PATH=f"{rigdir}:{host.env['LD_LIBRARY_PATH']}",
+    env = dict(host.env, LD_LIBRARY_PATH=f"{libdir}:{host.env['LD_LIBRARY_PATH']}",
                LD_PRELOAD=libasan, ASAN_OPTIONS="detect_leaks=1:exitcode=98",
                UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")
 

@@ -1,4 +1,4 @@
-"""The rig under Debian's unmodified libxl-save-helper: saves, restores,
+"""The simulated host under Debian's unmodified libxl-save-helper: saves, restores,
 Remus checkpoints, streams checked record by record."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 
 from tests.support import stream as st
 from tests.support.parent import CBFLAGS_RESTORE_REMUS, Replies
-from tests.support.rigops import (
+from tests.support.simhost import (
     XCFLAGS_DEBUG, XCFLAGS_LIVE, assert_completed, restore_from_file, save_to_file,
 )
 

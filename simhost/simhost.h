@@ -1,49 +1,29 @@
 /*
- * simxen: the test rig's simulated hypervisor behind libxenctrl/libxenguest.
+ * simhost: the simulated host behind the stand-in libxenctrl.so.4.17 and
+ * libxenguest.so.4.17 (see simhost/README.md: what is simulated, the state
+ * directory, the fault grammar).
  *
- * Internal header shared by the two simulated libraries (each links its own
- * copy of simdomain.c; only the xc_* entry points named in vers.map are
- * exported).  The handle type below is what xenctrl.h calls xc_interface;
- * libxenguest reads it directly, as the real libxenguest reads the real
- * libxenctrl's handle.
+ * Internal header of the simulated libraries.  Layout of simhost/:
+ *   ctrl.c     libxenctrl: xc_interface_open/close, the environment
+ *   guest.c    libxenguest: stream I/O shared by save and restore
+ *   save.c     libxenguest: xc_domain_save and the simulated guest's rounds
+ *   restore.c  libxenguest: xc_domain_restore
+ *   domain.c   both: the state directory (meta, memory, locks), logging,
+ *              the guest's workload
+ *   fault.c    both: the fault grammar and the faults' effects
+ *   stream.h   the libxc migration stream (v3) layout
+ *   vers.map   the one exported version node, VERS_4.17.0
+ * Each library links its own copy of domain.c and fault.c; only the xc_*
+ * entry points named in vers.map are exported.  The handle type below is
+ * what xenctrl.h calls xc_interface; libxenguest reads it directly, as the
+ * real libxenguest reads the real libxenctrl's handle.
  *
- * On-disk state (the Python side, xensr/testing.py, reads and writes the same
- * format):
- *
- *   $XENSR_SIM_DIR/dom<N>/meta     key=value text, one per line, replaced
- *                                  atomically (write meta.tmp.<pid>, rename)
- *                                  under an exclusive flock(2) of
- *                                  dom<N>/lock.
- *   $XENSR_SIM_DIR/dom<N>/memory   guest memory, page (4096 bytes) P at
- *                                  offset P*4096; mmap'd MAP_SHARED.
- *   $XENSR_SIM_DIR/dom<N>/lock     meta lock (short critical sections).
- *   $XENSR_SIM_DIR/dom<N>/oplock   held (flock, non-blocking) for the whole
- *                                  of an xc_domain_save/xc_domain_restore:
- *                                  a second operation on the same domain
- *                                  fails with EBUSY.
- *
- * A domain directory is created complete (meta + memory) under a temporary
- * name and renamed to dom<N>; the rename fails if dom<N> exists, which is
- * how domids are allocated safely by concurrent creators.
- *
- * Meta keys (all written by both sides; unknown keys are preserved):
- *   domid, kind (pv|hvm|"" for an empty restore target that adopts the
- *   stream's type), vcpus (0 = adopt from the stream), nr_pages,
- *   max_pages (restore targets: highest page count accepted),
- *   state (running|paused|suspended|shutdown), store_gfn, console_gfn,
- *   store_evtchn, console_evtchn, store_domid, console_domid,
- *   start_info_pfn and p2m_pfn (PV layout, see below), logdirty (0|1),
- *   dirty_pages and seed (the workload), tsc_khz,
- *   save_iterations, save_pages, save_result, restore_result,
- *   restore_stream_type.
- *
- * PV layout: start_info (struct start_info, x86_64) at start_info_pfn holds
- * store_mfn and console.domU.mfn (identity p2m: pfn == mfn); the p2m itself
- * (8-byte entries, identity) fills the nr_pages/512 rounded up frames from
- * p2m_pfn.  The workload never dirties these pages.
+ * The state directory (every file and meta key) and the fault grammar are
+ * documented once, in simhost/README.md; xensr/testing.py reads and writes
+ * the same directory and parses the same grammar.
  */
-#ifndef SIMXEN_H
-#define SIMXEN_H
+#ifndef SIMHOST_H
+#define SIMHOST_H
 
 #include <stdarg.h>
 #include <stdbool.h>
@@ -60,11 +40,18 @@
 #define SIM_REC_LENGTH_MAX (128u << 20)     /* libxc's REC_LENGTH_MAX */
 #define SIM_XEN_MAJOR 4
 #define SIM_XEN_MINOR 17
-#define SIM_HANDLE_MAGIC 0x53494d58u        /* "SIMX" */
+#define SIM_HANDLE_MAGIC 0x53494d48u        /* "SIMH" */
 #define SIM_MAX_FAULTS 16
 #define SIM_DEFAULT_MAX_PAGES (16ul << 18)  /* 16 GiB: empty targets without max_pages */
 
-/* ---- Fault injection (XENSR_SIM_FAULT) ---- */
+/* The environment (README.md, "Environment"): the old names are still read
+ * when the new ones are absent from the environment. */
+#define SIM_ENV_DIR       "XENSR_SIMHOST_DIR"
+#define SIM_ENV_DIR_OLD   "XENSR_SIM_DIR"
+#define SIM_ENV_FAULT     "XENSR_SIMHOST_FAULT"
+#define SIM_ENV_FAULT_OLD "XENSR_SIM_FAULT"
+
+/* ---- Fault injection (README.md, "Faults") ---- */
 
 enum sim_fault_kind {
     FAULT_OPEN_FAIL = 1,
@@ -135,9 +122,14 @@ const char *sim_set_progress_prefix(xc_interface *xch, const char *doing);
 
 /* ---- Faults ---- */
 
-/* Parse XENSR_SIM_FAULT; on error log through xch and return -1 (EINVAL). */
-int sim_faults_parse(xc_interface *xch, const char *spec,
+/* Parse a fault spec read from the environment variable VAR; on error log
+ * (naming VAR) through xch and return -1 (EINVAL). */
+int sim_faults_parse(xc_interface *xch, const char *var, const char *spec,
                      struct sim_faults *out);
+/* The normal form of a parsed fault: NAME[:ARG...][@SCOPE] with every
+ * argument given and as a number (snprintf's return value).  The test
+ * driver prints it to compare this parser with xensr/testing.py's. */
+int sim_fault_format(const struct sim_fault *f, char *buf, size_t len);
 const struct sim_fault *sim_fault_find(const xc_interface *xch,
                                        enum sim_fault_kind kind,
                                        enum sim_fault_scope scope);
@@ -219,9 +211,7 @@ unsigned long sim_workload_round(struct sim_workload *w, struct sim_domain *d,
                                  unsigned long *bitmap);
 uint64_t sim_rand_next(uint64_t *state);
 
-/* ---- Stream I/O ---- */
+/* Strict unsigned decimal: digits only, no sign, no overflow. */
+int sim_parse_ul(const char *s, unsigned long *out);
 
-int sim_parse_errno(const char *s, int *out);
-const char *sim_errno_name(int e);
-
-#endif /* SIMXEN_H */
+#endif /* SIMHOST_H */

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from xensr.testing import PAGE_SIZE, SimulatedHost, parse_fault_spec, rig_dir
+import xensr.testing
+from xensr.testing import PAGE_SIZE, SimulatedHost, parse_fault_spec, simhost_lib_dir
 
 
 def test_context_manager_owns_a_temporary_directory():
@@ -37,19 +38,33 @@ def test_fixture(simulated_host):
 
 def test_env(simulated_host, monkeypatch):
     monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/x")
+    monkeypatch.setenv("XENSR_SIMHOST_FAULT", "exit-early")
     monkeypatch.setenv("XENSR_SIM_FAULT", "exit-early")
+    monkeypatch.setenv("XENSR_SIM_DIR", "/elsewhere")
     env = simulated_host.env
-    assert env["LD_LIBRARY_PATH"] == f"{rig_dir()}:/opt/x"
-    assert env["XENSR_SIM_DIR"] == str(simulated_host.state_dir)
-    assert "XENSR_SIM_FAULT" not in env           # an inherited spec is dropped
+    assert env["LD_LIBRARY_PATH"] == f"{simhost_lib_dir()}:/opt/x"
+    assert env["XENSR_SIMHOST_DIR"] == str(simulated_host.state_dir)
+    # Inherited specs and the old names are dropped.
+    assert not {"XENSR_SIMHOST_FAULT", "XENSR_SIM_FAULT", "XENSR_SIM_DIR"} & set(env)
     assert env["PATH"] == os.environ["PATH"]
     simulated_host.set_fault("stall:5,fail-at-page:3:ENOSPC@save")
-    assert simulated_host.env["XENSR_SIM_FAULT"] == "stall:5,fail-at-page:3:ENOSPC@save"
+    assert simulated_host.env["XENSR_SIMHOST_FAULT"] == "stall:5,fail-at-page:3:ENOSPC@save"
     simulated_host.add_fault("exit-early@restore")
     assert simulated_host.fault_spec.endswith(",exit-early@restore")
     simulated_host.clear_faults()
-    assert "XENSR_SIM_FAULT" not in simulated_host.env
-    assert rig_dir() == Path(__file__).resolve().parents[1] / "xensr" / "_rig"
+    assert "XENSR_SIMHOST_FAULT" not in simulated_host.env
+    assert simhost_lib_dir() == Path(__file__).resolve().parents[2] / "xensr" / "_simhost"
+    assert simulated_host.lib_dir == simhost_lib_dir()
+
+
+def test_old_public_names_are_aliases(simulated_host):
+    """rig_dir, rig_available and SimulatedHost.rig_dir, the names before
+    this release, still work."""
+    assert xensr.testing.rig_dir is xensr.testing.simhost_lib_dir
+    assert xensr.testing.rig_available is xensr.testing.simhost_available
+    assert xensr.testing.rig_available() is True
+    assert simulated_host.rig_dir == simulated_host.lib_dir
+    assert {"rig_dir", "rig_available"} <= set(xensr.testing.__all__)
 
 
 def test_pv_domain_layout(simulated_host):
@@ -199,5 +214,5 @@ def test_no_extension_import():
     code = ("import sys, xensr.testing; print('xensr._xc' in sys.modules, "
             "'pytest' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True, cwd=Path(__file__).resolve().parents[1]).stdout
+                         check=True, cwd=Path(__file__).resolve().parents[2]).stdout
     assert out.split() == ["False", "False"]      # nor pytest, until the fixture is used

@@ -1,5 +1,6 @@
 /*
- * simxen libxenguest.so.4.17: xc_domain_save.
+ * simhost libxenguest.so.4.17: xc_domain_save (the layout of simhost/ is in
+ * simhost.h, what is simulated in README.md).
  *
  * Follows the order of libxenguest 4.17 (xg_sr_save.c and friends): image
  * and domain headers; static data (PV: X86_PV_INFO; both: X86_CPUID_POLICY,
@@ -15,7 +16,7 @@
  * simulated guest runs its workload (dirty_pages pages per round, seeded by
  * seed) during each round in which it is running.
  *
- * Rig-specific behaviour (documented in xensr/testing.py): a nonzero
+ * Behaviour of the simulated host (README.md, "Saves"): a nonzero
  * suspend reply suspends the simulated domain (unless its meta says
  * ignore_suspend=1); a positive postcopy reply resumes it; a failed save
  * resumes a domain it suspended, standing in for the toolstack's resume
@@ -30,8 +31,8 @@
 #include <string.h>
 #include <arpa/inet.h>
 
-/* xenctrl.h (through simstream.h) first: it sets up the Xen headers. */
-#include "simstream.h"
+/* xenctrl.h (through stream.h) first: it sets up the Xen headers. */
+#include "stream.h"
 
 #include <xen/hvm/params.h>
 #include <xen/hvm/save.h>
@@ -55,7 +56,7 @@ struct save_ctx {
 
     unsigned long p2m_size;
     unsigned long *dirty;       /* pages to send this round */
-    unsigned long *hv_dirty;    /* the simulated hypervisor's log-dirty */
+    unsigned long *hv_dirty;    /* the simulated host's log-dirty log */
     bool logdirty;
     bool qemu_logdirty;
     bool suspended_by_us;
@@ -218,15 +219,52 @@ static int write_tsc_info(struct save_ctx *ctx)
     return write_rec(ctx, REC_TYPE_X86_TSC_INFO, &tsc, sizeof(tsc), NULL, 0);
 }
 
+/* One PV vCPU's BASIC, EXTENDED and XSAVE records (vcpu: scratch). */
+static int write_pv_vcpu(struct save_ctx *ctx, unsigned long i,
+                         vcpu_guest_context_x86_64_t *vcpu)
+{
+    unsigned long si = sim_meta_get_ul(&ctx->d.meta, "start_info_pfn", 0);
+    struct sr_x86_pv_vcpu_hdr vhdr = { .vcpu_id = (uint32_t)i };
+    struct xen_domctl_ext_vcpucontext ext;
+    uint64_t xsave[(16 + 512 + 64) / 8];
+    int rc;
+
+    memset(vcpu, 0, sizeof(*vcpu));
+    vcpu->flags = 1u << 5;                     /* VGCF_online */
+    vcpu->user_regs.rip = 0xffffffff81000000ull + i * 0x10;
+    vcpu->user_regs.rsp = 0xffffc90000004000ull + i * 0x4000;
+    vcpu->user_regs.cs = 0xe033;
+    vcpu->user_regs.ss = 0xe02b;
+    if (i == 0)
+        vcpu->user_regs.rdx = si;              /* start_info pfn */
+    vcpu->kernel_ss = 0xe02b;
+    vcpu->ctrlreg[3] = 0;
+    rc = write_rec(ctx, REC_TYPE_X86_PV_VCPU_BASIC, &vhdr, sizeof(vhdr),
+                   vcpu, sizeof(*vcpu));
+    if (rc)
+        return rc;
+
+    memset(&ext, 0, sizeof(ext));
+    ext.vcpu = (uint32_t)i;
+    ext.size = sizeof(ext);
+    rc = write_rec(ctx, REC_TYPE_X86_PV_VCPU_EXTENDED, &vhdr, sizeof(vhdr),
+                   &ext, sizeof(ext));
+    if (rc)
+        return rc;
+
+    memset(xsave, 0, sizeof(xsave));
+    xsave[0] = 3;     /* xcr0: x87 | SSE */
+    xsave[1] = 3;     /* xcr0_accum */
+    return write_rec(ctx, REC_TYPE_X86_PV_VCPU_XSAVE, &vhdr, sizeof(vhdr),
+                     xsave, sizeof(xsave));
+}
+
 static int write_pv_end_of_checkpoint(struct save_ctx *ctx)
 {
     xc_interface *xch = ctx->xch;
     unsigned long vcpus = sim_meta_get_ul(&ctx->d.meta, "vcpus", 1), i;
-    unsigned long si = sim_meta_get_ul(&ctx->d.meta, "start_info_pfn", 0);
     shared_info_x86_64_t *shinfo = NULL;
     vcpu_guest_context_x86_64_t *vcpu = NULL;
-    struct xen_domctl_ext_vcpucontext ext;
-    uint64_t xsave[(16 + 512 + 64) / 8];
     int rc = -1;
 
     shinfo = calloc(1, SIM_PAGE_SIZE);
@@ -244,44 +282,9 @@ static int write_pv_end_of_checkpoint(struct save_ctx *ctx)
     shinfo->arch.max_pfn = ctx->p2m_size;
     shinfo->arch.pfn_to_mfn_frame_list_list = 0;
     rc = write_rec(ctx, REC_TYPE_SHARED_INFO, shinfo, SIM_PAGE_SIZE, NULL, 0);
-    if (rc)
-        goto out;
 
-    for (i = 0; i < vcpus; i++) {
-        struct sr_x86_pv_vcpu_hdr vhdr = { .vcpu_id = (uint32_t)i };
-
-        memset(vcpu, 0, sizeof(*vcpu));
-        vcpu->flags = 1u << 5;                     /* VGCF_online */
-        vcpu->user_regs.rip = 0xffffffff81000000ull + i * 0x10;
-        vcpu->user_regs.rsp = 0xffffc90000004000ull + i * 0x4000;
-        vcpu->user_regs.cs = 0xe033;
-        vcpu->user_regs.ss = 0xe02b;
-        if (i == 0)
-            vcpu->user_regs.rdx = si;              /* start_info pfn */
-        vcpu->kernel_ss = 0xe02b;
-        vcpu->ctrlreg[3] = 0;
-        rc = write_rec(ctx, REC_TYPE_X86_PV_VCPU_BASIC, &vhdr, sizeof(vhdr),
-                       vcpu, sizeof(*vcpu));
-        if (rc)
-            goto out;
-
-        memset(&ext, 0, sizeof(ext));
-        ext.vcpu = (uint32_t)i;
-        ext.size = sizeof(ext);
-        rc = write_rec(ctx, REC_TYPE_X86_PV_VCPU_EXTENDED, &vhdr,
-                       sizeof(vhdr), &ext, sizeof(ext));
-        if (rc)
-            goto out;
-
-        memset(xsave, 0, sizeof(xsave));
-        xsave[0] = 3;     /* xcr0: x87 | SSE */
-        xsave[1] = 3;     /* xcr0_accum */
-        rc = write_rec(ctx, REC_TYPE_X86_PV_VCPU_XSAVE, &vhdr, sizeof(vhdr),
-                       xsave, sizeof(xsave));
-        if (rc)
-            goto out;
-    }
-    rc = 0;
+    for (i = 0; !rc && i < vcpus; i++)
+        rc = write_pv_vcpu(ctx, i, vcpu);
 
  out:
     free(vcpu);
@@ -289,14 +292,23 @@ static int write_pv_end_of_checkpoint(struct save_ctx *ctx)
     return rc;
 }
 
-static int write_hvm_end_of_checkpoint(struct save_ctx *ctx)
+static uint8_t *put_hvm_record(uint8_t *p, uint16_t typecode,
+                               uint16_t instance, const void *body,
+                               uint32_t len)
 {
-    xc_interface *xch = ctx->xch;
-    unsigned long vcpus = sim_meta_get_ul(&ctx->d.meta, "vcpus", 1), i;
-    size_t len = sizeof(struct hvm_save_descriptor) * (vcpus + 2) +
-        sizeof(struct hvm_save_header) + vcpus * sizeof(struct hvm_hw_cpu);
-    uint8_t *buf = NULL, *p;
-    struct hvm_save_descriptor desc;
+    struct hvm_save_descriptor desc = { typecode, instance, len };
+
+    memcpy(p, &desc, sizeof(desc));
+    p += sizeof(desc);
+    if (len)
+        memcpy(p, body, len);
+    return p + len;
+}
+
+/* The HVM context blob: HEADER, one CPU record per vCPU, END. */
+static uint8_t *build_hvm_context(struct save_ctx *ctx, unsigned long vcpus,
+                                  size_t *len)
+{
     struct hvm_save_header hdr = {
         .magic = HVM_FILE_MAGIC,
         .version = HVM_FILE_VERSION,
@@ -305,6 +317,35 @@ static int write_hvm_end_of_checkpoint(struct save_ctx *ctx)
         .gtsc_khz = (uint32_t)sim_meta_get_ul(&ctx->d.meta, "tsc_khz",
                                               2400000),
     };
+    uint8_t *buf, *p;
+    unsigned long i;
+
+    *len = sizeof(struct hvm_save_descriptor) * (vcpus + 2) +
+        sizeof(struct hvm_save_header) + vcpus * sizeof(struct hvm_hw_cpu);
+    p = buf = calloc(1, *len);
+    if (!buf)
+        return NULL;
+
+    p = put_hvm_record(p, 1, 0, &hdr, sizeof(hdr));          /* HEADER */
+    for (i = 0; i < vcpus; i++) {
+        struct hvm_hw_cpu cpu;
+
+        memset(&cpu, 0, sizeof(cpu));
+        cpu.rip = 0xfff0 + i;
+        cpu.cr0 = 0x60000010;
+        cpu.cs_sel = 0xf000;
+        cpu.cs_base = 0xffff0000;
+        cpu.cs_limit = 0xffff;
+        p = put_hvm_record(p, 2, (uint16_t)i, &cpu, sizeof(cpu));
+    }
+    put_hvm_record(p, 0, 0, NULL, 0);                           /* END */
+    return buf;
+}
+
+static int write_hvm_end_of_checkpoint(struct save_ctx *ctx)
+{
+    xc_interface *xch = ctx->xch;
+    unsigned long vcpus = sim_meta_get_ul(&ctx->d.meta, "vcpus", 1);
     struct {
         struct sr_hvm_params h;
         struct sr_hvm_params_entry e[2];
@@ -317,42 +358,20 @@ static int write_hvm_end_of_checkpoint(struct save_ctx *ctx)
               sim_meta_get_ul(&ctx->d.meta, "console_gfn", 0) },
         },
     };
+    uint8_t *buf;
+    size_t len;
     int rc;
 
     rc = write_tsc_info(ctx);
     if (rc)
         return rc;
 
-    p = buf = calloc(1, len);
+    buf = build_hvm_context(ctx, vcpus, &len);
     if (!buf) {
         SIM_PERROR("Couldn't allocate memory");
         errno = ENOMEM;
         return -1;
     }
-
-    desc = (struct hvm_save_descriptor){ 1, 0, sizeof(hdr) };   /* HEADER */
-    memcpy(p, &desc, sizeof(desc));
-    p += sizeof(desc);
-    memcpy(p, &hdr, sizeof(hdr));
-    p += sizeof(hdr);
-    for (i = 0; i < vcpus; i++) {
-        struct hvm_hw_cpu cpu;
-
-        memset(&cpu, 0, sizeof(cpu));
-        cpu.rip = 0xfff0 + i;
-        cpu.cr0 = 0x60000010;
-        cpu.cs_sel = 0xf000;
-        cpu.cs_base = 0xffff0000;
-        cpu.cs_limit = 0xffff;
-        desc = (struct hvm_save_descriptor){ 2, (uint16_t)i, sizeof(cpu) };
-        memcpy(p, &desc, sizeof(desc));
-        p += sizeof(desc);
-        memcpy(p, &cpu, sizeof(cpu));
-        p += sizeof(cpu);
-    }
-    desc = (struct hvm_save_descriptor){ 0, 0, 0 };             /* END */
-    memcpy(p, &desc, sizeof(desc));
-
     rc = write_rec(ctx, REC_TYPE_HVM_CONTEXT, buf, len, NULL, 0);
     free(buf);
     if (rc) {
@@ -845,6 +864,109 @@ static void cleanup(struct save_ctx *ctx)
     ctx->iov = NULL;
 }
 
+/* Headers, static data and (PV) the p2m frame list: what precedes the
+ * first page. */
+static int write_stream_start(struct save_ctx *ctx)
+{
+    int rc;
+
+    sim_progress_single(ctx->xch, "Start of stream");
+    rc = write_headers(ctx);
+    if (!rc)
+        rc = write_static_data(ctx);
+    if (!rc && !ctx->hvm)
+        rc = write_p2m_frames(ctx);
+    return rc;
+}
+
+/* Memory (live, checkpointed or not), then the records that end each
+ * checkpoint, once the domain is suspended. */
+static int send_checkpoint(struct save_ctx *ctx)
+{
+    xc_interface *xch = ctx->xch;
+    int rc;
+
+    if (ctx->live)
+        rc = send_domain_memory_live(ctx);
+    else if (ctx->stream_type != XC_STREAM_PLAIN)
+        rc = suspend_and_send_dirty(ctx);
+    else
+        rc = send_domain_memory_nonlive(ctx);
+    if (rc)
+        return rc;
+
+    if (strcmp(sim_meta_get(&ctx->d.meta, "state") ?: "", "suspended")) {
+        SIM_ERROR("Domain has not been suspended");
+        errno = EINVAL;
+        return -1;
+    }
+
+    return ctx->hvm ? write_hvm_end_of_checkpoint(ctx)
+                    : write_pv_end_of_checkpoint(ctx);
+}
+
+/* next_checkpoint's "carry on": every way out of the loop is <= 0. */
+#define CHECKPOINT_NEXT 1
+
+/* Remus/COLO, after a checkpoint's records: the CHECKPOINT record and the
+ * toolstack's callbacks, then the guest runs until the next one.  A
+ * callback returning 0 ends the stream through the error path with rc 0,
+ * as libxenguest does. */
+static int next_checkpoint(struct save_ctx *ctx)
+{
+    xc_interface *xch = ctx->xch;
+    bool colo = ctx->stream_type == XC_STREAM_COLO;
+    int rc;
+
+    ctx->live = false;
+    rc = write_rec(ctx, REC_TYPE_CHECKPOINT, NULL, 0, NULL, 0);
+    if (rc)
+        return rc;
+
+    if (colo) {
+        sim_fault_point(xch, SCOPE_SAVE, "checkpoint");
+        if (!ctx->cb->checkpoint(ctx->cb->data)) {
+            errno = EINVAL;
+            return -1;
+        }
+    }
+
+    sim_fault_point(xch, SCOPE_SAVE, "postcopy");
+    rc = ctx->cb->postcopy(ctx->cb->data);
+    if (rc <= 0) {
+        errno = rc ? EINVAL : 0;
+        return rc;
+    }
+    /* The toolstack's postcopy resumed the guest. */
+    if (sim_domain_update(&ctx->d, "state", "running", NULL)) {
+        SIM_PERROR("Unable to update domain state");
+        return -1;
+    }
+    ctx->guest_running = true;
+
+    if (colo) {
+        sim_fault_point(xch, SCOPE_SAVE, "wait_checkpoint");
+        rc = ctx->cb->wait_checkpoint(ctx->cb->data);
+    } else if (ctx->stream_type == XC_STREAM_REMUS) {
+        sim_fault_point(xch, SCOPE_SAVE, "checkpoint");
+        /* 0 ends a Remus stream: libxenguest takes its error path ("Save
+         * failed") but returns 0. */
+        rc = ctx->cb->checkpoint(ctx->cb->data);
+    } else {
+        SIM_ERROR("Unknown checkpointed stream");
+        errno = EINVAL;
+        return -1;
+    }
+    if (rc <= 0) {
+        errno = rc ? EINVAL : 0;
+        return rc;
+    }
+
+    /* The guest ran during the checkpoint interval. */
+    guest_runs(ctx);
+    return CHECKPOINT_NEXT;
+}
+
 static int save(struct save_ctx *ctx)
 {
     xc_interface *xch = ctx->xch;
@@ -855,112 +977,26 @@ static int save(struct save_ctx *ctx)
                                               : DHDR_TYPE_X86_PV));
 
     rc = setup(ctx);
+    if (!rc)
+        rc = write_stream_start(ctx);
     if (rc)
         goto err;
-
-    sim_progress_single(xch, "Start of stream");
-
-    rc = write_headers(ctx);
-    if (rc)
-        goto err;
-
-    rc = write_static_data(ctx);
-    if (rc)
-        goto err;
-
-    if (!ctx->hvm) {
-        rc = write_p2m_frames(ctx);
-        if (rc)
-            goto err;
-    }
 
     do {
-        if (ctx->live)
-            rc = send_domain_memory_live(ctx);
-        else if (ctx->stream_type != XC_STREAM_PLAIN)
-            rc = suspend_and_send_dirty(ctx);
-        else
-            rc = send_domain_memory_nonlive(ctx);
+        rc = send_checkpoint(ctx);
         if (rc)
             goto err;
-
-        if (strcmp(sim_meta_get(&ctx->d.meta, "state") ?: "", "suspended")) {
-            SIM_ERROR("Domain has not been suspended");
-            errno = EINVAL;
-            rc = -1;
-            goto err;
-        }
-
-        rc = ctx->hvm ? write_hvm_end_of_checkpoint(ctx)
-                      : write_pv_end_of_checkpoint(ctx);
-        if (rc)
-            goto err;
-
         if (ctx->stream_type != XC_STREAM_PLAIN) {
-            ctx->live = false;
-
-            rc = write_rec(ctx, REC_TYPE_CHECKPOINT, NULL, 0, NULL, 0);
-            if (rc)
+            rc = next_checkpoint(ctx);
+            if (rc != CHECKPOINT_NEXT)
                 goto err;
-
-            if (ctx->stream_type == XC_STREAM_COLO) {
-                sim_fault_point(xch, SCOPE_SAVE, "checkpoint");
-                rc = ctx->cb->checkpoint(ctx->cb->data);
-                if (!rc) {
-                    errno = EINVAL;
-                    rc = -1;
-                    goto err;
-                }
-            }
-
-            sim_fault_point(xch, SCOPE_SAVE, "postcopy");
-            rc = ctx->cb->postcopy(ctx->cb->data);
-            if (rc <= 0) {
-                errno = rc ? EINVAL : 0;
-                goto err;
-            }
-            /* The toolstack's postcopy resumed the guest. */
-            if (sim_domain_update(&ctx->d, "state", "running", NULL)) {
-                SIM_PERROR("Unable to update domain state");
-                rc = -1;
-                goto err;
-            }
-            ctx->guest_running = true;
-
-            if (ctx->stream_type == XC_STREAM_COLO) {
-                sim_fault_point(xch, SCOPE_SAVE, "wait_checkpoint");
-                rc = ctx->cb->wait_checkpoint(ctx->cb->data);
-                if (rc <= 0) {
-                    errno = rc ? EINVAL : 0;
-                    goto err;
-                }
-            } else if (ctx->stream_type == XC_STREAM_REMUS) {
-                sim_fault_point(xch, SCOPE_SAVE, "checkpoint");
-                rc = ctx->cb->checkpoint(ctx->cb->data);
-                if (rc <= 0) {
-                    /* 0 ends a Remus stream: libxenguest takes its error
-                     * path ("Save failed") but returns 0. */
-                    errno = rc ? EINVAL : 0;
-                    goto err;
-                }
-            } else {
-                SIM_ERROR("Unknown checkpointed stream");
-                errno = EINVAL;
-                rc = -1;
-                goto err;
-            }
-
-            /* The guest ran during the checkpoint interval. */
-            guest_runs(ctx);
         }
     } while (ctx->stream_type != XC_STREAM_PLAIN);
 
     sim_progress_single(xch, "End of stream");
-
     rc = write_rec(ctx, REC_TYPE_END, NULL, 0, NULL, 0);
     if (rc)
         goto err;
-
     sim_progress_single(xch, "Complete");
     goto done;
 
@@ -979,6 +1015,65 @@ static int save(struct save_ctx *ctx)
     return rc;
 }
 
+/* Sanity checks on stream_type-related parameters, as libxenguest (which
+ * asserts). */
+static void check_save_callbacks(const struct save_callbacks *callbacks,
+                                 xc_stream_type_t stream_type, bool hvm)
+{
+    switch (stream_type) {
+    case XC_STREAM_COLO:
+        assert(callbacks->wait_checkpoint);
+        /* Fallthrough */
+    case XC_STREAM_REMUS:
+        assert(callbacks->checkpoint && callbacks->postcopy);
+        /* Fallthrough */
+    case XC_STREAM_PLAIN:
+        if (hvm)
+            assert(callbacks->switch_qemu_logdirty);
+        break;
+    default:
+        assert(!"Bad stream_type");
+        break;
+    }
+    assert(callbacks->suspend);
+}
+
+/* Open the domain and read what the save needs from its meta. */
+static int open_domain(struct save_ctx *ctx)
+{
+    xc_interface *xch = ctx->xch;
+    const char *kind;
+
+    if (sim_domain_open(xch, ctx->domid, &ctx->d)) {
+        SIM_PERROR("Failed to get domain info");
+        return -1;
+    }
+
+    kind = sim_meta_get(&ctx->d.meta, "kind");
+    if (!kind || (strcmp(kind, "pv") && strcmp(kind, "hvm"))) {
+        errno = EINVAL;
+        SIM_PERROR("Domain %u has no guest to save (kind \"%s\")", ctx->domid,
+                   kind ?: "");
+        sim_domain_close(&ctx->d);
+        return -1;
+    }
+    ctx->hvm = !strcmp(kind, "hvm");
+    ctx->guest_running = !strcmp(sim_meta_get(&ctx->d.meta, "state") ?: "",
+                                 "running");
+    return 0;
+}
+
+/* The simulated host's bookkeeping: statistics, and the toolstack's resume
+ * after a failed save. */
+static void record_result(struct save_ctx *ctx, int rc)
+{
+    sim_domain_update_ul(&ctx->d, "save_pages", ctx->pages_done);
+    sim_domain_update_ul(&ctx->d, "save_iterations", ctx->iterations);
+    sim_domain_update(&ctx->d, "save_result", rc ? "failed" : "ok", NULL);
+    if (rc && ctx->suspended_by_us)
+        sim_domain_update(&ctx->d, "state", "running", NULL);
+}
+
 int xc_domain_save(xc_interface *xch, int io_fd, uint32_t dom,
                    uint32_t flags, struct save_callbacks *callbacks,
                    xc_stream_type_t stream_type, int recv_fd)
@@ -991,10 +1086,10 @@ int xc_domain_save(xc_interface *xch, int io_fd, uint32_t dom,
         .cb = callbacks,
         .recv_fd = recv_fd,
         .d = { .opfd = -1, .memfd = -1 },
+        .live = !!(flags & XCFLAGS_LIVE),
+        .debug = !!(flags & XCFLAGS_DEBUG),
     };
     const struct sim_fault *trunc;
-    const char *kind, *state;
-    char buf[32];
     int rc, saved_errno;
 
     if (!xch || xch->magic != SIM_HANDLE_MAGIC) {
@@ -1008,44 +1103,10 @@ int xc_domain_save(xc_interface *xch, int io_fd, uint32_t dom,
     if (trunc)
         ctx.io.limit = trunc->n;
 
-    ctx.live = !!(flags & XCFLAGS_LIVE);
-    ctx.debug = !!(flags & XCFLAGS_DEBUG);
-
-    if (sim_domain_open(xch, dom, &ctx.d)) {
-        SIM_PERROR("Failed to get domain info");
+    if (open_domain(&ctx))
         return -1;
-    }
 
-    kind = sim_meta_get(&ctx.d.meta, "kind");
-    if (!kind || (strcmp(kind, "pv") && strcmp(kind, "hvm"))) {
-        errno = EINVAL;
-        SIM_PERROR("Domain %u has no guest to save (kind \"%s\")", dom,
-                   kind ?: "");
-        sim_domain_close(&ctx.d);
-        return -1;
-    }
-    ctx.hvm = !strcmp(kind, "hvm");
-    state = sim_meta_get(&ctx.d.meta, "state") ?: "";
-    ctx.guest_running = !strcmp(state, "running");
-
-    /* Sanity checks on stream_type-related parameters, as libxenguest
-     * (which asserts). */
-    switch (stream_type) {
-    case XC_STREAM_COLO:
-        assert(callbacks->wait_checkpoint);
-        /* Fallthrough */
-    case XC_STREAM_REMUS:
-        assert(callbacks->checkpoint && callbacks->postcopy);
-        /* Fallthrough */
-    case XC_STREAM_PLAIN:
-        if (ctx.hvm)
-            assert(callbacks->switch_qemu_logdirty);
-        break;
-    default:
-        assert(!"Bad stream_type");
-        break;
-    }
-    assert(callbacks->suspend);
+    check_save_callbacks(callbacks, stream_type, ctx.hvm);
 
     SIM_DPRINTF("fd %d, dom %u, flags %u, hvm %d", io_fd, dom, flags,
                 ctx.hvm);
@@ -1054,15 +1115,7 @@ int xc_domain_save(xc_interface *xch, int io_fd, uint32_t dom,
     rc = save(&ctx);
     saved_errno = errno;
 
-    /* Rig bookkeeping: statistics, and the toolstack's resume after a
-     * failed save. */
-    snprintf(buf, sizeof(buf), "%lu", ctx.pages_done);
-    sim_domain_update(&ctx.d, "save_pages", buf, NULL);
-    sim_domain_update_ul(&ctx.d, "save_iterations", ctx.iterations);
-    sim_domain_update(&ctx.d, "save_result", rc ? "failed" : "ok", NULL);
-    if (rc && ctx.suspended_by_us)
-        sim_domain_update(&ctx.d, "state", "running", NULL);
-
+    record_result(&ctx, rc);
     sim_domain_close(&ctx.d);
     errno = saved_errno;
     return rc;

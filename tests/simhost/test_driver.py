@@ -1,33 +1,15 @@
-"""The rig called directly from C (tests/support/rigdriver.c): the
+"""The simulated host called directly from C (tests/simhost/driver.c): the
 precopy_policy callback, which no libxl helper installs, and a NULL logger."""
 
 from __future__ import annotations
 
 import errno
-import os
 import re
-import shutil
 import subprocess
 
 import pytest
 
 from tests.support import stream as st
-from tests.support.fixtures import ROOT
-
-
-@pytest.fixture(scope="module")
-def driver(rig, tmp_path_factory):
-    cc = os.environ.get("CC", "cc")
-    if shutil.which(cc) is None:
-        pytest.skip("no C compiler")
-    out = tmp_path_factory.mktemp("driver") / "rigdriver"
-    cflags = subprocess.run(["pkg-config", "--cflags", "xencontrol", "xenguest", "xentoollog"],
-                            check=True, capture_output=True, text=True).stdout.split()
-    subprocess.run([cc, "-std=gnu11", "-Wall", "-Wextra", "-Werror", *cflags,
-                    str(ROOT / "tests" / "support" / "rigdriver.c"), "-o", str(out),
-                    f"-L{rig}", "-l:libxenctrl.so.4.17", "-l:libxenguest.so.4.17",
-                    "-lxentoollog"], check=True)
-    return out
 
 
 def drive(driver, host, *args, timeout=30):
@@ -131,7 +113,7 @@ def test_open_with_null_logger(driver, simulated_host):
     lines, _ = drive(driver, simulated_host, "open-null")
     assert lines == ["open ok errno 0", "close 0", "close-null 0"]
     env = dict(simulated_host.env)
-    del env["XENSR_SIM_DIR"]
+    del env["XENSR_SIMHOST_DIR"]
     p = subprocess.run([str(driver), "open-null"], env=env, capture_output=True, text=True,
                        timeout=30)
     assert p.stdout.splitlines()[0] == "open failed errno 2"

@@ -1,5 +1,6 @@
 /*
- * simxen libxenguest.so.4.17: xc_domain_restore.
+ * simhost libxenguest.so.4.17: xc_domain_restore (the layout of simhost/ is
+ * in simhost.h, what is simulated in README.md).
  *
  * Reads a libxc stream (v2 or v3) into a simulated domain, with the checks
  * and the record handling of libxenguest 4.17 (xg_sr_restore*.c), plus
@@ -17,7 +18,7 @@
  * back channel.
  *
  * The target's memory receives exactly the stream's page data: unlike the
- * real libxenguest, the rig does not rewrite start_info, the p2m or the
+ * real libxenguest, the simulated host does not rewrite start_info, the p2m or the
  * store page, so the restored memory is byte-identical to the source's.
  */
 #include <assert.h>
@@ -29,8 +30,8 @@
 #include <string.h>
 #include <arpa/inet.h>
 
-/* xenctrl.h (through simstream.h) first: it sets up the Xen headers. */
-#include "simstream.h"
+/* xenctrl.h (through stream.h) first: it sets up the Xen headers. */
+#include "stream.h"
 
 #include <xen/hvm/params.h>
 #include <xen/hvm/save.h>
@@ -103,11 +104,10 @@ static void next_fault(struct restore_ctx *ctx, unsigned long from)
 /* ------------------------------------------------------------------ */
 /* Reading                                                             */
 
-static int read_headers(struct restore_ctx *ctx)
+static int read_image_header(struct restore_ctx *ctx)
 {
     xc_interface *xch = ctx->xch;
     struct sr_ihdr ihdr;
-    struct sr_dhdr dhdr;
 
     if (sim_read_exact(ctx->fd, &ihdr, sizeof(ihdr))) {
         SIM_PERROR("Failed to read Image Header from stream");
@@ -142,6 +142,14 @@ static int read_headers(struct restore_ctx *ctx)
         return -1;
     }
     ctx->format_version = ihdr.version;
+    errno = 0;
+    return 0;
+}
+
+static int read_domain_header(struct restore_ctx *ctx)
+{
+    xc_interface *xch = ctx->xch;
+    struct sr_dhdr dhdr;
 
     if (sim_read_exact(ctx->fd, &dhdr, sizeof(dhdr))) {
         SIM_PERROR("Failed to read Domain Header from stream");
@@ -171,6 +179,13 @@ static int read_headers(struct restore_ctx *ctx)
                     dhdr.xen_minor);
     errno = 0;
     return 0;
+}
+
+static int read_headers(struct restore_ctx *ctx)
+{
+    if (read_image_header(ctx))
+        return -1;
+    return read_domain_header(ctx);
 }
 
 static int read_record(struct restore_ctx *ctx, struct sr_record *rec)
@@ -428,19 +443,12 @@ static int process_page_data(struct restore_ctx *ctx, unsigned int count,
     return 0;
 }
 
-static int handle_page_data(struct restore_ctx *ctx, struct sr_record *rec)
+/* The PAGE_DATA header: a count, and room for that many pfns. */
+static int check_page_data_header(struct restore_ctx *ctx,
+                                  const struct sr_record *rec)
 {
     xc_interface *xch = ctx->xch;
     const struct sr_page_data_header *pages = rec->data;
-    const uint64_t *words;
-    unsigned int i, pages_of_data = 0;
-    int rc;
-
-    /* v2 compatibility: HVM infers STATIC_DATA_END at the first
-     * PAGE_DATA (PV at X86_PV_P2M_FRAMES, which must precede it). */
-    rc = infer_static_data_end(ctx);
-    if (rc)
-        return rc;
 
     errno = EINVAL;
     if (rec->length < sizeof(*pages)) {
@@ -462,9 +470,19 @@ static int handle_page_data(struct restore_ctx *ctx, struct sr_record *rec)
                   " pfns worth of information", rec->length, pages->count);
         return -1;
     }
+    return 0;
+}
 
-    words = (const uint64_t *)(pages + 1);
-    for (i = 0; i < pages->count; i++) {
+/* Each pfn word: no reserved bits, a pfn the domain has, a known type.
+ * Counts the pages that carry data; errno is EINVAL on failure. */
+static int check_pfns(struct restore_ctx *ctx, const uint64_t *words,
+                      unsigned int count, unsigned int *pages_of_data)
+{
+    xc_interface *xch = ctx->xch;
+    unsigned int i;
+
+    *pages_of_data = 0;
+    for (i = 0; i < count; i++) {
         uint64_t pfn = words[i] & PAGE_DATA_PFN_MASK;
         uint32_t type = (uint32_t)(words[i] >> 60);
 
@@ -484,9 +502,30 @@ static int handle_page_data(struct restore_ctx *ctx, struct sr_record *rec)
             return -1;
         }
         if (type_has_data(type))
-            pages_of_data++;
+            (*pages_of_data)++;
     }
+    return 0;
+}
 
+static int handle_page_data(struct restore_ctx *ctx, struct sr_record *rec)
+{
+    xc_interface *xch = ctx->xch;
+    const struct sr_page_data_header *pages = rec->data;
+    const uint64_t *words;
+    unsigned int pages_of_data;
+    int rc;
+
+    /* v2 compatibility: HVM infers STATIC_DATA_END at the first
+     * PAGE_DATA (PV at X86_PV_P2M_FRAMES, which must precede it). */
+    rc = infer_static_data_end(ctx);
+    if (rc)
+        return rc;
+
+    if (check_page_data_header(ctx, rec))
+        return -1;
+    words = (const uint64_t *)(pages + 1);
+    if (check_pfns(ctx, words, pages->count, &pages_of_data))
+        return -1;
     if (rec->length != sizeof(*pages) + (uint64_t)pages->count * 8 +
         (uint64_t)pages_of_data * SIM_PAGE_SIZE) {
         SIM_ERROR("PAGE_DATA record wrong size: length %u, expected "
@@ -547,18 +586,14 @@ static int handle_x86_pv_info(struct restore_ctx *ctx, struct sr_record *rec)
     return 0;
 }
 
-static int handle_x86_pv_p2m_frames(struct restore_ctx *ctx,
-                                    struct sr_record *rec)
+/* The record's shape, and an end pfn the domain can hold; errno is EINVAL
+ * (ENOMEM past the domain's maximum) on failure. */
+static int check_p2m_frames(struct restore_ctx *ctx,
+                            const struct sr_record *rec)
 {
     xc_interface *xch = ctx->xch;
     const struct sr_x86_pv_p2m_frames *data = rec->data;
-    unsigned long start, end, x;
-    uint64_t *p;
-    int rc;
-
-    rc = infer_static_data_end(ctx);
-    if (rc)
-        return rc;
+    unsigned long start, end;
 
     errno = EINVAL;
     if (!ctx->seen_pv_info) {
@@ -593,7 +628,26 @@ static int handle_x86_pv_p2m_frames(struct restore_ctx *ctx,
                   ctx->d.map_pages - 1);
         return -1;
     }
+    return 0;
+}
 
+static int handle_x86_pv_p2m_frames(struct restore_ctx *ctx,
+                                    struct sr_record *rec)
+{
+    xc_interface *xch = ctx->xch;
+    const struct sr_x86_pv_p2m_frames *data = rec->data;
+    unsigned long start, end, x;
+    uint64_t *p;
+    int rc;
+
+    rc = infer_static_data_end(ctx);
+    if (rc)
+        return rc;
+    if (check_p2m_frames(ctx, rec))
+        return -1;
+
+    start = data->start_pfn / 512;
+    end = data->end_pfn / 512 + 1;
     if (end > ctx->p2m_frames) {
         p = realloc(ctx->p2m_pfns, end * sizeof(*p));
         if (!p) {
@@ -617,28 +671,78 @@ static int handle_x86_pv_p2m_frames(struct restore_ctx *ctx,
     return 0;
 }
 
+static const char *vcpu_rec_name(uint32_t type)
+{
+    switch (type) {
+    case REC_TYPE_X86_PV_VCPU_BASIC:
+        return "X86_PV_VCPU_BASIC";
+    case REC_TYPE_X86_PV_VCPU_EXTENDED:
+        return "X86_PV_VCPU_EXTENDED";
+    case REC_TYPE_X86_PV_VCPU_XSAVE:
+        return "X86_PV_VCPU_XSAVE";
+    default:
+        return "X86_PV_VCPU_MSRS";
+    }
+}
+
+/* The size each kind of vCPU blob must have; BASIC also gives vCPU0's
+ * start_info pfn (in rdx) and counts the vCPUs. */
+static int handle_vcpu_blob_body(struct restore_ctx *ctx,
+                                 const struct sr_record *rec,
+                                 const char *rec_name, size_t blobsz)
+{
+    xc_interface *xch = ctx->xch;
+    const struct sr_x86_pv_vcpu_hdr *vhdr = rec->data;
+
+    switch (rec->type) {
+    case REC_TYPE_X86_PV_VCPU_BASIC:
+        if (blobsz != sizeof(vcpu_guest_context_x86_64_t)) {
+            SIM_ERROR("%s record wrong size: expected %zu, got %u", rec_name,
+                      sizeof(*vhdr) + sizeof(vcpu_guest_context_x86_64_t),
+                      rec->length);
+            return -1;
+        }
+        ctx->vcpu_basic[vhdr->vcpu_id] = true;
+        if (vhdr->vcpu_id == 0) {
+            vcpu_guest_context_x86_64_t v;
+
+            memcpy(&v, vhdr + 1, sizeof(v));
+            ctx->start_info_pfn = v.user_regs.rdx;
+        }
+        if (vhdr->vcpu_id + 1 > ctx->restored_vcpus)
+            ctx->restored_vcpus = vhdr->vcpu_id + 1;
+        return 0;
+    case REC_TYPE_X86_PV_VCPU_EXTENDED:
+        if (blobsz > 128) {
+            SIM_ERROR("%s record too long: max %zu, got %u", rec_name,
+                      sizeof(*vhdr) + 128, rec->length);
+            return -1;
+        }
+        return 0;
+    case REC_TYPE_X86_PV_VCPU_XSAVE:
+        if (blobsz < 16) {
+            SIM_ERROR("%s record too short: min %zu, got %u", rec_name,
+                      sizeof(*vhdr) + 16, rec->length);
+            return -1;
+        }
+        return 0;
+    default:
+        if (blobsz % 16) {
+            SIM_ERROR("%s record payload size %zu expected to be a multiple"
+                      " of %d", rec_name, blobsz, 16);
+            return -1;
+        }
+        return 0;
+    }
+}
+
 static int handle_x86_pv_vcpu_blob(struct restore_ctx *ctx,
                                    struct sr_record *rec)
 {
     xc_interface *xch = ctx->xch;
     const struct sr_x86_pv_vcpu_hdr *vhdr = rec->data;
-    const char *rec_name;
+    const char *rec_name = vcpu_rec_name(rec->type);
     size_t blobsz;
-
-    switch (rec->type) {
-    case REC_TYPE_X86_PV_VCPU_BASIC:
-        rec_name = "X86_PV_VCPU_BASIC";
-        break;
-    case REC_TYPE_X86_PV_VCPU_EXTENDED:
-        rec_name = "X86_PV_VCPU_EXTENDED";
-        break;
-    case REC_TYPE_X86_PV_VCPU_XSAVE:
-        rec_name = "X86_PV_VCPU_XSAVE";
-        break;
-    default:
-        rec_name = "X86_PV_VCPU_MSRS";
-        break;
-    }
 
     errno = EINVAL;
     if (!ctx->seen_pv_info) {
@@ -668,46 +772,8 @@ static int handle_x86_pv_vcpu_blob(struct restore_ctx *ctx,
         return -1;
     }
 
-    switch (rec->type) {
-    case REC_TYPE_X86_PV_VCPU_BASIC:
-        if (blobsz != sizeof(vcpu_guest_context_x86_64_t)) {
-            SIM_ERROR("%s record wrong size: expected %zu, got %u", rec_name,
-                      sizeof(*vhdr) + sizeof(vcpu_guest_context_x86_64_t),
-                      rec->length);
-            return -1;
-        }
-        ctx->vcpu_basic[vhdr->vcpu_id] = true;
-        if (vhdr->vcpu_id == 0) {
-            vcpu_guest_context_x86_64_t v;
-
-            memcpy(&v, vhdr + 1, sizeof(v));
-            ctx->start_info_pfn = v.user_regs.rdx;
-        }
-        if (vhdr->vcpu_id + 1 > ctx->restored_vcpus)
-            ctx->restored_vcpus = vhdr->vcpu_id + 1;
-        break;
-    case REC_TYPE_X86_PV_VCPU_EXTENDED:
-        if (blobsz > 128) {
-            SIM_ERROR("%s record too long: max %zu, got %u", rec_name,
-                      sizeof(*vhdr) + 128, rec->length);
-            return -1;
-        }
-        break;
-    case REC_TYPE_X86_PV_VCPU_XSAVE:
-        if (blobsz < 16) {
-            SIM_ERROR("%s record too short: min %zu, got %u", rec_name,
-                      sizeof(*vhdr) + 16, rec->length);
-            return -1;
-        }
-        break;
-    default:
-        if (blobsz % 16) {
-            SIM_ERROR("%s record payload size %zu expected to be a multiple"
-                      " of %d", rec_name, blobsz, 16);
-            return -1;
-        }
-        break;
-    }
+    if (handle_vcpu_blob_body(ctx, rec, rec_name, blobsz))
+        return -1;
     errno = 0;
     return 0;
 }
@@ -824,11 +890,66 @@ static int colo_callback_rc(int ret)
     return ret == 2 ? BROKEN_CHANNEL : -1;
 }
 
-static int handle_checkpoint(struct restore_ctx *ctx)
+/* A checkpoint's records, buffered since the last one, now applied. */
+static int apply_buffered_records(struct restore_ctx *ctx)
 {
     xc_interface *xch = ctx->xch;
     unsigned int i;
-    int rc = 0, ret;
+    int rc;
+
+    SIM_IPRINTF("All records buffered");
+    for (i = 0; i < ctx->buffered_nr; i++) {
+        rc = process_record(ctx, &ctx->buffered[i]);
+        if (rc) {
+            /* Free what is left. */
+            for (i++; i < ctx->buffered_nr; i++) {
+                free(ctx->buffered[i].data);
+                ctx->buffered[i].data = NULL;
+            }
+            ctx->buffered_nr = 0;
+            return rc;
+        }
+    }
+    ctx->buffered_nr = 0;
+    SIM_IPRINTF("All records processed");
+    return 0;
+}
+
+/* COLO at each checkpoint: the secondary commits and runs (the toolstack's
+ * callbacks), then reports its (empty) dirty pfn list. */
+static int colo_checkpoint(struct restore_ctx *ctx)
+{
+    xc_interface *xch = ctx->xch;
+    int rc;
+
+    rc = stream_complete(ctx);
+    if (rc)
+        return rc;
+
+    sim_fault_point(xch, SCOPE_RESTORE, "restore_results");
+    ctx->cb->restore_results(ctx->xenstore_gfn, ctx->console_gfn,
+                             ctx->cb->data);
+
+    sim_fault_point(xch, SCOPE_RESTORE, "postcopy");
+    rc = colo_callback_rc(ctx->cb->postcopy(ctx->cb->data));
+    if (rc)
+        return rc;
+    sim_fault_point(xch, SCOPE_RESTORE, "wait_checkpoint");
+    rc = colo_callback_rc(ctx->cb->wait_checkpoint(ctx->cb->data));
+    if (rc)
+        return rc;
+    sim_fault_point(xch, SCOPE_RESTORE, "suspend");
+    rc = colo_callback_rc(ctx->cb->suspend(ctx->cb->data));
+    if (rc)
+        return rc;
+
+    return send_checkpoint_dirty_pfn_list(ctx);
+}
+
+static int handle_checkpoint(struct restore_ctx *ctx)
+{
+    xc_interface *xch = ctx->xch;
+    int rc, ret;
 
     if (ctx->stream_type == XC_STREAM_PLAIN) {
         errno = EINVAL;
@@ -852,49 +973,13 @@ static int handle_checkpoint(struct restore_ctx *ctx)
     }
 
     if (ctx->buffer_all_records) {
-        SIM_IPRINTF("All records buffered");
-        for (i = 0; i < ctx->buffered_nr; i++) {
-            rc = process_record(ctx, &ctx->buffered[i]);
-            if (rc) {
-                /* Free what is left. */
-                for (i++; i < ctx->buffered_nr; i++) {
-                    free(ctx->buffered[i].data);
-                    ctx->buffered[i].data = NULL;
-                }
-                ctx->buffered_nr = 0;
-                return rc;
-            }
-        }
-        ctx->buffered_nr = 0;
-        SIM_IPRINTF("All records processed");
+        rc = apply_buffered_records(ctx);
+        if (rc)
+            return rc;
     } else
         ctx->buffer_all_records = true;
 
-    if (ctx->stream_type == XC_STREAM_COLO) {
-        rc = stream_complete(ctx);
-        if (rc)
-            return rc;
-
-        sim_fault_point(xch, SCOPE_RESTORE, "restore_results");
-        ctx->cb->restore_results(ctx->xenstore_gfn, ctx->console_gfn,
-                                 ctx->cb->data);
-
-        sim_fault_point(xch, SCOPE_RESTORE, "postcopy");
-        rc = colo_callback_rc(ctx->cb->postcopy(ctx->cb->data));
-        if (rc)
-            return rc;
-        sim_fault_point(xch, SCOPE_RESTORE, "wait_checkpoint");
-        rc = colo_callback_rc(ctx->cb->wait_checkpoint(ctx->cb->data));
-        if (rc)
-            return rc;
-        sim_fault_point(xch, SCOPE_RESTORE, "suspend");
-        rc = colo_callback_rc(ctx->cb->suspend(ctx->cb->data));
-        if (rc)
-            return rc;
-
-        rc = send_checkpoint_dirty_pfn_list(ctx);
-    }
-    return rc;
+    return ctx->stream_type == XC_STREAM_COLO ? colo_checkpoint(ctx) : 0;
 }
 
 static int buffer_record(struct restore_ctx *ctx, struct sr_record *rec)
@@ -918,85 +1003,87 @@ static int buffer_record(struct restore_ctx *ctx, struct sr_record *rec)
     return 0;
 }
 
+static int handle_end(struct restore_ctx *ctx, struct sr_record *rec)
+{
+    if (rec->length) {
+        errno = EINVAL;
+        sim_report(ctx->xch, XTL_ERROR, 1, "END record with length %u",
+                   rec->length);
+        return -1;
+    }
+    return 0;
+}
+
+static int handle_verify(struct restore_ctx *ctx, struct sr_record *rec)
+{
+    (void)rec;
+    sim_report(ctx->xch, XTL_DETAIL, 0, "Verify mode enabled");
+    ctx->verify = true;
+    return 0;
+}
+
+static int handle_checkpoint_record(struct restore_ctx *ctx,
+                                    struct sr_record *rec)
+{
+    (void)rec;
+    return handle_checkpoint(ctx);
+}
+
+static int handle_static_data_end_record(struct restore_ctx *ctx,
+                                         struct sr_record *rec)
+{
+    if (rec->length) {
+        errno = EINVAL;
+        sim_report(ctx->xch, XTL_ERROR, 1,
+                   "STATIC_DATA_END record with length %u", rec->length);
+        return -1;
+    }
+    return handle_static_data_end(ctx);
+}
+
+/* Which guests a record type means something for. */
+enum rec_guest { FOR_ALL, FOR_PV, FOR_HVM };
+
+static const struct {
+    uint32_t type;
+    enum rec_guest guest;
+    int (*handle)(struct restore_ctx *ctx, struct sr_record *rec);
+} record_handlers[] = {
+    { REC_TYPE_END,                  FOR_ALL, handle_end },
+    { REC_TYPE_PAGE_DATA,            FOR_ALL, handle_page_data },
+    { REC_TYPE_VERIFY,               FOR_ALL, handle_verify },
+    { REC_TYPE_CHECKPOINT,           FOR_ALL, handle_checkpoint_record },
+    { REC_TYPE_STATIC_DATA_END,      FOR_ALL, handle_static_data_end_record },
+    { REC_TYPE_X86_TSC_INFO,         FOR_ALL, handle_tsc_info },
+    { REC_TYPE_X86_CPUID_POLICY,     FOR_ALL, handle_cpuid_policy },
+    { REC_TYPE_X86_MSR_POLICY,       FOR_ALL, handle_msr_policy },
+    { REC_TYPE_HVM_CONTEXT,          FOR_HVM, handle_hvm_context },
+    { REC_TYPE_HVM_PARAMS,           FOR_HVM, handle_hvm_params },
+    { REC_TYPE_X86_PV_INFO,          FOR_PV,  handle_x86_pv_info },
+    { REC_TYPE_X86_PV_P2M_FRAMES,    FOR_PV,  handle_x86_pv_p2m_frames },
+    { REC_TYPE_X86_PV_VCPU_BASIC,    FOR_PV,  handle_x86_pv_vcpu_blob },
+    { REC_TYPE_X86_PV_VCPU_EXTENDED, FOR_PV,  handle_x86_pv_vcpu_blob },
+    { REC_TYPE_X86_PV_VCPU_XSAVE,    FOR_PV,  handle_x86_pv_vcpu_blob },
+    { REC_TYPE_X86_PV_VCPU_MSRS,     FOR_PV,  handle_x86_pv_vcpu_blob },
+    { REC_TYPE_SHARED_INFO,          FOR_PV,  handle_shared_info },
+};
+
+/* Handle one record and free its data; RECORD_NOT_PROCESSED for a type
+ * this guest has no handler for. */
 static int process_record(struct restore_ctx *ctx, struct sr_record *rec)
 {
-    int rc = 0;
+    enum rec_guest guest = ctx->hvm ? FOR_HVM : FOR_PV;
+    int rc = RECORD_NOT_PROCESSED;
+    size_t i;
 
-    switch (rec->type) {
-    case REC_TYPE_END:
-        if (rec->length) {
-            errno = EINVAL;
-            sim_report(ctx->xch, XTL_ERROR, 1, "END record with length %u",
-                       rec->length);
-            rc = -1;
-        }
-        break;
-    case REC_TYPE_PAGE_DATA:
-        rc = handle_page_data(ctx, rec);
-        break;
-    case REC_TYPE_VERIFY:
-        sim_report(ctx->xch, XTL_DETAIL, 0, "Verify mode enabled");
-        ctx->verify = true;
-        break;
-    case REC_TYPE_CHECKPOINT:
-        rc = handle_checkpoint(ctx);
-        break;
-    case REC_TYPE_STATIC_DATA_END:
-        if (rec->length) {
-            errno = EINVAL;
-            sim_report(ctx->xch, XTL_ERROR, 1,
-                       "STATIC_DATA_END record with length %u", rec->length);
-            rc = -1;
+    for (i = 0; i < sizeof(record_handlers) / sizeof(record_handlers[0]);
+         i++)
+        if (record_handlers[i].type == rec->type &&
+            (record_handlers[i].guest == FOR_ALL ||
+             record_handlers[i].guest == guest)) {
+            rc = record_handlers[i].handle(ctx, rec);
             break;
         }
-        rc = handle_static_data_end(ctx);
-        break;
-    case REC_TYPE_X86_TSC_INFO:
-        rc = handle_tsc_info(ctx, rec);
-        break;
-    case REC_TYPE_X86_CPUID_POLICY:
-        rc = handle_cpuid_policy(ctx, rec);
-        break;
-    case REC_TYPE_X86_MSR_POLICY:
-        rc = handle_msr_policy(ctx, rec);
-        break;
-    default:
-        if (ctx->hvm) {
-            switch (rec->type) {
-            case REC_TYPE_HVM_CONTEXT:
-                rc = handle_hvm_context(ctx, rec);
-                break;
-            case REC_TYPE_HVM_PARAMS:
-                rc = handle_hvm_params(ctx, rec);
-                break;
-            default:
-                rc = RECORD_NOT_PROCESSED;
-                break;
-            }
-        } else {
-            switch (rec->type) {
-            case REC_TYPE_X86_PV_INFO:
-                rc = handle_x86_pv_info(ctx, rec);
-                break;
-            case REC_TYPE_X86_PV_P2M_FRAMES:
-                rc = handle_x86_pv_p2m_frames(ctx, rec);
-                break;
-            case REC_TYPE_X86_PV_VCPU_BASIC:
-            case REC_TYPE_X86_PV_VCPU_EXTENDED:
-            case REC_TYPE_X86_PV_VCPU_XSAVE:
-            case REC_TYPE_X86_PV_VCPU_MSRS:
-                rc = handle_x86_pv_vcpu_blob(ctx, rec);
-                break;
-            case REC_TYPE_SHARED_INFO:
-                rc = handle_shared_info(ctx, rec);
-                break;
-            default:
-                rc = RECORD_NOT_PROCESSED;
-                break;
-            }
-        }
-        break;
-    }
 
     free(rec->data);
     rec->data = NULL;
@@ -1042,61 +1129,59 @@ static int check_hvm_context(struct restore_ctx *ctx, unsigned long *vcpus)
     }
 }
 
-/* Commit the restored state to the domain's meta: libxenguest's
- * stream_complete (vCPU context, start info, grant table seeding). */
-static int stream_complete(struct restore_ctx *ctx)
+/* A PV guest's end of stream: vCPU0 was sent, its start_info (found
+ * through vCPU0's rdx) names ring frames the guest has, and so does the
+ * p2m frame list. */
+static int pv_complete(struct restore_ctx *ctx)
+{
+    xc_interface *xch = ctx->xch;
+    start_info_x86_64_t sinfo;
+    unsigned long x;
+
+    if (!ctx->vcpu_basic[0]) {
+        errno = EINVAL;
+        SIM_ERROR("Sender didn't send vcpu0's basic state");
+        return -1;
+    }
+    if (ctx->start_info_pfn > ctx->max_pfn ||
+        ctx->start_info_pfn >= ctx->d.nr_pages) {
+        errno = EINVAL;
+        SIM_ERROR("Start Info pfn %#lx out of range", ctx->start_info_pfn);
+        return -1;
+    }
+    memcpy(&sinfo, ctx->d.mem + (ctx->start_info_pfn << SIM_PAGE_SHIFT),
+           sizeof(sinfo));
+    if (sinfo.store_mfn > ctx->max_pfn) {
+        errno = EINVAL;
+        SIM_ERROR("XenStore pfn %#" PRIx64 " out of range",
+                  (uint64_t)sinfo.store_mfn);
+        return -1;
+    }
+    if (sinfo.console.domU.mfn > ctx->max_pfn) {
+        errno = EINVAL;
+        SIM_ERROR("Console pfn %#" PRIx64 " out of range",
+                  (uint64_t)sinfo.console.domU.mfn);
+        return -1;
+    }
+    ctx->xenstore_gfn = sinfo.store_mfn;
+    ctx->console_gfn = sinfo.console.domU.mfn;
+    for (x = 0; x < ctx->p2m_frames; x++)
+        if (ctx->p2m_pfns[x] > ctx->max_pfn) {
+            errno = EINVAL;
+            SIM_ERROR("pfn (%#" PRIx64 ") for p2m_frame_list[%lu] out of"
+                      " range", ctx->p2m_pfns[x], x);
+            return -1;
+        }
+    return 0;
+}
+
+/* Write what the restore established to the domain's meta. */
+static int commit_restored(struct restore_ctx *ctx, unsigned long nvcpus)
 {
     xc_interface *xch = ctx->xch;
     char kind[8], vcpus[24], nr[24], store[24], cons[24], sev[24], cev[24];
     char sdom[24], cdom[24], khz[24], st[8], si[24], p2m[24];
-    unsigned long nvcpus = 0, x;
     int rc;
-
-    if (ctx->hvm) {
-        if (check_hvm_context(ctx, &nvcpus)) {
-            errno = EINVAL;
-            SIM_PERROR("Unable to restore HVM context");
-            return -1;
-        }
-    } else {
-        start_info_x86_64_t sinfo;
-
-        if (!ctx->vcpu_basic[0]) {
-            errno = EINVAL;
-            SIM_ERROR("Sender didn't send vcpu0's basic state");
-            return -1;
-        }
-        if (ctx->start_info_pfn > ctx->max_pfn ||
-            ctx->start_info_pfn >= ctx->d.nr_pages) {
-            errno = EINVAL;
-            SIM_ERROR("Start Info pfn %#lx out of range", ctx->start_info_pfn);
-            return -1;
-        }
-        memcpy(&sinfo, ctx->d.mem + (ctx->start_info_pfn << SIM_PAGE_SHIFT),
-               sizeof(sinfo));
-        if (sinfo.store_mfn > ctx->max_pfn) {
-            errno = EINVAL;
-            SIM_ERROR("XenStore pfn %#" PRIx64 " out of range",
-                      (uint64_t)sinfo.store_mfn);
-            return -1;
-        }
-        if (sinfo.console.domU.mfn > ctx->max_pfn) {
-            errno = EINVAL;
-            SIM_ERROR("Console pfn %#" PRIx64 " out of range",
-                      (uint64_t)sinfo.console.domU.mfn);
-            return -1;
-        }
-        ctx->xenstore_gfn = sinfo.store_mfn;
-        ctx->console_gfn = sinfo.console.domU.mfn;
-        for (x = 0; x < ctx->p2m_frames; x++)
-            if (ctx->p2m_pfns[x] > ctx->max_pfn) {
-                errno = EINVAL;
-                SIM_ERROR("pfn (%#" PRIx64 ") for p2m_frame_list[%lu] out of"
-                          " range", ctx->p2m_pfns[x], x);
-                return -1;
-            }
-        nvcpus = ctx->restored_vcpus;
-    }
 
     snprintf(kind, sizeof(kind), "%s", ctx->hvm ? "hvm" : "pv");
     snprintf(vcpus, sizeof(vcpus), "%lu", nvcpus);
@@ -1130,6 +1215,27 @@ static int stream_complete(struct restore_ctx *ctx)
     return 0;
 }
 
+/* libxenguest's stream_complete (vCPU context, start info, grant table
+ * seeding): check the guest is whole, then commit it to the meta. */
+static int stream_complete(struct restore_ctx *ctx)
+{
+    xc_interface *xch = ctx->xch;
+    unsigned long nvcpus = 0;
+
+    if (ctx->hvm) {
+        if (check_hvm_context(ctx, &nvcpus)) {
+            errno = EINVAL;
+            SIM_PERROR("Unable to restore HVM context");
+            return -1;
+        }
+    } else {
+        if (pv_complete(ctx))
+            return -1;
+        nvcpus = ctx->restored_vcpus;
+    }
+    return commit_restored(ctx, nvcpus);
+}
+
 /* ------------------------------------------------------------------ */
 /* The loop                                                            */
 
@@ -1148,24 +1254,19 @@ static void cleanup(struct restore_ctx *ctx)
     ctx->p2m_pfns = NULL;
 }
 
-static int restore(struct restore_ctx *ctx)
+/* setup: the stream must match the target (an empty target adopts the
+ * stream's type). */
+static int match_target(struct restore_ctx *ctx)
 {
     xc_interface *xch = ctx->xch;
-    struct sr_record rec = { 0 };
-    int rc, saved_rc = 0, saved_errno = 0;
 
-    SIM_IPRINTF("Restoring domain");
-
-    /* setup: the stream must match the target (an empty target adopts the
-     * stream's type). */
     if (ctx->guest_type != DHDR_TYPE_X86_PV &&
         ctx->guest_type != DHDR_TYPE_X86_HVM) {
         errno = EINVAL;
         SIM_ERROR("Unable to restore %s domain into an x86 %s domain",
                   sim_dhdr_type_to_str(ctx->guest_type),
                   ctx->adopt_kind ? "PV or HVM" : ctx->hvm ? "HVM" : "PV");
-        rc = -1;
-        goto err;
+        return -1;
     }
     if (ctx->adopt_kind)
         ctx->hvm = ctx->guest_type == DHDR_TYPE_X86_HVM;
@@ -1174,49 +1275,78 @@ static int restore(struct restore_ctx *ctx)
         SIM_ERROR("Unable to restore %s domain into an x86%s domain",
                   sim_dhdr_type_to_str(ctx->guest_type),
                   ctx->hvm ? " HVM" : "_pv");
-        rc = -1;
-        goto err;
+        return -1;
     }
+    return 0;
+}
+
+/* A record no handler took: skipped if optional, else an error. */
+static int unhandled_record(struct restore_ctx *ctx,
+                            const struct sr_record *rec)
+{
+    xc_interface *xch = ctx->xch;
+
+    if (rec->type & REC_TYPE_OPTIONAL) {
+        SIM_DPRINTF("Ignoring optional record %#x (%s)",
+                    rec->type, sim_rec_type_to_str(rec->type));
+        return 0;
+    }
+    errno = EINVAL;
+    SIM_ERROR("Mandatory record %#x (%s) not handled",
+              rec->type, sim_rec_type_to_str(rec->type));
+    return -1;
+}
+
+/* Read and handle records up to END (after the first CHECKPOINT, buffer
+ * them until the next).  0 at END, and on a failover: a read error after a
+ * checkpoint, or a broken channel, leaves the last complete checkpoint
+ * standing.  Otherwise the failing rc. */
+static int read_records(struct restore_ctx *ctx)
+{
+    struct sr_record rec = { 0 };
+    int rc;
 
     do {
         rc = read_record(ctx, &rec);
-        if (rc) {
-            if (ctx->buffer_all_records)
-                goto remus_failover;
-            goto err;
-        }
+        if (rc)
+            return ctx->buffer_all_records ? 0 : rc;
 
         if (ctx->buffer_all_records && rec.type != REC_TYPE_END &&
             rec.type != REC_TYPE_CHECKPOINT) {
             rc = buffer_record(ctx, &rec);
             if (rc) {
                 free(rec.data);
-                goto err;
+                return rc;
             }
-        } else {
-            rc = process_record(ctx, &rec);
-            if (rc == RECORD_NOT_PROCESSED) {
-                if (rec.type & REC_TYPE_OPTIONAL)
-                    SIM_DPRINTF("Ignoring optional record %#x (%s)",
-                                rec.type, sim_rec_type_to_str(rec.type));
-                else {
-                    errno = EINVAL;
-                    SIM_ERROR("Mandatory record %#x (%s) not handled",
-                              rec.type, sim_rec_type_to_str(rec.type));
-                    rc = -1;
-                    goto err;
-                }
-            } else if (rc == BROKEN_CHANNEL)
-                goto remus_failover;
-            else if (rc)
-                goto err;
+            continue;
         }
-    } while (rec.type != REC_TYPE_END);
 
- remus_failover:
+        rc = process_record(ctx, &rec);
+        if (rc == RECORD_NOT_PROCESSED)
+            rc = unhandled_record(ctx, &rec);
+        if (rc == BROKEN_CHANNEL)
+            return 0;
+        if (rc)
+            return rc;
+    } while (rec.type != REC_TYPE_END);
+    return 0;
+}
+
+static int restore(struct restore_ctx *ctx)
+{
+    xc_interface *xch = ctx->xch;
+    int rc, saved_rc = 0, saved_errno = 0;
+
+    SIM_IPRINTF("Restoring domain");
+
+    rc = match_target(ctx);
+    if (!rc)
+        rc = read_records(ctx);
+    if (rc)
+        goto err;
+
     if (ctx->stream_type == XC_STREAM_COLO) {
         /* With COLO, stream_complete already ran at the checkpoint. */
-        rc = 0;
         SIM_IPRINTF("COLO Failover");
         goto done;
     }
@@ -1243,6 +1373,48 @@ static int restore(struct restore_ctx *ctx)
     return rc;
 }
 
+/* Sanity checks on stream_type-related parameters, as libxenguest (which
+ * asserts). */
+static void check_restore_callbacks(const struct restore_callbacks *callbacks,
+                                    xc_stream_type_t stream_type)
+{
+    switch (stream_type) {
+    case XC_STREAM_COLO:
+        assert(callbacks->suspend && callbacks->postcopy &&
+               callbacks->wait_checkpoint && callbacks->restore_results);
+        /* Fallthrough */
+    case XC_STREAM_REMUS:
+        assert(callbacks->checkpoint);
+        /* Fallthrough */
+    case XC_STREAM_PLAIN:
+        break;
+    default:
+        assert(!"Bad stream_type");
+        break;
+    }
+}
+
+/* Open the target and read what the restore needs from its meta. */
+static int open_target(struct restore_ctx *ctx)
+{
+    xc_interface *xch = ctx->xch;
+    const char *kind;
+
+    if (sim_domain_open(xch, ctx->domid, &ctx->d)) {
+        SIM_PERROR("Failed to get domain info");
+        return -1;
+    }
+
+    kind = sim_meta_get(&ctx->d.meta, "kind") ?: "";
+    ctx->adopt_kind = !*kind;
+    ctx->hvm = !strcmp(kind, "hvm");
+    ctx->nr_vcpus = sim_meta_get_ul(&ctx->d.meta, "vcpus", 0);
+    if (!ctx->nr_vcpus || ctx->nr_vcpus > MAX_VCPUS)
+        ctx->nr_vcpus = MAX_VCPUS;
+    ctx->tsc_khz = sim_meta_get_ul(&ctx->d.meta, "tsc_khz", 0);
+    return 0;
+}
+
 int xc_domain_restore(xc_interface *xch, int io_fd, uint32_t dom,
                       unsigned int store_evtchn, unsigned long *store_mfn,
                       uint32_t store_domid, unsigned int console_evtchn,
@@ -1263,7 +1435,6 @@ int xc_domain_restore(xc_interface *xch, int io_fd, uint32_t dom,
         .console_domid = console_domid,
         .d = { .opfd = -1, .memfd = -1 },
     };
-    const char *kind;
     int rc, saved_errno;
 
     if (!xch || xch->magic != SIM_HANDLE_MAGIC) {
@@ -1272,34 +1443,9 @@ int xc_domain_restore(xc_interface *xch, int io_fd, uint32_t dom,
     }
 
     sim_fault_at_start(xch, SCOPE_RESTORE);
-
-    switch (stream_type) {
-    case XC_STREAM_COLO:
-        assert(callbacks->suspend && callbacks->postcopy &&
-               callbacks->wait_checkpoint && callbacks->restore_results);
-        /* Fallthrough */
-    case XC_STREAM_REMUS:
-        assert(callbacks->checkpoint);
-        /* Fallthrough */
-    case XC_STREAM_PLAIN:
-        break;
-    default:
-        assert(!"Bad stream_type");
-        break;
-    }
-
-    if (sim_domain_open(xch, dom, &ctx.d)) {
-        SIM_PERROR("Failed to get domain info");
+    check_restore_callbacks(callbacks, stream_type);
+    if (open_target(&ctx))
         return -1;
-    }
-
-    kind = sim_meta_get(&ctx.d.meta, "kind") ?: "";
-    ctx.adopt_kind = !*kind;
-    ctx.hvm = !strcmp(kind, "hvm");
-    ctx.nr_vcpus = sim_meta_get_ul(&ctx.d.meta, "vcpus", 0);
-    if (!ctx.nr_vcpus || ctx.nr_vcpus > MAX_VCPUS)
-        ctx.nr_vcpus = MAX_VCPUS;
-    ctx.tsc_khz = sim_meta_get_ul(&ctx.d.meta, "tsc_khz", 0);
 
     SIM_DPRINTF("fd %d, dom %u, hvm %u, stream_type %d", io_fd, dom,
                 ctx.hvm, stream_type);

@@ -1,14 +1,15 @@
 /*
- * simxen: the libxc migration stream, v3 (libxc-migration-stream.pandoc),
- * and the I/O layer both directions use.
+ * simhost: the libxc migration stream, v3 (libxc-migration-stream.pandoc),
+ * and the I/O layer both directions use (guest.c); the layout of simhost/
+ * is in simhost.h.
  */
-#ifndef SIMSTREAM_H
-#define SIMSTREAM_H
+#ifndef SIMHOST_STREAM_H
+#define SIMHOST_STREAM_H
 
 #include <stdint.h>
 #include <sys/uio.h>
 
-#include "simxen.h"
+#include "simhost.h"
 
 #define IHDR_MARKER  0xffffffffffffffffULL
 #define IHDR_ID      0x58454E46U      /* "XENF" */
@@ -114,7 +115,7 @@ struct sr_hvm_params {
 /* One PAGE_DATA record may carry at most this many pfns. */
 #define SIM_PFN_PER_REC SIM_MAX_BATCH
 
-/* ---- I/O (simxenguest.c) ---- */
+/* ---- I/O (guest.c) ---- */
 
 struct sim_io {
     int fd;
@@ -135,4 +136,4 @@ int sim_write_record(struct sim_io *io, uint32_t type, const void *a,
 const char *sim_rec_type_to_str(uint32_t type);
 const char *sim_dhdr_type_to_str(uint32_t type);
 
-#endif /* SIMSTREAM_H */
+#endif /* SIMHOST_STREAM_H */

@@ -1,5 +1,5 @@
-"""The rig libraries: sonames, symbol versions, exports, warnings, and that
-Debian's helper binds to them."""
+"""The simulated host's libraries: sonames, symbol versions, exports,
+warnings, and that Debian's helper binds to them."""
 
 from __future__ import annotations
 
@@ -10,11 +10,9 @@ import subprocess
 
 import pytest
 
+from tests.simhost.cbuild import LIB_SOURCES, compiler, lib_command
 from tests.support.fixtures import ROOT
 
-SIMXEN = ROOT / "helper_c" / "simxen"
-CTRL_SOURCES = ["simxenctrl.c", "simdomain.c"]
-GUEST_SOURCES = ["simxenguest.c", "simsave.c", "simrestore.c", "simdomain.c"]
 EXPORTS = {
     "libxenctrl.so.4.17": {"xc_interface_open", "xc_interface_close"},
     "libxenguest.so.4.17": {"xc_domain_save", "xc_domain_restore"},
@@ -29,8 +27,8 @@ def readelf(*args) -> str:
 
 
 @pytest.mark.parametrize("lib", sorted(EXPORTS))
-def test_soname_needed_and_exports(rig, lib):
-    path = rig / lib
+def test_soname_needed_and_exports(simhost_libs, lib):
+    path = simhost_libs / lib
     dyn = readelf("-d", str(path))
     assert f"Library soname: [{lib}]" in dyn
     needed = set(re.findall(r"Shared library: \[([^\]]+)\]", dyn))
@@ -45,9 +43,9 @@ def test_soname_needed_and_exports(rig, lib):
     assert defined == {f"{name}@@VERS_4.17.0" for name in EXPORTS[lib]} | {"VERS_4.17.0"}
 
 
-def test_debian_helper_binds_to_the_rig(debian_helper, rig, simulated_host):
-    """Debian's helper has no RUNPATH; with the rig first in
-    LD_LIBRARY_PATH its four libxc imports bind to the rig at VERS_4.17.0,
+def test_debian_helper_binds_to_the_simulated_libraries(debian_helper, simhost_libs, simulated_host):
+    """Debian's helper has no RUNPATH; with the simulated libraries first in
+    LD_LIBRARY_PATH its four libxc imports bind to them at VERS_4.17.0,
     its xentoollog imports to the real libxentoollog."""
     assert "RUNPATH" not in readelf("-d", str(debian_helper))
     env = dict(simulated_host.env, LD_DEBUG="bindings", LD_BIND_NOW="1")
@@ -60,7 +58,7 @@ def test_debian_helper_binds_to_the_rig(debian_helper, rig, simulated_host):
         found[m.group(2)] = (os.path.realpath(m.group(1)), m.group(3))
     for lib, names in EXPORTS.items():
         for name in names:
-            assert found[name] == (str((rig / lib).resolve()), "VERS_4.17.0")
+            assert found[name] == (str((simhost_libs / lib).resolve()), "VERS_4.17.0")
     for name in ("xtl_log", "xtl_logv"):
         path, version = found[name]
         assert "libxentoollog.so.1" in path and version == "VERS_1.0"
@@ -69,29 +67,20 @@ def test_debian_helper_binds_to_the_rig(debian_helper, rig, simulated_host):
 @pytest.mark.parametrize("opt", ["-O0", "-O2", "-O3"])
 def test_builds_with_warnings_as_errors(tmp_path, opt):
     """Both libraries build warning-free with -Wall -Wextra -Werror."""
-    cc = os.environ.get("CC", "cc")
-    if shutil.which(cc) is None or shutil.which("pkg-config") is None:
-        pytest.skip("no C compiler / pkg-config")
-    cflags = subprocess.run(["pkg-config", "--cflags", "xencontrol", "xenguest", "xentoollog"],
-                            check=True, capture_output=True, text=True).stdout.split()
-    libs = subprocess.run(["pkg-config", "--libs", "xentoollog"], check=True,
-                          capture_output=True, text=True).stdout.split()
-    for out, sources in (("libxenctrl.so.4.17", CTRL_SOURCES),
-                         ("libxenguest.so.4.17", GUEST_SOURCES)):
-        cmd = [cc, "-std=gnu11", opt, "-Wall", "-Wextra", "-Werror", "-D_GNU_SOURCE",
-               "-fPIC", "-shared", f"-I{SIMXEN}", *cflags,
-               *[str(SIMXEN / s) for s in sources], "-o", str(tmp_path / out),
-               f"-Wl,-soname,{out}", f"-Wl,--version-script={SIMXEN / 'vers.map'}",
-               "-Wl,-z,defs", *libs]
+    cc = compiler()
+    for out in LIB_SOURCES:
+        cmd = lib_command(cc, out, tmp_path / out,
+                          [opt, "-Wall", "-Wextra", "-Werror", "-Wl,-z,defs"])
         p = subprocess.run(cmd, capture_output=True, text=True)
         assert p.returncode == 0, p.stderr
         assert p.stderr == ""
 
 
-def test_setup_py_lists_the_rig_sources():
-    """setup.py builds exactly these sources (so the test above covers what
-    ships)."""
+def test_setup_py_lists_the_simhost_sources():
+    """setup.py builds these sources and no others from simhost/ (so the
+    test above covers what ships)."""
     text = (ROOT / "setup.py").read_text()
-    for src in set(CTRL_SOURCES + GUEST_SOURCES):
-        assert f"helper_c/simxen/{src}" in text
-    assert "helper_c/simxen/vers.map" in text
+    listed = set(re.findall(r'"simhost/([\w.]+\.c)"', text))
+    assert listed == {src for sources in LIB_SOURCES.values() for src in sources}
+    assert {p.name for p in (ROOT / "simhost").glob("*.c")} == listed
+    assert '"simhost/vers.map"' in text

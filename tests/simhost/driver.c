@@ -1,16 +1,22 @@
 /*
- * rigdriver: calls the rig's libxenctrl/libxenguest directly, for tests of
- * what no libxl helper exercises (the precopy_policy callback, a NULL
- * logger).  Output on stdout, one event per line:
+ * The simulated host's test driver (tests/simhost/): calls the simulated
+ * libxenctrl/libxenguest directly, for tests of what no libxl helper
+ * exercises (the precopy_policy callback, a NULL logger), and feeds fault
+ * specs to the C fault parser (simhost/fault.c, compiled in) so that
+ * tests/simhost/test_grammar.py can compare it with the Python one.
+ * Output on stdout, one event per line:
  *   log LEVEL ERRNO CONTEXT: MESSAGE
  *   progress CONTEXT DOING DONE TOTAL
  *   policy ITERATION TOTAL_WRITTEN DIRTY_COUNT -> DECISION
  *   callback NAME [ARGS]
  *   rc RC errno ERRNO
+ *   parsed FAULT[,FAULT...]     (parse-fault: the normal form of each)
+ *   rejected
  *
- * usage: rigdriver save DOMID XCFLAGS OUTFILE POLICY
+ * usage: driver save DOMID XCFLAGS OUTFILE POLICY
  *          POLICY: none | simple | stop | abort-at:N | continue-until:N
- *        rigdriver open-null
+ *        driver open-null
+ *        driver parse-fault SPEC...
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +28,8 @@
 #include <xenctrl.h>
 #include <xenguest.h>
 #include <xentoollog.h>
+
+#include "simhost.h"
 
 static void vmessage(struct xentoollog_logger *lg, xentoollog_level level,
                      int errnoval, const char *context, const char *format,
@@ -92,6 +100,58 @@ static int logdirty(uint32_t domid, unsigned enable, void *data)
     return 0;
 }
 
+/* A quiet logger: parse errors are reported as "rejected" only. */
+static void quiet_vmessage(struct xentoollog_logger *lg,
+                           xentoollog_level level, int errnoval,
+                           const char *context, const char *format,
+                           va_list al)
+{
+    (void)lg;
+    (void)level;
+    (void)errnoval;
+    (void)context;
+    (void)format;
+    (void)al;
+}
+
+static xentoollog_logger quiet = { quiet_vmessage, progress, destroy };
+
+/* Each spec through simhost/fault.c's parser, one output line per spec. */
+static int parse_faults(int nspecs, char **specs)
+{
+    struct xc_interface_core handle = { .error_handler = &quiet };
+    struct sim_faults faults;
+    char buf[128];
+    unsigned int i;
+    int s;
+
+    for (s = 0; s < nspecs; s++) {
+        if (sim_faults_parse(&handle, "XENSR_SIMHOST_FAULT", specs[s],
+                             &faults)) {
+            printf("rejected\n");
+            continue;
+        }
+        printf("parsed ");
+        for (i = 0; i < faults.nr; i++) {
+            sim_fault_format(&faults.f[i], buf, sizeof(buf));
+            printf("%s%s", i ? "," : "", buf);
+        }
+        printf("\n");
+    }
+    return 0;
+}
+
+static int open_null(void)
+{
+    xc_interface *xch = xc_interface_open(NULL, NULL, 0);
+    int e = errno;
+
+    printf("open %s errno %d\n", xch ? "ok" : "failed", xch ? 0 : e);
+    printf("close %d\n", xc_interface_close(xch));
+    printf("close-null %d\n", xc_interface_close(NULL));
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     struct save_callbacks cb = { 0 };
@@ -100,18 +160,15 @@ int main(int argc, char **argv)
 
     setvbuf(stdout, NULL, _IOLBF, 0);
 
-    if (argc == 2 && !strcmp(argv[1], "open-null")) {
-        xch = xc_interface_open(NULL, NULL, 0);
-        e = errno;
-        printf("open %s errno %d\n", xch ? "ok" : "failed", xch ? 0 : e);
-        printf("close %d\n", xc_interface_close(xch));
-        printf("close-null %d\n", xc_interface_close(NULL));
-        return 0;
-    }
+    if (argc == 2 && !strcmp(argv[1], "open-null"))
+        return open_null();
+    if (argc >= 2 && !strcmp(argv[1], "parse-fault"))
+        return parse_faults(argc - 2, argv + 2);
 
     if (argc != 6 || strcmp(argv[1], "save")) {
-        fprintf(stderr, "usage: rigdriver save DOMID XCFLAGS OUTFILE POLICY\n"
-                        "       rigdriver open-null\n");
+        fprintf(stderr, "usage: driver save DOMID XCFLAGS OUTFILE POLICY\n"
+                        "       driver open-null\n"
+                        "       driver parse-fault SPEC...\n");
         return 2;
     }
 

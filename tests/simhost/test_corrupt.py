@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from tests.support import stream as st
-from tests.support.rigops import assert_completed, restore_from_file, save_to_file
+from tests.support.simhost import assert_completed, restore_from_file, save_to_file
 
 XTL_ERROR = 8
 

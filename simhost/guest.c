@@ -1,5 +1,6 @@
 /*
- * simxen libxenguest.so.4.17: stream I/O shared by save and restore.
+ * simhost libxenguest.so.4.17: stream I/O shared by save and restore (the
+ * layout of simhost/ is in simhost.h, what is simulated in README.md).
  */
 #include <errno.h>
 #include <limits.h>
@@ -7,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "simstream.h"
+#include "stream.h"
 
 #ifndef IOV_MAX
 #define IOV_MAX 1024
@@ -55,33 +56,64 @@ const char *sim_dhdr_type_to_str(uint32_t type)
     }
 }
 
+#define GATHER_MAX 64
+
+/* Gather up to GATHER_MAX entries (IOV_MAX is larger) starting at
+ * iov[i] + off into local, cut to the ROOM bytes the truncation limit
+ * still allows.  Returns how many entries it filled. */
+static int gather(struct iovec *local, const struct iovec *iov, int iovcnt,
+                  int i, size_t off, unsigned long long room)
+{
+    int n = 0;
+
+    while (i + n < iovcnt && n < GATHER_MAX) {
+        const struct iovec *src = &iov[i + n];
+        size_t skip = n == 0 ? off : 0;
+        size_t len = src->iov_len - skip;
+
+        if (len > room)
+            len = room;
+        local[n].iov_base = (char *)src->iov_base + skip;
+        local[n].iov_len = len;
+        room -= len;
+        n++;
+        if (!room)
+            break;
+    }
+    return n;
+}
+
+/* Advance the position (*i, *off) in iov by r bytes, past empty entries. */
+static void advance(const struct iovec *iov, int iovcnt, int *i, size_t *off,
+                    size_t r)
+{
+    while (r > 0 && *i < iovcnt) {
+        size_t left = iov[*i].iov_len - *off;
+
+        if (r >= left) {
+            r -= left;
+            (*i)++;
+            *off = 0;
+        } else {
+            *off += r;
+            r = 0;
+        }
+    }
+    while (*i < iovcnt && iov[*i].iov_len == *off) {
+        (*i)++;
+        *off = 0;
+    }
+}
+
 int sim_writev_exact(struct sim_io *io, const struct iovec *iov, int iovcnt)
 {
-    struct iovec local[64];
+    struct iovec local[GATHER_MAX];
     int i = 0;
     size_t off = 0;          /* offset into iov[i] already written */
 
     while (i < iovcnt) {
-        int n = 0;
-        unsigned long long room = io->limit - io->written;
+        int n = gather(local, iov, iovcnt, i, off, io->limit - io->written);
         ssize_t r;
-
-        /* Gather up to 64 entries (IOV_MAX is larger) starting at iov[i]+off,
-         * cut to what the truncation limit still allows. */
-        while (i + n < iovcnt && n < 64) {
-            const struct iovec *src = &iov[i + n];
-            size_t skip = n == 0 ? off : 0;
-            size_t len = src->iov_len - skip;
-
-            if (len > room)
-                len = room;
-            local[n].iov_base = (char *)src->iov_base + skip;
-            local[n].iov_len = len;
-            room -= len;
-            n++;
-            if (!room)
-                break;
-        }
 
         if (io->written >= io->limit) {
             /* A lying sender: pretend the rest went out. */
@@ -105,24 +137,7 @@ int sim_writev_exact(struct sim_io *io, const struct iovec *iov, int iovcnt)
             return -1;
         }
         io->written += r;
-
-        /* Advance (i, off) by r bytes. */
-        while (r > 0 && i < iovcnt) {
-            size_t left = iov[i].iov_len - off;
-
-            if ((size_t)r >= left) {
-                r -= left;
-                i++;
-                off = 0;
-            } else {
-                off += r;
-                r = 0;
-            }
-        }
-        while (i < iovcnt && iov[i].iov_len == off) {
-            i++;
-            off = 0;
-        }
+        advance(iov, iovcnt, &i, &off, (size_t)r);
     }
     return 0;
 }
@@ -146,8 +161,9 @@ int sim_read_exact(int fd, void *buf, size_t len)
         if (r < 0)
             return -1;
         if (r == 0) {
-            /* libxc reports EOF as errno 0; the rig says EIO (documented
-             * in xensr/testing.py) so that every failure carries an errno. */
+            /* libxc reports EOF as errno 0; the simulated host says EIO
+             * (README.md, "Errors") so that every failure carries an
+             * errno. */
             errno = EIO;
             return -1;
         }

@@ -1,5 +1,6 @@
-"""Each XENSR_SIM_FAULT under Debian's unmodified libxl-save-helper: the
-documented exit status, signal and frames."""
+"""Each fault (XENSR_SIMHOST_FAULT) under Debian's unmodified
+libxl-save-helper: the documented exit status, signal and frames; and the
+old environment names, still read."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from tests.support import stream as st
 from tests.support.parent import run_helper, save_args
-from tests.support.rigops import assert_completed, restore_from_file, save_to_file
+from tests.support.simhost import assert_completed, restore_from_file, save_to_file
 
 XTL_DEBUG, XTL_ERROR = 1, 8
 
@@ -32,11 +33,12 @@ def saved(debian_helper, simulated_host, tmp_path):
     return host, dom, path
 
 
-def test_no_sim_dir_fails_like_a_host_without_xen(debian_helper, simulated_host, tmp_path):
-    """Without XENSR_SIM_DIR: exactly the frames Debian's helper sends on a
+def test_no_simhost_dir_fails_like_a_host_without_xen(debian_helper, simulated_host,
+                                                      tmp_path):
+    """Without XENSR_SIMHOST_DIR: exactly the frames Debian's helper sends on a
     machine without Xen (PROTOCOL.md B§5.7), exit status 255."""
     env = simulated_host.env
-    del env["XENSR_SIM_DIR"]
+    del env["XENSR_SIMHOST_DIR"]
     fd = open(tmp_path / "s", "wb")
     t = run_helper(debian_helper, "save", save_args(7, 1, 136, 0), io_fd=fd.fileno(),
                    env=env, timeout=20)
@@ -68,11 +70,60 @@ def test_open_fail(debian_helper, simulated_host, tmp_path, spec, err):
 def test_bad_fault_spec_refused(debian_helper, simulated_host, tmp_path):
     dom = simulated_host.create_domain(1)
     env = simulated_host.env
-    env["XENSR_SIM_FAULT"] = "fail-at-page:ten"
+    env["XENSR_SIMHOST_FAULT"] = "fail-at-page:ten"
     t, _ = save_to_file(debian_helper, simulated_host, dom, tmp_path / "s", env=env)
     assert t.returncode == 255
-    assert 'XENSR_SIM_FAULT: bad fault "fail-at-page:ten"' in t.log_text()
+    assert 'XENSR_SIMHOST_FAULT: bad fault "fail-at-page:ten"' in t.log_text()
     assert t.logs[-1]["errnoval"] == errno.EINVAL
+
+
+def pages_in(data):
+    s = st.parse(data, allow_eof_without_end=True)
+    return sum(len(st.check_page_data(r)) for r in s.of("PAGE_DATA"))
+
+
+def old_names_env(host, **values):
+    """host.env with the directory (and faults) under the old names only."""
+    env = host.env
+    env["XENSR_SIM_DIR"] = env.pop("XENSR_SIMHOST_DIR")
+    env.update(values)
+    return env
+
+
+def test_old_environment_names_still_work(debian_helper, simulated_host, tmp_path):
+    """XENSR_SIM_DIR and XENSR_SIM_FAULT, the names before this release, are
+    read when the new names are absent (a bad spec is reported under the
+    name it came from)."""
+    host = simulated_host
+    dom = host.create_domain(1)
+    t, data = save_to_file(debian_helper, host, dom, tmp_path / "s", env=old_names_env(host))
+    assert_completed(t)
+    assert len(data) > 256 * 4096
+    t, data = save_to_file(debian_helper, host, dom, tmp_path / "s",
+                           env=old_names_env(host, XENSR_SIM_FAULT="fail-at-page:3"))
+    assert_completed(t, retval=-1)
+    assert pages_in(data) == 3
+    t, _ = save_to_file(debian_helper, host, dom, tmp_path / "s",
+                        env=old_names_env(host, XENSR_SIM_FAULT="bogus"))
+    assert t.returncode == 255
+    assert 'XENSR_SIM_FAULT: bad fault "bogus"' in t.log_text()
+
+
+def test_new_environment_names_win(debian_helper, simulated_host, tmp_path):
+    """When both names are set the new one wins, even when empty."""
+    host = simulated_host
+    dom = host.create_domain(1)
+    env = dict(host.env, XENSR_SIM_DIR=str(tmp_path / "nowhere"),
+               XENSR_SIMHOST_FAULT="fail-at-page:5", XENSR_SIM_FAULT="fail-at-page:9")
+    t, data = save_to_file(debian_helper, host, dom, tmp_path / "s", env=env)
+    assert_completed(t, retval=-1)
+    assert pages_in(data) == 5
+    env = dict(host.env, XENSR_SIMHOST_FAULT="", XENSR_SIM_FAULT="exit-early")
+    t, _ = save_to_file(debian_helper, host, dom, tmp_path / "s", env=env)
+    assert_completed(t)
+    env = dict(host.env, XENSR_SIMHOST_DIR="", XENSR_SIM_DIR=str(host.state_dir))
+    t, _ = save_to_file(debian_helper, host, dom, tmp_path / "s", env=env)
+    assert t.returncode == 255 and t.complete is None
 
 
 @pytest.mark.parametrize("kind", ["pv", "hvm"])
@@ -293,7 +344,7 @@ def test_exit_early(saved, debian_helper, tmp_path, mode):
 @pytest.mark.parametrize("kind", ["pv", "hvm"])
 def test_sigterm_unwinds_save(debian_helper, simulated_host, tmp_path, kind):
     """SIGTERM mid-save: Debian's helper dup2s /dev/null over the io fd; the
-    rig's next write fails with EBADF and it unwinds like libxenguest."""
+    simulated host's next write fails with EBADF and it unwinds like libxenguest."""
     host = simulated_host
     dom = host.create_domain(8, kind=kind)
     sent = []
