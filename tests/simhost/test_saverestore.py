@@ -385,7 +385,7 @@ def test_colo_primary_and_secondary(debian_helper, simulated_host, tmp_path, kin
             debian_helper, "save", save_args(dom, XCFLAGS_LIVE, CBFLAGS_SAVE_COLO, 2),
             io_fd=io_w, back_fd=back_r, env=host.env, timeout=60,
             replies=Replies({"wait_checkpoint": [1, 1, 0]}),
-            close_after_spawn=(io_w, back_r))
+            close_after_spawn=(io_w,))
 
     def secondary():
         out["restore"] = run_helper(
@@ -399,6 +399,11 @@ def test_colo_primary_and_secondary(debian_helper, simulated_host, tmp_path, kin
         th.start()
     for th in threads:
         th.join()
+    # The back channel's read end stays open here until both helpers are
+    # done, as a toolstack keeps its COLO channel: the secondary writes its
+    # last dirty-pfn list after the primary may already have exited, and
+    # with no reader left that write would kill it with SIGPIPE.
+    os.close(back_r)
     s, r = out["save"], out["restore"]
     assert_completed(s)
     assert_completed(r)
