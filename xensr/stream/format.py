@@ -96,9 +96,13 @@ PFN_WORD_SIZE = 8
 # Bodies of libxc records (little-endian).
 #: PAGE_DATA: u32 count, u32 reserved, then count pfn words, then pages.
 PAGE_DATA_HEADER = struct.Struct("<II")
+PAGE_DATA_OFF_RESERVED = 4
 #: X86_PV_INFO: u8 guest width, u8 page-table levels, u16 + u32 reserved.
 X86_PV_INFO = struct.Struct("<BBHI")
 X86_PV_INFO_OFF_LEVELS = 1
+#: Guest widths (bytes) and page-table levels a PV guest may have.
+X86_PV_GUEST_WIDTHS = (4, 8)
+X86_PV_PT_LEVELS = (3, 4)
 X86_PV_INFO_OFF_RESERVED = 2
 #: X86_PV_P2M_FRAMES: u32 start pfn, u32 end pfn, then one u64 frame for
 #: each p2m page covering them.
@@ -106,11 +110,13 @@ X86_PV_P2M_FRAMES_HEADER = struct.Struct("<II")
 P2M_FRAME_SIZE = 8
 #: X86_PV_VCPU_*: u32 vcpu id, u32 reserved, then the context.
 X86_PV_VCPU_HEADER = struct.Struct("<II")
+X86_PV_VCPU_OFF_RESERVED = 4
 #: X86_TSC_INFO: u32 mode, u32 kHz, u64 nsec, u32 incarnation, u32 reserved.
 X86_TSC_INFO = struct.Struct("<IIQII")
 X86_TSC_INFO_OFF_RESERVED = 20
 #: HVM_PARAMS: u32 count, u32 reserved, then count (u64 index, u64 value).
 HVM_PARAMS_HEADER = struct.Struct("<II")
+HVM_PARAMS_OFF_RESERVED = 4
 HVM_PARAMS_ENTRY = struct.Struct("<QQ")
 #: HVM_CONTEXT: hvm_save_descriptor (u16 typecode, u16 instance, u32
 #: length) then the data, until typecode END.

@@ -14,11 +14,13 @@ from array import array
 from dataclasses import dataclass
 from typing import Callable, Dict, Set, Tuple
 
+from ..errors import StreamFormatError
 from .base import Layer, fail
 from .format import (
     DOMAIN_NAMES,
     HVM_PARAMS_ENTRY,
     HVM_PARAMS_HEADER,
+    HVM_PARAMS_OFF_RESERVED,
     HVM_SAVE_CPU,
     HVM_SAVE_DESCRIPTOR,
     HVM_SAVE_END,
@@ -38,6 +40,7 @@ from .format import (
     LIBXC_VERSIONS,
     P2M_FRAME_SIZE,
     PAGE_DATA_HEADER,
+    PAGE_DATA_OFF_RESERVED,
     PAGE_SHIFT,
     PAGE_SIZE,
     PAGE_TYPE_NAMES,
@@ -54,8 +57,11 @@ from .format import (
     X86_PV_INFO,
     X86_PV_INFO_OFF_LEVELS,
     X86_PV_INFO_OFF_RESERVED,
+    X86_PV_GUEST_WIDTHS,
+    X86_PV_PT_LEVELS,
     X86_PV_P2M_FRAMES_HEADER,
     X86_PV_VCPU_HEADER,
+    X86_PV_VCPU_OFF_RESERVED,
     X86_TSC_INFO,
     X86_TSC_INFO_OFF_RESERVED,
     DomainType,
@@ -87,16 +93,16 @@ class _Record:
         """Offset of the first body byte."""
         return self.start + RECORD_HEADER.size
 
-    def bad_length(self, expect: str) -> Exception:
+    def bad_length(self, expect: str) -> StreamFormatError:
         return fail(
             self.start + RECORD_OFF_LENGTH,
             f"libxc {self.name} record length {self.length}, expected {expect}",
             "bad record length",
         )
 
-    def reserved(self, offset: int, what: str = "") -> Exception:
+    def reserved(self, offset: int) -> StreamFormatError:
         """A non-zero reserved field at ``offset`` bytes into the body."""
-        return fail(self.body + offset, f"reserved field of {what or self.name} is not zero", "reserved field")
+        return fail(self.body + offset, f"reserved field of {self.name} is not zero", "reserved field")
 
 
 class LibxcParser(Layer):
@@ -157,9 +163,10 @@ class LibxcParser(Layer):
             bad = next(i for i in range(LIBXC_IHDR_OFF_ID, LIBXC_IHDR_OFF_VERSION) if raw[i] != want[i])
             raise fail(start + bad, f"bad libxc image id 0x{ident:08x}", "bad libxc id")
         if version not in LIBXC_VERSIONS:
-            expect = " or ".join(str(v) for v in LIBXC_VERSIONS)
             raise fail(
-                start + LIBXC_IHDR_OFF_VERSION, f"libxc stream version {version}, expected {expect}", "bad libxc version"
+                start + LIBXC_IHDR_OFF_VERSION,
+                f"libxc stream version {version}, expected {_either(LIBXC_VERSIONS)}",
+                "bad libxc version",
             )
         if options & LIBXC_OPT_BIG_ENDIAN:
             raise fail(start + LIBXC_IHDR_OFF_OPTIONS, "big-endian libxc stream is not supported", "big-endian stream")
@@ -257,13 +264,16 @@ class LibxcParser(Layer):
     def _x86_pv_info(self, rec: _Record, hdr: LibxcHeaders) -> None:
         if self._seen_pv_info:
             raise fail(rec.start, "second X86_PV_INFO record", "record order")
-        width, levels, res1, res2 = X86_PV_INFO.unpack(self.r.read_exact(X86_PV_INFO.size, "the X86_PV_INFO record body"))
-        if width not in (4, 8):
-            raise fail(rec.body, f"X86_PV_INFO guest width {width}, expected 4 or 8", "bad record")
-        if levels not in (3, 4):
+        body = self.r.read_exact(X86_PV_INFO.size, "the X86_PV_INFO record body")
+        width, levels, res1, res2 = X86_PV_INFO.unpack(body)
+        if width not in X86_PV_GUEST_WIDTHS:
+            raise fail(
+                rec.body, f"X86_PV_INFO guest width {width}, expected {_either(X86_PV_GUEST_WIDTHS)}", "bad record"
+            )
+        if levels not in X86_PV_PT_LEVELS:
             raise fail(
                 rec.body + X86_PV_INFO_OFF_LEVELS,
-                f"X86_PV_INFO page-table levels {levels}, expected 3 or 4",
+                f"X86_PV_INFO page-table levels {levels}, expected {_either(X86_PV_PT_LEVELS)}",
                 "bad record",
             )
         if res1 or res2:
@@ -279,7 +289,7 @@ class LibxcParser(Layer):
             raise fail(rec.body, f"X86_PV_P2M_FRAMES start pfn {first} > end pfn {last}", "bad record")
         # One frame per p2m page covering first..last; a p2m page holds
         # PAGE_SIZE / guest width entries.
-        per_frame = PAGE_SIZE // (self.s.pv_guest_width or 8)
+        per_frame = PAGE_SIZE // (self.s.pv_guest_width or max(X86_PV_GUEST_WIDTHS))
         frames = last // per_frame + 1 - first // per_frame
         want = head.size + P2M_FRAME_SIZE * frames
         if rec.length != want:
@@ -290,7 +300,7 @@ class LibxcParser(Layer):
         head = X86_PV_VCPU_HEADER
         vcpu_id, res = head.unpack(self.r.read_exact(head.size, f"the {rec.name} header"))
         if res:
-            raise rec.reserved(4)
+            raise rec.reserved(X86_PV_VCPU_OFF_RESERVED)
         # A BASIC record with a context says the vCPU is up.
         if rec.type == LibxcRecordType.X86_PV_VCPU_BASIC and rec.length > head.size:
             self.s.add_vcpu_id(vcpu_id)
@@ -308,7 +318,7 @@ class LibxcParser(Layer):
         head = HVM_PARAMS_HEADER
         count, res = head.unpack(self.r.read_exact(head.size, "the HVM_PARAMS header"))
         if res:
-            raise rec.reserved(4)
+            raise rec.reserved(HVM_PARAMS_OFF_RESERVED)
         want = head.size + HVM_PARAMS_ENTRY.size * count
         if rec.length != want:
             raise rec.bad_length(f"{want} for {count} parameters")
@@ -354,7 +364,7 @@ class LibxcParser(Layer):
             )
         count, res = head.unpack(self.r.read_exact(head.size, "the PAGE_DATA header"))
         if res:
-            raise rec.reserved(4)
+            raise rec.reserved(PAGE_DATA_OFF_RESERVED)
         if count < 1:
             raise fail(rec.body, "PAGE_DATA record with no pfns", "bad page count")
         if rec.length < head.size + PFN_WORD_SIZE * count:
@@ -407,7 +417,11 @@ class LibxcParser(Layer):
         return with_data
 
 
-def _bad_pfn_word(word: int, ptype: int, offset: int, index: int) -> Exception:
+def _either(values: Tuple[int, ...]) -> str:
+    return " or ".join(str(v) for v in values)
+
+
+def _bad_pfn_word(word: int, ptype: int, offset: int, index: int) -> StreamFormatError:
     if word & PFN_RESERVED_MASK:
         what = f"reserved bits set in PAGE_DATA pfn word 0x{word:016x}"
     else:

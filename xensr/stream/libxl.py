@@ -136,9 +136,11 @@ class LibxlParser(Layer):
                 f"{name} record length {length} cannot hold the {EMULATOR_HEADER.size}-byte emulator header",
                 "bad record length",
             )
-        emu_id, index = EMULATOR_HEADER.unpack(self.r.read_exact(EMULATOR_HEADER.size, f"the {name} emulator header"))
+        head = self.r.read_exact(EMULATOR_HEADER.size, f"the {name} emulator header")
+        emu_id, index = EMULATOR_HEADER.unpack(head)
         if emu_id not in EMULATOR_NAMES:
-            raise fail(start + RECORD_HEADER.size, f"{name} record has unknown emulator id {emu_id}", "unknown emulator")
+            msg = f"{name} record has unknown emulator id {emu_id}"
+            raise fail(start + RECORD_HEADER.size, msg, "unknown emulator")
         rec.emulator_id = emu_id
         rec.emulator_index = index
         body = length - EMULATOR_HEADER.size
