@@ -154,12 +154,11 @@ class LibxcParser(Layer):
     def _image_header(self, start: int) -> Tuple[int, int]:
         raw = self.r.read_exact(LIBXC_IHDR.size, "the libxc image header")
         marker, ident, version, options, res1, res2 = LIBXC_IHDR.unpack(raw)
+        want = LIBXC_IHDR.pack(LIBXC_MARKER, LIBXC_ID, 0, 0, 0, 0)
         if marker != LIBXC_MARKER:
-            want = LIBXC_IHDR.pack(LIBXC_MARKER, LIBXC_ID, 0, 0, 0, 0)
             bad = next(i for i in range(LIBXC_IHDR_OFF_ID) if raw[i] != want[i])
             raise fail(start + bad, f"bad libxc image marker 0x{marker:016x}", "bad libxc marker")
         if ident != LIBXC_ID:
-            want = LIBXC_IHDR.pack(LIBXC_MARKER, LIBXC_ID, 0, 0, 0, 0)
             bad = next(i for i in range(LIBXC_IHDR_OFF_ID, LIBXC_IHDR_OFF_VERSION) if raw[i] != want[i])
             raise fail(start + bad, f"bad libxc image id 0x{ident:08x}", "bad libxc id")
         if version not in LIBXC_VERSIONS:
