@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_stream_gen import (
+from tests.stream.gen import (
     END,
     HVM_CONTEXT,
     PAGE,
@@ -25,7 +25,7 @@ from tests.test_stream_gen import (
 )
 from xensr.cli import SUBCOMMANDS, main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(capsys, *argv):

@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from tests.test_stream_gen import (
+from tests.stream.gen import (
     CHECKPOINT,
     END,
     L_CHECKPOINT_END,

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from tests.test_stream_gen import (
+from tests.stream.gen import (
     CHECKPOINT,
     CPUID_POLICY,
     DIRTY_PFN_LIST,
@@ -43,6 +43,7 @@ from tests.test_stream_gen import (
     xl_header,
 )
 from xensr import stream
+from xensr.stream import xl as stream_xl
 from xensr.errors import StreamFormatError
 
 PTYPE_NAMES = {
@@ -633,7 +634,7 @@ def test_explicit_format_overrides_detection(tmp_path):
 
 
 def test_huge_configuration_is_streamed_past(tmp_path, monkeypatch):
-    monkeypatch.setattr(stream, "_MAX_JSON_CONFIG", 1000)
+    monkeypatch.setattr(stream_xl, "MAX_JSON_CONFIG", 1000)
     cfg = b'{"pad": "' + b"x" * 5000 + b'"}\0'
     g = make("libxl", hvm=True)
     s = scan(tmp_path, xl_header(cfg) + g.data)
