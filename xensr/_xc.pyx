@@ -62,20 +62,16 @@ import signal as _signal
 import types as _types
 import warnings
 
+from ._constants import XTL_LEVEL_NAMES
 from .errors import (
-    EmptyStringError,
     HelperStartError,
-    RuntFrameError,
     ProtocolError,
-    ShortFrameError,
-    TrailingBytesError,
+    RuntFrameError,
     TruncatedFrameError,
     UnexpectedCallbackError,
-    UnknownMessageError,
-    UnterminatedStringError,
-    WrongDirectionError,
 )
 
+# The table's message numbers, per-type arrays and decoders (generated).
 include "_msgs.pxi"
 
 cdef enum:
@@ -83,26 +79,8 @@ cdef enum:
     BUF_SIZE = 131072
     # Reads per readiness call before giving the loop back (log floods).
     MAX_READS = 4
-    # Per-message-type tables (types 1 to 11 are in use).
-    MSG_SLOTS = 16
-    # log_levels: the bit for xentoollog levels above 9.
-    LOG_OTHER_BIT = 10
-
-# How set_direct's callbacks' return values become replies.
-cdef enum:
-    MAP_NONE = 0        # progress: no reply
-    MAP_BOOL = 1        # bool -> 1/0, int as is
-    MAP_STATUS = 2      # None/True -> 0, False -> -1, int as is
-    MAP_POLICY = 3      # XGS_POLICY_* int (-1, 0, 1)
-
-cdef int[16] _MAP_KIND = [0, 0, MAP_NONE, MAP_BOOL, MAP_BOOL, MAP_BOOL, MAP_BOOL,
-                          MAP_STATUS, MAP_STATUS, 0, 0, MAP_POLICY, 0, 0, 0, 0]
-# Types set_direct accepts: progress and the requests.
-cdef unsigned _DIRECT_OK = ((1u << 2) | (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6)
-                            | (1u << 7) | (1u << 8) | (1u << 11))
-
-_XTL_NAMES = ("none", "debug", "verbose", "detail", "progress", "info",
-              "notice", "warning", "error", "critical")
+    # log_levels: the bit for xentoollog levels above the table's.
+    LOG_OTHER_BIT = XTL_LEVEL_COUNT
 
 _STAGES = {
     XENSR_SPAWN_STAGE_DUP2: "cannot set up the helper's stdin/stdout",
@@ -113,7 +91,10 @@ _STAGES = {
 
 def format_log_line(level, errnoval, context, formatted):
     """One helper log frame as text: ``level: context: text[: strerror]``."""
-    name = _XTL_NAMES[level] if 0 <= level < len(_XTL_NAMES) else f"level{level}"
+    if 0 <= level < len(XTL_LEVEL_NAMES):
+        name = XTL_LEVEL_NAMES[level]
+    else:
+        name = f"level{level}"
     line = f"{name}: {context}: {formatted}"
     if errnoval and errnoval != 0xFFFFFFFF:
         try:
@@ -129,44 +110,56 @@ cdef inline double _monotonic() noexcept nogil:
     return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
-cdef inline Py_ssize_t _skip_string(const unsigned char *body, Py_ssize_t n,
-                                    Py_ssize_t at) noexcept:
-    """The offset after a well-formed STRING at ``at``, or -1."""
-    cdef uint32_t length
-    if n - at < 4:
-        return -1
-    memcpy(&length, body + at, 4)
-    if length == 0 or <uint64_t>(n - at - 4) < <uint64_t>length:
-        return -1
-    if body[at + 4 + length - 1] != 0:
-        return -1
-    return at + 4 + length
-
-
-cdef inline bint _log_ok(const unsigned char *body, Py_ssize_t n) noexcept:
-    """A log body (type, level, errno, context, formatted) is well formed."""
-    cdef Py_ssize_t off
-    if n < 10:
-        return False
-    off = _skip_string(body, n, 10)
-    if off < 0:
-        return False
-    return _skip_string(body, n, off) == n
-
-
-cdef inline bint _progress_ok(const unsigned char *body, Py_ssize_t n) noexcept:
-    """A progress body (type, context, doing_what, done, total) is well formed."""
-    cdef Py_ssize_t off = _skip_string(body, n, 2)
-    if off < 0:
-        return False
-    off = _skip_string(body, n, off)
-    return off >= 0 and n - off == 16
-
-
 cdef int _bad_frame(const unsigned char *body, Py_ssize_t n, int direction) except -1:
     """Raise the generated decoder's error for a body the checks refused."""
     _decode_body(body, n, direction)
     raise ProtocolError("malformed frame", offset=0)
+
+
+# ----------------------------------------------------------------------
+# Replies: a callback's return value -> the int the helper reads, by the
+# message's reply mapping in the table (MAP_*).  The one implementation:
+# the callout's fast path and the Python API (xensr.callbacks) both use it.
+
+cdef object _map_reply(int msgtype, object value):
+    """The reply for what the callback of message msgtype returned; raises
+    TypeError or ValueError for a value the mapping refuses."""
+    cdef int kind = _reply_map(msgtype)
+    name = _name_of(msgtype)
+    if kind == MAP_BOOL:
+        # bool -> 1/0; an int passes through (COLO: 2 = failover).
+        if isinstance(value, int):
+            return int(value)
+        raise TypeError(f"{name}() must return a bool, not {type(value).__name__}")
+    if kind == MAP_STATUS:
+        # None/True -> 0 (done), False -> -1; an int passes through (0 = OK).
+        if value is None or value is True:
+            return 0
+        if value is False:
+            return -1
+        if isinstance(value, int):
+            return int(value)
+        raise TypeError(
+            f"{name}() must return None or a bool, not {type(value).__name__}")
+    if kind == MAP_ENUM:
+        what = _REPLY_ENUM_NAMES[msgtype]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name}() must return an {what} int, not {type(value).__name__}")
+        if not _reply_min(msgtype) <= value <= _reply_max(msgtype):
+            raise ValueError(f"{name}() returned {value!r}, not an {what} value")
+        return int(value)
+    raise ValueError(f"{name} takes no reply from a callback")
+
+
+def map_reply(int msgtype, value):
+    """The int sent to the helper for what the callback of message msgtype
+    returned (TypeError / ValueError for a value it cannot be)."""
+    return _map_reply(msgtype, value)
+
+
+cdef inline bint _plain_reply(object v) noexcept:
+    """A value whose reply the callout works out itself, without Python."""
+    return type(v) is int or v is True or v is False or v is None
 
 
 cdef int _make_pipe(int *fds) except -1:
@@ -288,10 +281,11 @@ cdef class Callout:
     # The handler's class and its msg_<name> functions by message type.
     cdef object _bound_type
     cdef list _bound
-    # Callbacks called directly (set_direct) by message type.
+    # Callbacks called directly (set_direct) by message type, and the
+    # class their arguments are wrapped in (struct-presented messages).
     cdef list _direct
-    cdef unsigned _direct_mask
-    cdef object _direct_wrap
+    cdef list _wrap
+    cdef bint _callbacks_stopped
     cdef unsigned long long _counts[MSG_SLOTS]
     cdef bint _wake
 
@@ -354,6 +348,7 @@ cdef class Callout:
             self._ring_size = log_tail
         self._bound = [None] * MSG_SLOTS
         self._direct = [None] * MSG_SLOTS
+        self._wrap = [None] * MSG_SLOTS
         self.log_levels = 0xffffffffu
         self.progress_wanted = True
         self._reading = True
@@ -637,34 +632,62 @@ cdef class Callout:
 
     cdef int _frame(self, handler, const unsigned char *body, Py_ssize_t n) except -1:
         cdef uint16_t t16
-        cdef uint32_t level
-        cdef int t
-        cdef int kind
-        cdef unsigned bit
+        cdef int t, role, kind
         memcpy(&t16, body, 2)
         t = t16
-        if t == 1:
-            # Checked in C, kept raw; decoded only if the handler wants it.
-            if not _log_ok(body, n):
-                _bad_frame(body, n, self.direction)
+        role = _role(t)
+        if role == ROLE_LOG:
+            return self._log_frame(handler, t, body, n)
+        if role == ROLE_PROGRESS and not self.progress_wanted:
+            # Checked in C and counted, not decoded: nobody wants it.
+            self._check_raw(t, body, n)
             self.frames += 1
-            self.log_lines += 1
-            self._counts[1] += 1
-            self._ring_put(body, n)
-            memcpy(&level, body + 2, 4)
-            if not (self.log_levels & (1u << (level if level < LOG_OTHER_BIT else LOG_OTHER_BIT))):
-                return 0
-            self._call(handler, 1, _decode_log(body, n)[1])
-            return 0
-        if t == 2 and not self.progress_wanted:
-            if not _progress_ok(body, n):
-                _bad_frame(body, n, self.direction)
-            self.frames += 1
-            self._counts[2] += 1
+            self._counts[t] += 1
             return 0
         msgtype, args = _decode_body(body, n, self.direction)
-        bit = _cbflag_bit(t)
         kind = _reply_kind(t)
+        self._check_expected(t, kind)
+        self.frames += 1
+        self._counts[t] += 1
+        if role == ROLE_COMPLETE:
+            # As libxl: nothing after complete is read.
+            self.completed = True
+            self.retval = args[COMPLETE_ARG_RETVAL]
+            self.errnoval = args[COMPLETE_ARG_ERRNOVAL]
+            self._reading = False
+        if kind:
+            self.awaiting = t
+        ret = self._deliver(handler, t, role, args)
+        if kind and ret is not None and self.awaiting == t:
+            self.send_reply(ret)
+        return 0
+
+    cdef int _log_frame(self, handler, int t, const unsigned char *body,
+                        Py_ssize_t n) except -1:
+        """Checked in C, kept raw; decoded only if the handler wants it."""
+        cdef uint32_t level
+        self._check_raw(t, body, n)
+        self.frames += 1
+        self.log_lines += 1
+        self._counts[t] += 1
+        self._ring_put(body, n)
+        memcpy(&level, body + LOG_LEVEL_OFFSET, 4)
+        if not (self.log_levels & (1u << (level if level < LOG_OTHER_BIT else LOG_OTHER_BIT))):
+            return 0
+        self._call(handler, t, _decode_body(body, n, self.direction)[1])
+        return 0
+
+    cdef int _check_raw(self, int t, const unsigned char *body, Py_ssize_t n) except -1:
+        """A frame handled without decoding must still be one the decoder
+        accepts; raise the decoder's error if not."""
+        if not ((_directions(t) >> self.direction) & 1 and _check_body(t, body, n)):
+            _bad_frame(body, n, self.direction)
+        return 0
+
+    cdef int _check_expected(self, int t, int kind) except -1:
+        """A callback whose cbflags bit is clear, or a second request while
+        one waits for its reply, is a protocol error."""
+        cdef unsigned bit = _cbflag_bit(t)
         if bit and not (self.cbflags & bit):
             name = _name_of(t)
             raise UnexpectedCallbackError(
@@ -677,24 +700,31 @@ cdef class Callout:
                 f"{name} message (type {t}) asks for a reply while the reply "
                 f"to {_name_of(self.awaiting)} is still outstanding",
                 msgtype=t, msgname=name, offset=0)
-        self.frames += 1
-        if t < MSG_SLOTS:
-            self._counts[t] += 1
-        if t == 10:
-            # As libxl: nothing after complete is read.
-            self.completed = True
-            self.retval = args[0]
-            self.errnoval = args[1]
-            self._reading = False
-        if kind:
-            self.awaiting = t
-        if t < MSG_SLOTS and (self._direct_mask >> t) & 1:
-            ret = self._call_direct(handler, t, args)
-        else:
-            ret = self._call(handler, t, args)
-        if kind and ret is not None and self.awaiting == t:
-            self.send_reply(ret)
         return 0
+
+    cdef object _deliver(self, handler, int t, int role, tuple args):
+        """A decoded frame: the one way it reaches the toolstack.
+
+        A request's or progress report's direct callback (set_direct) if
+        there is one, else the handler's msg_<name>, else the table's
+        default reply.  Once stop_callbacks() was called, requests get the
+        table's failure reply (an undo still reaches its callback) and
+        progress is dropped.
+        """
+        cdef int undo
+        if self._callbacks_stopped and (role == ROLE_REQUEST or role == ROLE_PROGRESS):
+            if role == ROLE_PROGRESS:
+                return None
+            undo = _undo_arg(t)
+            if undo < 0 or args[undo] != 0:
+                return _failure_reply(t)
+        fn = self._direct[t]
+        if fn is not None:
+            return self._call_direct(handler, t, fn, args)
+        if (_has_default(t) and self._method(handler, t) is None
+                and not hasattr(handler, "msg_" + _NAMES[t])):
+            return _default_reply(t)
+        return self._call(handler, t, args)
 
     cdef int _ring_put(self, const unsigned char *body, Py_ssize_t n) except -1:
         cdef Py_ssize_t i
@@ -715,12 +745,16 @@ cdef class Callout:
         self._rlen[i] = n
         return 0
 
-    cdef object _call(self, handler, int t, tuple args):
-        """handler.msg_<name>(*args), through the class's function."""
+    cdef object _method(self, handler, int t):
+        """The handler class's msg_<name> function, or None."""
         tp = type(handler)
         if tp is not self._bound_type:
             self._bind(tp)
-        fn = self._bound[t]
+        return self._bound[t]
+
+    cdef object _call(self, handler, int t, tuple args):
+        """handler.msg_<name>(*args), through the class's function."""
+        fn = self._method(handler, t)
         if fn is None:
             return _dispatch(handler, t, args)
         return fn(handler, *args)
@@ -728,7 +762,7 @@ cdef class Callout:
     cdef int _bind(self, tp) except -1:
         cdef int t
         bound = [None] * MSG_SLOTS
-        for t in range(1, len(_NAMES)):
+        for t in range(1, MSG_SLOTS):
             # Only plain functions of the class: anything else (__getattr__,
             # descriptors) goes through getattr for each frame.
             fn = getattr(tp, "msg_" + _NAMES[t], None)
@@ -738,79 +772,77 @@ cdef class Callout:
         self._bound_type = tp
         return 0
 
-    cdef object _call_direct(self, handler, int t, tuple args):
-        """Call the set_direct callback; turn the common returns into the
-        reply here, hand anything else to handler.direct_result."""
-        cdef int kind = _MAP_KIND[t]
-        fn = self._direct[t]
-        if t == 11 and self._direct_wrap is not None:
-            a = (tuple.__new__(self._direct_wrap, args),)
-        elif t == 7:
-            a = (args[0], args[1] != 0)
+    cdef object _call_direct(self, handler, int t, fn, tuple args):
+        """Call the set_direct callback with the arguments as the table
+        presents them; map the common returns to the reply here, hand
+        anything else to handler.direct_result."""
+        cdef unsigned as_bool = _bool_args(t)
+        cdef int i
+        wrap = self._wrap[t]
+        if wrap is not None:
+            a = (tuple.__new__(wrap, args),)
+        elif as_bool:
+            a = list(args)
+            for i in range(len(a)):
+                if (as_bool >> i) & 1:
+                    a[i] = a[i] != 0
         else:
             a = args
         try:
             v = fn(*a)
         except Exception as exc:
             return handler.direct_failed(t, exc)
-        if kind == MAP_NONE:
-            if v is None:
-                return None
-        elif type(v) is int:
-            if kind == MAP_POLICY:
-                if -1 <= v <= 1:
-                    return v
-            elif -0x80000000 <= v <= 0x7fffffff:
-                return v
-        elif v is True:
-            if kind == MAP_BOOL:
-                return 1
-            if kind == MAP_STATUS:
-                return 0
-        elif v is False:
-            if kind == MAP_BOOL:
-                return 0
-            if kind == MAP_STATUS:
-                return -1
-        elif v is None:
-            if kind == MAP_STATUS:
-                return 0
+        if _plain_reply(v):
+            if _reply_map(t) == MAP_NONE:
+                if v is None:
+                    return None
+            else:
+                try:
+                    r = _map_reply(t, v)
+                except (TypeError, ValueError):
+                    pass
+                else:
+                    if -0x80000000 <= r <= 0x7fffffff:
+                        return r
         return handler.direct_result(t, v)
 
     def set_direct(self, int msgtype, fn, wrap=None):
         """Call ``fn`` itself for frames of msgtype (progress or a request)
         instead of ``handler.msg_<name>``.
 
-        ``fn`` gets the message's arguments (switch_qemu_logdirty's
-        ``enable`` as a bool; with ``wrap``, a tuple subclass, precopy_policy
-        gets one ``wrap`` of its three).  A return of None (progress), a
-        bool or an int in range (requests) is the reply; anything else
-        goes to ``handler.direct_result(msgtype, value)`` and an Exception
-        to ``handler.direct_failed(msgtype, exc)``, which return the reply
-        or None.  ``fn=None`` removes it.
+        ``fn`` gets the message's arguments, those the table presents as
+        bool as bool; with ``wrap`` (a tuple subclass), a message whose
+        table row has a struct_class gets one ``wrap`` of them all.  A
+        return of None (progress), or a bool, None or an int that the
+        message's reply mapping takes (requests) is the reply; anything
+        else goes to ``handler.direct_result(msgtype, value)`` and an
+        Exception to ``handler.direct_failed(msgtype, exc)``, which return
+        the reply or None.  ``fn=None`` removes it.
         """
-        if not (0 < msgtype < MSG_SLOTS and (_DIRECT_OK >> msgtype) & 1):
+        cdef int role = _role(msgtype)
+        if role != ROLE_REQUEST and role != ROLE_PROGRESS:
             raise ValueError(f"message type {msgtype} cannot have a direct callback")
         if fn is not None and not callable(fn):
             raise TypeError("the direct callback must be callable")
         self._direct[msgtype] = fn
-        if fn is None:
-            self._direct_mask &= ~(1u << msgtype)
-        else:
-            self._direct_mask |= 1u << msgtype
-        if msgtype == 11:
-            self._direct_wrap = wrap
+        self._wrap[msgtype] = wrap if fn is not None and _struct_args(msgtype) else None
 
     def clear_direct(self):
         """Remove every direct callback: frames go to the handler again."""
         self._direct = [None] * MSG_SLOTS
-        self._direct_mask = 0
-        self._direct_wrap = None
+        self._wrap = [None] * MSG_SLOTS
+
+    def stop_callbacks(self):
+        """From now on, answer requests with the table's failure reply
+        without asking anyone (an undo, e.g. switch_qemu_logdirty with
+        enable 0, still reaches its callback) and drop progress reports:
+        the operation is stopping and libxenguest must unwind."""
+        self._callbacks_stopped = True
 
     @property
     def type_counts(self):
-        """Frames received so far by message type (index = type, 0-11)."""
-        return tuple(self._counts[i] for i in range(len(_NAMES)))
+        """Frames received so far by message type (index = type, 0 unused)."""
+        return tuple(self._counts[i] for i in range(MSG_SLOTS))
 
     @property
     def log_tail(self):
@@ -819,7 +851,8 @@ cdef class Callout:
         out = []
         for k in range(self._rcount):
             i = (self._ring_pos + k) % self._rcount
-            out.append(format_log_line(*_decode_log(self._rdata[i], self._rlen[i])[1]))
+            out.append(format_log_line(
+                *_decode_body(self._rdata[i], self._rlen[i], self.direction)[1]))
         return tuple(out)
 
     # ------------------------------------------------------------------

@@ -41,6 +41,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from . import _constants as C
 from . import stream as _s
 from .errors import StreamFormatError
 from .stream import (
@@ -437,11 +438,6 @@ def read_save_file_header(path: Union[str, "os.PathLike[str]"]) -> XlHeader:
 # --------------------------------------------------------------------------
 # Save to / restore from a file in one call
 
-_XC_STREAM_PLAIN = 0
-_XC_STREAM_REMUS = 1
-_XGR_CHECKPOINT_SUCCESS = 1
-_XGR_CHECKPOINT_FAILOVER = 2
-
 EmulatorSource = Union[Sequence[EmulatorRecord], Callable[[], Sequence[EmulatorRecord]], None]
 
 
@@ -476,7 +472,7 @@ def save_domain_to_file(
     config: Config = None,
     config_format: str = "json",
     emulator_records: EmulatorSource = None,
-    stream_type: int = _XC_STREAM_PLAIN,
+    stream_type: int = C.XC_STREAM_PLAIN,
     mode: int = 0o600,
     keep_partial: bool = False,
     fsync: bool = False,
@@ -502,7 +498,7 @@ def save_domain_to_file(
     from .api import save_domain
     from .callbacks import SAVE_CALLBACKS, find
 
-    if stream_type not in (_XC_STREAM_PLAIN, _XC_STREAM_REMUS):
+    if stream_type not in (C.XC_STREAM_PLAIN, C.XC_STREAM_REMUS):
         raise ValueError("save_domain_to_file supports XC_STREAM_PLAIN and XC_STREAM_REMUS")
     preamble = preamble_bytes(config, config_format=config_format)  # validate before creating the file
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
@@ -510,7 +506,7 @@ def save_domain_to_file(
     try:
         _write_all(fd, preamble)
         cbs: Optional[object] = callbacks
-        if stream_type == _XC_STREAM_REMUS:
+        if stream_type == C.XC_STREAM_REMUS:
             user_checkpoint = find(callbacks, "checkpoint")
             if user_checkpoint is None:
                 raise ValueError("a checkpointed save needs a checkpoint() callback")
@@ -521,7 +517,7 @@ def save_domain_to_file(
 
             cbs = _WrappedCallbacks(callbacks, SAVE_CALLBACKS, checkpoint=checkpoint)
         result = save_domain(domid, fd, cbs, stream_type=stream_type, **save_kw)
-        if stream_type == _XC_STREAM_PLAIN:
+        if stream_type == C.XC_STREAM_PLAIN:
             write_trailer(fd, _emulator_records(emulator_records))
         if fsync:
             os.fsync(fd)
@@ -569,7 +565,7 @@ def restore_domain_from_file(
     *,
     store_evtchn: int,
     console_evtchn: int,
-    stream_type: int = _XC_STREAM_PLAIN,
+    stream_type: int = C.XC_STREAM_PLAIN,
     max_record: int = 256 << 20,
     **restore_kw: Any,
 ) -> RestoredFile:
@@ -590,12 +586,12 @@ def restore_domain_from_file(
     from .api import restore_domain
     from .callbacks import RESTORE_CALLBACKS, find
 
-    if stream_type not in (_XC_STREAM_PLAIN, _XC_STREAM_REMUS):
+    if stream_type not in (C.XC_STREAM_PLAIN, C.XC_STREAM_REMUS):
         raise ValueError("restore_domain_from_file supports XC_STREAM_PLAIN and XC_STREAM_REMUS")
     with SaveFileReader.open(path, max_record=max_record) as f:
         cbs: Optional[object] = callbacks
         last: List[EmulatorRecord] = []
-        if stream_type == _XC_STREAM_REMUS:
+        if stream_type == C.XC_STREAM_REMUS:
             user_checkpoint = find(callbacks, "checkpoint")
 
             def checkpoint() -> Any:
@@ -605,12 +601,12 @@ def restore_domain_from_file(
                     if e.reason == "truncated":
                         # The sender stopped inside this checkpoint: keep
                         # the last complete one (libxl's failover).
-                        return _XGR_CHECKPOINT_FAILOVER
+                        return C.XGR_CHECKPOINT_FAILOVER
                     raise
                 last[:] = records
                 if user_checkpoint is not None:
                     return user_checkpoint()
-                return _XGR_CHECKPOINT_SUCCESS
+                return C.XGR_CHECKPOINT_SUCCESS
 
             cbs = _WrappedCallbacks(callbacks, RESTORE_CALLBACKS, checkpoint=checkpoint)
         result = restore_domain(
@@ -619,7 +615,7 @@ def restore_domain_from_file(
         )
         f._resync()
         ended = "END"
-        if stream_type == _XC_STREAM_REMUS and f.checkpoints and f._reader.at_eof():
+        if stream_type == C.XC_STREAM_REMUS and f.checkpoints and f._reader.at_eof():
             ended = "checkpoint"
             records = last
         else:

@@ -17,7 +17,9 @@ from codegen.emit_c import sender_name
 from codegen.model import Kind, Message, Table
 from codegen.output import Lines
 
-
+# The hand-written frame building (frame.c) the generated stubs include.
+HELPER_C = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "helper_c")
 
 
 def _parse_arg(i: int, arg) -> list:
@@ -127,5 +129,6 @@ def build(table: Table, tmpdir: str, c_source: str) -> str:
     cflags = subprocess.run(["pkg-config", "--cflags", "xencontrol", "xenguest"],
                             check=True, capture_output=True, text=True).stdout.split()
     subprocess.run(["cc", "-std=gnu11", "-O1", "-g", "-Wall", "-Wextra", "-Werror",
-                    f"-I{inc}", *cflags, stubs, drv, "-o", exe], check=True)
+                    f"-I{inc}", f"-I{HELPER_C}", *cflags, stubs, drv, "-o", exe],
+                   check=True)
     return exe
