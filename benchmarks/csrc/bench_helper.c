@@ -147,7 +147,7 @@ static void starting(void)
     char text[128];
 
     snprintf(text, sizeof(text), "starting save (xensr %s, table %.16s)",
-             XENSR_VERSION, XENSR_MSGS_DIGEST);
+             XENSR_VERSION, XENSR_TABLE_DIGEST);
     xensr_send_log(1 /* XTL_DEBUG */, 0, log_context, text);
 }
 
