@@ -11,8 +11,8 @@ from codegen import emit_c, emit_cython, emit_py, generate
 from codegen.model import Constant, ConstantGroup, Direction, Reply, Role, build_table
 from codegen.table import TABLE
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GOLDEN = os.path.join(ROOT, "tests", "cgsupport", "golden")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GOLDEN = os.path.join(ROOT, "tests", "codegen", "golden")
 
 # A small table exercising every emitter path: integers of every width,
 # strings, each reply kind and mapping, both directions, a struct-by-value

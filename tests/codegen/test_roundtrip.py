@@ -26,9 +26,9 @@ from xensr.errors import (
     WrongDirectionError,
 )
 
-from .cgsupport import driver
+from . import driver
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
