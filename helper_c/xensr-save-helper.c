@@ -5,8 +5,17 @@
  *
  * A drop-in for Xen 4.17's libxl-save-helper: same command line, same
  * file descriptors, same frames, same replies, same exit statuses and
- * SIGTERM behaviour (PROTOCOL.md Part A and B§3 to B§8).  The frames are
- * built by the stubs generated from the message table (xensr_msgs.[ch]).
+ * SIGTERM behaviour (PROTOCOL.md Part A and B§3 to B§8).
+ *
+ * Layout of helper_c/:
+ *   xensr-save-helper.c  this program: command line, logger, signals, the
+ *                        two libxc calls, transmit/getreply for the stubs
+ *   xensr_msgs.[ch]      generated from codegen/table.py: one sender per
+ *                        message, the libxc callback stubs, the cbflags
+ *                        that install them, message numbers
+ *   frame.c              fixed frame building (buffer, put, fit), included
+ *                        by xensr_msgs.c
+ *   simxen/              the simulated hypervisor's libraries (tests only)
  *
  * Usage:
  *   xensr-save-helper --save-domain IO_FD RECV_FD DOMID XCFLAGS CBFLAGS

@@ -290,7 +290,7 @@ cdef class Callout:
     cdef bint _wake
 
     #: Bit N set: log frames of xentoollog level N are handed to the
-    #: handler (bit 10: levels above 9).  The others are only kept for
+    #: handler (bit XTL_LEVEL_COUNT: levels above the table's).  The others are only kept for
     #: :attr:`log_tail` and counted.
     cdef public unsigned log_levels
     #: False: progress frames are checked and counted, not handed on.
