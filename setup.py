@@ -206,6 +206,7 @@ def extensions():
         depends=[
             "xensr/_msgs.pxi",
             "xensr/_wire.pxi",
+            "xensr/_xc.pxd",
             "xensr/_spawn.h",
             "xensr/_spawn.pxd",
             "xensr/_libc.pxd",

@@ -13,7 +13,12 @@ are looked up on the handler's class once, not per frame), or of a
 callback registered with :meth:`Callout.set_direct`.  Log frames are kept
 raw for :attr:`Callout.log_tail` and formatted only when it is read.
 
-Spawning uses vfork + execve (``_spawn.h``); see there for why.
+Layout: ``_xc.pxd`` declares the class's fields and the C structs it is
+built from (the log ring, the spawn plan); ``_msgs.pxi`` (generated from
+the message table) and ``_wire.pxi`` (the fixed wire format) are included
+here.  Spawning keeps the parent's preparation, the fork-exec and the
+child's report apart; the fork-exec is vfork + execve (``_spawn.h``; see
+there for why).
 """
 
 cimport cython
@@ -234,6 +239,197 @@ cdef char **_cstrv(list items) except NULL:
     return v
 
 
+# ----------------------------------------------------------------------
+# Spawning (SpawnPlan in _xc.pxd): the parent's preparation, the fork-exec
+# (_spawn.h's xensr_spawn, not inlined), the child's error report.
+
+cdef void _plan_init(SpawnPlan *plan) noexcept:
+    plan.reply_pipe[0] = plan.reply_pipe[1] = -1
+    plan.frame_pipe[0] = plan.frame_pipe[1] = -1
+    plan.error_pipe[0] = plan.error_pipe[1] = -1
+    plan.io_child = plan.back_child = -1
+    plan.argv = plan.envp = NULL
+
+
+cdef tuple _plan_prepare(SpawnPlan *plan, bytes bpath, bytes bmode, int io_fd,
+                         int back_fd, args, env):
+    """The parent's work: pipes, the fds as the child gets them, argv and
+    envp.  Returns the bytes objects argv/envp point into."""
+    # Reply pipe.  [0], read end: the helper's stdin (dup2'ed onto fd 0 in
+    # the child only).  [1], write end: ours, the replies; non-blocking.
+    _make_pipe(plan.reply_pipe)
+    # Frame pipe.  [0], read end: ours, the frames; non-blocking.  [1],
+    # write end: the helper's stdout (fd 1 in the child only).
+    _make_pipe(plan.frame_pipe)
+    # Error pipe.  [0], read end: ours, non-blocking, read once after the
+    # spawn.  [1], write end: the child's, stays close-on-exec so that a
+    # successful execve closes it.
+    _make_pipe(plan.error_pipe)
+    _set_nonblock(plan.reply_pipe[1])
+    _set_nonblock(plan.frame_pipe[0])
+    _set_nonblock(plan.error_pipe[0])
+
+    plan.io_child = io_fd if io_fd > 2 else _dup_high(io_fd)
+    if back_fd < 0 or back_fd > 2:
+        plan.back_child = back_fd
+    else:
+        plan.back_child = _dup_high(back_fd)
+
+    argl = [bpath, bmode, b"%d" % plan.io_child, b"%d" % plan.back_child]
+    argl += [b"%d" % a for a in args]
+    plan.argv = _cstrv(argl)
+    envl = None
+    if env is not None:
+        envl = _env_entries(env)
+        plan.envp = _cstrv(envl)
+    return (argl, envl)
+
+
+cdef pid_t _fork_exec(SpawnPlan *plan, bytes bpath, path) except -1:
+    """vfork + execve the helper (without the GIL); then close the child's
+    ends here at once, so that EOF on the frame pipe means it is gone."""
+    cdef xensr_spawn_t sp
+    cdef pid_t pid
+    cdef int err
+    sp.path = bpath
+    sp.argv = plan.argv
+    sp.envp = plan.envp if plan.envp != NULL else environ
+    sp.stdin_fd = plan.reply_pipe[0]
+    sp.stdout_fd = plan.frame_pipe[1]
+    sp.keep_fd[0] = plan.io_child
+    sp.keep_fd[1] = plan.back_child
+    sp.err_fd = plan.error_pipe[1]
+    with nogil:
+        pid = xensr_spawn(&sp)
+    if pid < 0:
+        err = errno
+        raise HelperStartError(err, f"cannot start the helper: {os.strerror(err)}", path)
+    close(plan.reply_pipe[0])
+    plan.reply_pipe[0] = -1
+    close(plan.frame_pipe[1])
+    plan.frame_pipe[1] = -1
+    close(plan.error_pipe[1])
+    plan.error_pipe[1] = -1
+    return pid
+
+
+cdef int _read_report(SpawnPlan *plan, pid_t pid, path) except -1:
+    """Raise HelperStartError (and reap the child) if it reported a failure.
+
+    vfork returns once the child has exec'd or exited.  A child that failed
+    wrote its report (8 bytes: one atomic pipe write) before _exit, so it
+    is there now; after a successful execve the read finds nothing (EAGAIN)
+    or EOF.  A blocking read would wait for the exec'd child to close its
+    close-on-exec fds, which the kernel does after waking us.
+    """
+    cdef int report[2]
+    cdef Py_ssize_t r, got = 0
+    cdef int err
+    while True:
+        r = read(plan.error_pipe[0], <char *>report, sizeof(report))
+        if r < 0 and errno == EINTR:
+            continue
+        break
+    if r > 0:
+        got = r
+    if not got:
+        return 0
+    with nogil:
+        _reap_blocking(pid)
+    if got == sizeof(report):
+        err = report[1]
+        what = _STAGES.get(report[0], "cannot start the helper")
+    else:
+        err = 5  # EIO: a torn report
+        what = "cannot start the helper (truncated error report)"
+    raise HelperStartError(err, f"{what}: {os.strerror(err)}", path)
+
+
+cdef int _open_pidfd(pid_t pid, path) except -1:
+    """A pidfd for the helper; without one it is killed and reaped."""
+    cdef int err
+    cdef int pidfd = xensr_pidfd_open(pid)
+    if pidfd < 0:
+        err = errno
+        os.kill(pid, _signal.SIGKILL)
+        with nogil:
+            _reap_blocking(pid)
+        raise HelperStartError(
+            err, f"pidfd_open failed (Linux >= 5.3 needed): {os.strerror(err)}", path)
+    return pidfd
+
+
+cdef void _plan_release(SpawnPlan *plan, int io_fd, int back_fd) noexcept:
+    """Free argv/envp; close every fd the plan still holds and the
+    duplicates made for the child."""
+    cdef int i
+    free(plan.argv)
+    free(plan.envp)
+    plan.argv = plan.envp = NULL
+    for i in range(2):
+        if plan.reply_pipe[i] >= 0:
+            close(plan.reply_pipe[i])
+        if plan.frame_pipe[i] >= 0:
+            close(plan.frame_pipe[i])
+        if plan.error_pipe[i] >= 0:
+            close(plan.error_pipe[i])
+        plan.reply_pipe[i] = plan.frame_pipe[i] = plan.error_pipe[i] = -1
+    if plan.io_child >= 0 and plan.io_child != io_fd:
+        close(plan.io_child)
+    if plan.back_child >= 0 and plan.back_child != back_fd:
+        close(plan.back_child)
+    plan.io_child = plan.back_child = -1
+
+
+# ----------------------------------------------------------------------
+# The log ring (LogRing in _xc.pxd)
+
+cdef int _ring_init(LogRing *ring, Py_ssize_t size) except -1:
+    ring.entries = <LogEntry *>calloc(size, sizeof(LogEntry))
+    if ring.entries == NULL:
+        raise MemoryError()
+    ring.size = size
+    ring.count = 0
+    ring.oldest = 0
+    return 0
+
+
+cdef int _ring_put(LogRing *ring, const unsigned char *body, Py_ssize_t n) except -1:
+    """Keep a copy of body, dropping the oldest entry once full."""
+    cdef LogEntry *e
+    cdef unsigned char *p
+    if ring.count < ring.size:
+        e = &ring.entries[ring.count]
+        ring.count += 1
+    else:
+        e = &ring.entries[ring.oldest]
+        ring.oldest = (ring.oldest + 1) % ring.size
+    if e.capacity < n:
+        p = <unsigned char *>realloc(e.data, n)
+        if p == NULL:
+            raise MemoryError()
+        e.data = p
+        e.capacity = n
+    memcpy(e.data, body, n)
+    e.length = n
+    return 0
+
+
+cdef inline const LogEntry *_ring_at(const LogRing *ring, Py_ssize_t k) noexcept:
+    """The k-th oldest entry (0 <= k < count)."""
+    return &ring.entries[(ring.oldest + k) % ring.count]
+
+
+cdef void _ring_free(LogRing *ring) noexcept:
+    cdef Py_ssize_t i
+    if ring.entries != NULL:
+        for i in range(ring.size):
+            free(ring.entries[i].data)
+    free(ring.entries)
+    ring.entries = NULL
+    ring.count = ring.size = ring.oldest = 0
+
+
 cdef int _reap_blocking(pid_t pid) noexcept nogil:
     """Wait for pid to exit (it has been killed or is exiting)."""
     cdef siginfo_t info
@@ -243,7 +439,6 @@ cdef int _reap_blocking(pid_t pid) noexcept nogil:
     return 0
 
 
-@cython.final
 cdef class Callout:
     """One helper process and its two pipes.
 
@@ -254,69 +449,6 @@ cdef class Callout:
     :meth:`on_readable`, :meth:`on_writable` and :meth:`poll_exit` ->
     :meth:`close` once :meth:`poll_exit` returned True.
     """
-
-    cdef readonly int direction
-    cdef readonly unsigned cbflags
-    cdef readonly pid_t pid
-    cdef int _pidfd
-    cdef int _stdin_w
-    cdef int _stdout_r
-    cdef unsigned char *_buf
-    cdef Py_ssize_t _len
-    cdef bytes _wbuf
-    cdef bint _reading
-    cdef bint _in_parse
-    cdef bint _closed
-    cdef int _io_fd
-    cdef int _io_flags
-    cdef int _back_fd
-    cdef int _back_flags
-    # The last log frames, raw (bodies), formatted only by log_tail.
-    cdef unsigned char **_rdata
-    cdef Py_ssize_t *_rlen
-    cdef Py_ssize_t *_rcap
-    cdef Py_ssize_t _rcount
-    cdef Py_ssize_t _ring_pos
-    cdef Py_ssize_t _ring_size
-    # The handler's class and its msg_<name> functions by message type.
-    cdef object _bound_type
-    cdef list _bound
-    # Callbacks called directly (set_direct) by message type, and the
-    # class their arguments are wrapped in (struct-presented messages).
-    cdef list _direct
-    cdef list _wrap
-    cdef bint _callbacks_stopped
-    cdef unsigned long long _counts[MSG_SLOTS]
-    cdef bint _wake
-
-    #: Bit N set: log frames of xentoollog level N are handed to the
-    #: handler (bit XTL_LEVEL_COUNT: levels above the table's).  The others are only kept for
-    #: :attr:`log_tail` and counted.
-    cdef public unsigned log_levels
-    #: False: progress frames are checked and counted, not handed on.
-    cdef public bint progress_wanted
-    #: time.monotonic() after the last read that brought a frame, when
-    #: :meth:`serve` was asked to keep it.
-    cdef readonly double last_read_at
-
-    #: Message type waiting for a reply (0: none).
-    cdef readonly int awaiting
-    #: The helper's stdout ended.
-    cdef readonly bint eof
-    #: ``complete`` was received; retval/errnoval are its arguments.
-    cdef readonly bint completed
-    cdef readonly int retval
-    cdef readonly int errnoval
-    #: The helper was reaped; returncode as in subprocess (-N: signal N).
-    cdef readonly bint reaped
-    cdef readonly object returncode
-    cdef readonly bint core_dumped
-    #: Someone else reaped the helper (waitid said ECHILD).
-    cdef readonly bint status_lost
-    #: A reply could not be written: the helper's stdin is closed.
-    cdef readonly bint stdin_broken
-    cdef readonly unsigned long long frames
-    cdef readonly unsigned long long log_lines
 
     def __cinit__(self):
         self.pid = -1
@@ -329,7 +461,8 @@ cdef class Callout:
         self._back_flags = -1
         self._wbuf = b""
         self._buf = <unsigned char *>malloc(BUF_SIZE)
-        if self._buf == NULL:
+        self._counts = <unsigned long long *>calloc(MSG_SLOTS, sizeof(unsigned long long))
+        if self._buf == NULL or self._counts == NULL:
             raise MemoryError()
 
     def __init__(self, int direction, unsigned cbflags, int log_tail=20):
@@ -339,13 +472,8 @@ cdef class Callout:
             raise ValueError("log_tail must be at least 1")
         self.direction = direction
         self.cbflags = cbflags
-        if self._rdata == NULL:
-            self._rdata = <unsigned char **>calloc(log_tail, sizeof(unsigned char *))
-            self._rlen = <Py_ssize_t *>calloc(log_tail, sizeof(Py_ssize_t))
-            self._rcap = <Py_ssize_t *>calloc(log_tail, sizeof(Py_ssize_t))
-            if self._rdata == NULL or self._rlen == NULL or self._rcap == NULL:
-                raise MemoryError()
-            self._ring_size = log_tail
+        if self._ring.entries == NULL:
+            _ring_init(&self._ring, log_tail)
         self._bound = [None] * MSG_SLOTS
         self._direct = [None] * MSG_SLOTS
         self._wrap = [None] * MSG_SLOTS
@@ -365,20 +493,14 @@ cdef class Callout:
         of ``b"NAME=value"``.  O_NONBLOCK is cleared on the io and back fds
         until :meth:`close`.  Raises HelperStartError (with the errno of
         the failed step) when the helper could not be executed.
+
+        The parent's work (_plan_prepare), the fork-exec (_fork_exec, in C,
+        without the GIL) and reading the child's report (_read_report) are
+        kept apart, as CPython's _posixsubprocess does.
         """
-        cdef xensr_spawn_t sp
-        cdef int p_in[2]
-        cdef int p_out[2]
-        cdef int p_err[2]
-        cdef int report[2]
-        cdef int io_child = -1
-        cdef int back_child = -1
+        cdef SpawnPlan plan
         cdef int io_flags, back_flags = -1
-        cdef int pidfd, err
-        cdef Py_ssize_t got, r
-        cdef char **argv = NULL
-        cdef char **envp = NULL
-        cdef pid_t pid = -1
+        cdef pid_t pid
         cdef bint ok = False
 
         if self.pid != -1 or self._closed:
@@ -395,126 +517,42 @@ cdef class Callout:
         if back_fd >= 0:
             back_flags = _getfl(back_fd, "back-channel fd")
 
-        p_in[0] = p_in[1] = p_out[0] = p_out[1] = p_err[0] = p_err[1] = -1
+        _plan_init(&plan)
         try:
-            # Reply pipe.  p_in[0], read end: the helper's stdin (dup2'ed
-            # onto fd 0 in the child only).  p_in[1], write end: ours, the
-            # replies; non-blocking.
-            _make_pipe(p_in)
-            # Frame pipe.  p_out[0], read end: ours, the frames;
-            # non-blocking.  p_out[1], write end: the helper's stdout (fd 1
-            # in the child only).
-            _make_pipe(p_out)
-            # Error pipe.  p_err[0], read end: ours, non-blocking, read
-            # once after the spawn.  p_err[1], write end: the child's,
-            # stays close-on-exec so a successful execve closes it.
-            _make_pipe(p_err)
-            _set_nonblock(p_in[1])
-            _set_nonblock(p_out[0])
-            _set_nonblock(p_err[0])
-
-            io_child = io_fd if io_fd > 2 else _dup_high(io_fd)
-            if back_fd < 0 or back_fd > 2:
-                back_child = back_fd
-            else:
-                back_child = _dup_high(back_fd)
-
-            argl = [bpath, bmode, b"%d" % io_child, b"%d" % back_child]
-            argl += [b"%d" % a for a in args]
-            argv = _cstrv(argl)
-            if env is not None:
-                envl = _env_entries(env)
-                envp = _cstrv(envl)
-
-            # libxenguest does blocking I/O on these; restored by close().
-            self._io_fd = io_fd
-            self._io_flags = io_flags
-            if io_flags & O_NONBLOCK:
-                fcntl(io_fd, F_SETFL, io_flags & ~O_NONBLOCK)
-            if back_fd >= 0:
-                self._back_fd = back_fd
-                self._back_flags = back_flags
-                if back_flags & O_NONBLOCK:
-                    fcntl(back_fd, F_SETFL, back_flags & ~O_NONBLOCK)
-
-            sp.path = bpath
-            sp.argv = argv
-            sp.envp = envp if envp != NULL else environ
-            sp.stdin_fd = p_in[0]
-            sp.stdout_fd = p_out[1]
-            sp.keep_fd[0] = io_child
-            sp.keep_fd[1] = back_child
-            sp.err_fd = p_err[1]
-            with nogil:
-                pid = xensr_spawn(&sp)
-            if pid < 0:
-                err = errno
-                raise HelperStartError(err, f"cannot start the helper: {os.strerror(err)}", path)
-
-            # The child's ends: closed here at once, so that EOF on the
-            # frame pipe means the helper is gone.
-            close(p_in[0])
-            p_in[0] = -1
-            close(p_out[1])
-            p_out[1] = -1
-            close(p_err[1])
-            p_err[1] = -1
-
-            # vfork returns once the child has exec'd or exited.  A child
-            # that failed wrote its report (8 bytes: one atomic pipe write)
-            # before _exit, so it is there now; after a successful execve
-            # the read finds nothing (EAGAIN) or EOF.  A blocking read
-            # would wait for the exec'd child to close its close-on-exec
-            # fds, which the kernel does after waking us.
-            got = 0
-            while True:
-                r = read(p_err[0], <char *>report, sizeof(report))
-                if r < 0 and errno == EINTR:
-                    continue
-                break
-            if r > 0:
-                got = r
-            if got:
-                with nogil:
-                    _reap_blocking(pid)
-                if got == sizeof(report):
-                    err = report[1]
-                    what = _STAGES.get(report[0], "cannot start the helper")
-                else:
-                    err = 5  # EIO: a torn report
-                    what = "cannot start the helper (truncated error report)"
-                raise HelperStartError(err, f"{what}: {os.strerror(err)}", path)
-
-            pidfd = xensr_pidfd_open(pid)
-            if pidfd < 0:
-                err = errno
-                os.kill(pid, _signal.SIGKILL)
-                with nogil:
-                    _reap_blocking(pid)
-                raise HelperStartError(
-                    err, f"pidfd_open failed (Linux >= 5.3 needed): {os.strerror(err)}", path)
-
+            # The bytes argv/envp point into: alive until the exec is done.
+            keep = _plan_prepare(&plan, bpath, bmode, io_fd, back_fd, args, env)
+            self._take_fds(io_fd, io_flags, back_fd, back_flags)
+            pid = _fork_exec(&plan, bpath, path)
+            _read_report(&plan, pid, path)
+            self._pidfd = _open_pidfd(pid, path)
             self.pid = pid
-            self._pidfd = pidfd
-            self._stdin_w = p_in[1]
-            p_in[1] = -1
-            self._stdout_r = p_out[0]
-            p_out[0] = -1
+            self._stdin_w = plan.reply_pipe[1]
+            plan.reply_pipe[1] = -1
+            self._stdout_r = plan.frame_pipe[0]
+            plan.frame_pipe[0] = -1
             self._reading = True
             ok = True
+            del keep
             return pid
         finally:
-            free(argv)
-            free(envp)
-            for fd in (p_in[0], p_in[1], p_out[0], p_out[1], p_err[0], p_err[1]):
-                if fd >= 0:
-                    close(fd)
-            if io_child >= 0 and io_child != io_fd:
-                close(io_child)
-            if back_child >= 0 and back_child != back_fd:
-                close(back_child)
+            _plan_release(&plan, io_fd, back_fd)
             if not ok:
                 self._restore_flags()
+
+    cdef int _take_fds(self, int io_fd, int io_flags, int back_fd,
+                       int back_flags) except -1:
+        """libxenguest does blocking I/O on the io and back-channel fds:
+        clear O_NONBLOCK on them; close() gives their flags back."""
+        self._io_fd = io_fd
+        self._io_flags = io_flags
+        if io_flags & O_NONBLOCK:
+            fcntl(io_fd, F_SETFL, io_flags & ~O_NONBLOCK)
+        if back_fd >= 0:
+            self._back_fd = back_fd
+            self._back_flags = back_flags
+            if back_flags & O_NONBLOCK:
+                fcntl(back_fd, F_SETFL, back_flags & ~O_NONBLOCK)
+        return 0
 
     # ------------------------------------------------------------------
     # Frames
@@ -670,7 +708,7 @@ cdef class Callout:
         self.frames += 1
         self.log_lines += 1
         self._counts[t] += 1
-        self._ring_put(body, n)
+        _ring_put(&self._ring, body, n)
         memcpy(&level, body + LOG_LEVEL_OFFSET, 4)
         if not (self.log_levels & (1u << (level if level < LOG_OTHER_BIT else LOG_OTHER_BIT))):
             return 0
@@ -725,25 +763,6 @@ cdef class Callout:
                 and not hasattr(handler, "msg_" + _NAMES[t])):
             return _default_reply(t)
         return self._call(handler, t, args)
-
-    cdef int _ring_put(self, const unsigned char *body, Py_ssize_t n) except -1:
-        cdef Py_ssize_t i
-        cdef unsigned char *p
-        if self._rcount < self._ring_size:
-            i = self._rcount
-            self._rcount += 1
-        else:
-            i = self._ring_pos
-            self._ring_pos = (i + 1) % self._ring_size
-        if self._rcap[i] < n:
-            p = <unsigned char *>realloc(self._rdata[i], n)
-            if p == NULL:
-                raise MemoryError()
-            self._rdata[i] = p
-            self._rcap[i] = n
-        memcpy(self._rdata[i], body, n)
-        self._rlen[i] = n
-        return 0
 
     cdef object _method(self, handler, int t):
         """The handler class's msg_<name> function, or None."""
@@ -847,12 +866,12 @@ cdef class Callout:
     @property
     def log_tail(self):
         """The helper's last log lines, oldest first, as text."""
-        cdef Py_ssize_t k, i
+        cdef Py_ssize_t k
+        cdef const LogEntry *e
         out = []
-        for k in range(self._rcount):
-            i = (self._ring_pos + k) % self._rcount
-            out.append(format_log_line(
-                *_decode_body(self._rdata[i], self._rlen[i], self.direction)[1]))
+        for k in range(self._ring.count):
+            e = _ring_at(&self._ring, k)
+            out.append(format_log_line(*_decode_body(e.data, e.length, self.direction)[1]))
         return tuple(out)
 
     # ------------------------------------------------------------------
@@ -1128,10 +1147,6 @@ cdef class Callout:
         self._restore_flags()
         free(self._buf)
         self._buf = NULL
-        if self._rdata != NULL:
-            for i in range(self._ring_size):
-                free(self._rdata[i])
-        free(self._rdata)
-        free(self._rlen)
-        free(self._rcap)
-        self._rdata = NULL
+        free(self._counts)
+        self._counts = NULL
+        _ring_free(&self._ring)

@@ -36,7 +36,7 @@ TABLE_X = build_table(tuple(ENTRIES) + (EXTRA,), GROUPS)
 PING = TABLE_X.by_name("ping")
 
 # The hand-written sources the fixture callout is built from, unchanged.
-CALLOUT_SOURCES = ("_xc.pyx", "_wire.pxi", "_libc.pxd", "_spawn.pxd", "_spawn.h", "errors.py")
+CALLOUT_SOURCES = ("_xc.pyx", "_xc.pxd", "_wire.pxi", "_libc.pxd", "_spawn.pxd", "_spawn.h", "errors.py")
 
 
 def _digest(paths):
