@@ -27,11 +27,14 @@ import shutil
 import signal as _signal
 import time
 from dataclasses import dataclass, field
-from typing import (Any, Callable, Dict, List, Mapping, Optional, Tuple,
-                    Union)
+from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Mapping,
+                    Optional, Tuple, Type, TypedDict, Union)
 
 from . import _constants as C
 from . import _xc
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 from . import callbacks as _cb
 from .callbacks import DEFERRED
 from .errors import (Aborted, CallbackError, HelperExitError,
@@ -50,6 +53,11 @@ __all__ = [
     "restore_domain",
     "helper_path",
     "resolve_helper",
+    "HelperOptions",
+    "SaveOptions",
+    "RestoreOptions",
+    "SaveOperationOptions",
+    "RestoreOperationOptions",
 ]
 
 #: Event bits of :meth:`Operation.fds` / :meth:`Operation.handle` (the
@@ -98,6 +106,98 @@ def _log_levels() -> int:
 
 
 # ----------------------------------------------------------------------
+# Keyword options, each documented once.  The functions that take them
+# declare ``**options: Unpack[...]`` so that type checkers catch a
+# misspelled keyword everywhere; _options() checks them at run time and
+# fills in the defaults.
+
+class HelperOptions(TypedDict, total=False):
+    """Options of every save and restore."""
+
+    #: The helper to run (see :func:`resolve_helper`).
+    helper: Union[str, "os.PathLike[str]", None]
+    #: The helper's environment (default: inherited).
+    env: Optional[Mapping[str, str]]
+    #: Seconds for the whole operation; then the helper is stopped
+    #: (SIGTERM, SIGKILL after ``kill_grace``) and HelperTimeout raised.
+    timeout: Optional[float]
+    #: Seconds without a frame while the helper is not waiting for a
+    #: callback; then as ``timeout``.
+    idle_timeout: Optional[float]
+    #: Seconds between SIGTERM and SIGKILL when stopping the helper.
+    kill_grace: float
+
+
+class SaveFileOptions(HelperOptions, total=False):
+    """Options of a save other than its stream type."""
+
+    #: Precopy while the guest runs (XCFLAGS_LIVE).
+    live: bool
+    #: XCFLAGS_DEBUG.
+    debug: bool
+    #: The back channel (COLO).
+    recv_fd: Optional[FileDescriptor]
+
+
+class SaveOptions(SaveFileOptions, total=False):
+    """Options of :func:`save_domain`."""
+
+    #: XC_STREAM_PLAIN, _REMUS or _COLO.
+    stream_type: int
+
+
+class SaveOperationOptions(SaveOptions, total=False):
+    """Options of :class:`SaveOperation`."""
+
+    #: How many of the helper's last log lines are kept.
+    log_tail: int
+
+
+class RestoreFileOptions(HelperOptions, total=False):
+    """Options of a restore other than its stream type."""
+
+    #: The domains serving the new domain's xenstore and console rings.
+    store_domid: int
+    console_domid: int
+    #: The back channel (COLO).
+    send_back_fd: Optional[FileDescriptor]
+
+
+class RestoreOptions(RestoreFileOptions, total=False):
+    """Options of :func:`restore_domain`."""
+
+    #: XC_STREAM_PLAIN, _REMUS or _COLO.
+    stream_type: int
+
+
+class RestoreOperationOptions(RestoreOptions, total=False):
+    """Options of :class:`RestoreOperation`."""
+
+    #: How many of the helper's last log lines are kept.
+    log_tail: int
+
+
+_DEFAULTS: Dict[str, Any] = {
+    "helper": None, "env": None, "timeout": None, "idle_timeout": None,
+    "kill_grace": DEFAULT_KILL_GRACE, "log_tail": 20, "stream_type": C.XC_STREAM_PLAIN,
+    "live": False, "debug": False, "recv_fd": None,
+    "store_domid": 0, "console_domid": 0, "send_back_fd": None,
+}
+
+
+def _options(func: str, given: Mapping[str, Any], kind: Type[Any]) -> Dict[str, Any]:
+    """The options of ``kind`` (a TypedDict above) with their defaults;
+    TypeError, as Python gives for a keyword it does not know, for others."""
+    allowed = kind.__optional_keys__ | kind.__required_keys__
+    for key in given:
+        if key not in allowed:
+            raise TypeError(f"{func}() got an unexpected keyword argument {key!r}")
+    out = {key: _DEFAULTS[key] for key in allowed}
+    out.update(given)
+    return out
+
+
+# ----------------------------------------------------------------------
 # Helper selection
 
 def helper_path() -> str:
@@ -115,7 +215,7 @@ def helper_path() -> str:
     return path
 
 
-def resolve_helper(helper: Union[str, os.PathLike, None] = None) -> str:
+def resolve_helper(helper: Union[str, "os.PathLike[str]", None] = None) -> str:
     """The helper to run: ``helper``, else ``$XENSR_SAVE_HELPER``, else
     :func:`helper_path`.  A name without ``/`` is looked up in ``PATH``."""
     if helper is None:
@@ -301,7 +401,7 @@ class Operation:
 
     def __init__(self, domid: int, fd: FileDescriptor, callbacks: Optional[object],
                  *, back_fd: Optional[FileDescriptor], stream_type: int,
-                 helper: Union[str, os.PathLike, None],
+                 helper: Union[str, "os.PathLike[str]", None],
                  env: Optional[Mapping[str, str]],
                  timeout: Optional[float], idle_timeout: Optional[float],
                  kill_grace: float, log_tail: int):
@@ -914,13 +1014,7 @@ class _Messages:
 class SaveOperation(Operation):
     """Save domain ``domid`` to ``fd`` (xc_domain_save in the helper).
 
-    ``live``: precopy while the guest runs; ``debug``: XCFLAGS_DEBUG;
-    ``stream_type``: XC_STREAM_PLAIN, _REMUS or _COLO; ``recv_fd``: the
-    back channel (COLO).  ``timeout``: seconds for the whole operation;
-    ``idle_timeout``: seconds without a frame while the helper is not
-    waiting for a callback; both stop the helper (SIGTERM, then SIGKILL
-    after ``kill_grace``) and raise HelperTimeout.  ``env``: the helper's
-    environment (default: inherited).  ``helper``: see :func:`resolve_helper`.
+    The keyword options are those of :class:`SaveOperationOptions`.
     """
 
     direction = C.DIR_SAVE
@@ -928,22 +1022,16 @@ class SaveOperation(Operation):
     _mode = "--save-domain"
 
     def __init__(self, domid: int, fd: FileDescriptor, callbacks: Optional[object] = None,
-                 *, live: bool = False, debug: bool = False,
-                 stream_type: int = C.XC_STREAM_PLAIN,
-                 recv_fd: Optional[FileDescriptor] = None,
-                 helper: Union[str, os.PathLike, None] = None,
-                 env: Optional[Mapping[str, str]] = None,
-                 timeout: Optional[float] = None,
-                 idle_timeout: Optional[float] = None,
-                 kill_grace: float = DEFAULT_KILL_GRACE,
-                 log_tail: int = 20):
-        self.live = bool(live)
-        self.debug = bool(debug)
-        self.xcflags = (C.XCFLAGS_LIVE if live else 0) | (C.XCFLAGS_DEBUG if debug else 0)
-        super().__init__(domid, fd, callbacks, back_fd=recv_fd,
-                         stream_type=stream_type, helper=helper, env=env,
-                         timeout=timeout, idle_timeout=idle_timeout,
-                         kill_grace=kill_grace, log_tail=log_tail)
+                 **options: Unpack[SaveOperationOptions]):
+        o = _options("SaveOperation", options, SaveOperationOptions)
+        self.live = bool(o["live"])
+        self.debug = bool(o["debug"])
+        self.xcflags = ((C.XCFLAGS_LIVE if self.live else 0)
+                        | (C.XCFLAGS_DEBUG if self.debug else 0))
+        super().__init__(domid, fd, callbacks, back_fd=o["recv_fd"],
+                         stream_type=o["stream_type"], helper=o["helper"], env=o["env"],
+                         timeout=o["timeout"], idle_timeout=o["idle_timeout"],
+                         kill_grace=o["kill_grace"], log_tail=o["log_tail"])
         if self.stream_type == C.XC_STREAM_COLO:
             self._require("checkpoint", "postcopy", "wait_checkpoint")
         elif self.stream_type == C.XC_STREAM_REMUS:
@@ -961,9 +1049,8 @@ class RestoreOperation(Operation):
     """Restore into domain ``domid`` from ``fd`` (xc_domain_restore).
 
     ``store_evtchn`` / ``console_evtchn``: the event channels of the new
-    domain's xenstore and console rings; ``store_domid`` /
-    ``console_domid``: the domains serving them.  ``send_back_fd``: the
-    back channel (COLO).  Other arguments as :class:`SaveOperation`.
+    domain's xenstore and console rings.  The keyword options are those of
+    :class:`RestoreOperationOptions`.
     """
 
     direction = C.DIR_RESTORE
@@ -972,23 +1059,16 @@ class RestoreOperation(Operation):
 
     def __init__(self, domid: int, fd: FileDescriptor, callbacks: Optional[object] = None,
                  *, store_evtchn: int, console_evtchn: int,
-                 store_domid: int = 0, console_domid: int = 0,
-                 stream_type: int = C.XC_STREAM_PLAIN,
-                 send_back_fd: Optional[FileDescriptor] = None,
-                 helper: Union[str, os.PathLike, None] = None,
-                 env: Optional[Mapping[str, str]] = None,
-                 timeout: Optional[float] = None,
-                 idle_timeout: Optional[float] = None,
-                 kill_grace: float = DEFAULT_KILL_GRACE,
-                 log_tail: int = 20):
+                 **options: Unpack[RestoreOperationOptions]):
+        o = _options("RestoreOperation", options, RestoreOperationOptions)
         self.store_evtchn = _uint("store_evtchn", store_evtchn, 32)
         self.console_evtchn = _uint("console_evtchn", console_evtchn, 32)
-        self.store_domid = _uint("store_domid", store_domid, 16)
-        self.console_domid = _uint("console_domid", console_domid, 16)
-        super().__init__(domid, fd, callbacks, back_fd=send_back_fd,
-                         stream_type=stream_type, helper=helper, env=env,
-                         timeout=timeout, idle_timeout=idle_timeout,
-                         kill_grace=kill_grace, log_tail=log_tail)
+        self.store_domid = _uint("store_domid", o["store_domid"], 16)
+        self.console_domid = _uint("console_domid", o["console_domid"], 16)
+        super().__init__(domid, fd, callbacks, back_fd=o["send_back_fd"],
+                         stream_type=o["stream_type"], helper=o["helper"], env=o["env"],
+                         timeout=o["timeout"], idle_timeout=o["idle_timeout"],
+                         kill_grace=o["kill_grace"], log_tail=o["log_tail"])
         if self.stream_type == C.XC_STREAM_COLO:
             self._require("checkpoint", "suspend", "postcopy", "wait_checkpoint")
         elif self.stream_type == C.XC_STREAM_REMUS:
@@ -1017,20 +1097,11 @@ class RestoreOperation(Operation):
 # The blocking API
 
 def save_domain(domid: int, fd: FileDescriptor, callbacks: Optional[object] = None,
-                *, live: bool = False, debug: bool = False,
-                stream_type: int = C.XC_STREAM_PLAIN,
-                recv_fd: Optional[FileDescriptor] = None,
-                helper: Union[str, os.PathLike, None] = None,
-                env: Optional[Mapping[str, str]] = None,
-                timeout: Optional[float] = None,
-                idle_timeout: Optional[float] = None,
-                kill_grace: float = DEFAULT_KILL_GRACE) -> SaveResult:
+                **options: Unpack[SaveOptions]) -> SaveResult:
     """Save domain ``domid`` to ``fd``; block until done.  See
-    :class:`SaveOperation` for the arguments and :mod:`xensr.callbacks`."""
-    op = SaveOperation(domid, fd, callbacks, live=live, debug=debug,
-                       stream_type=stream_type, recv_fd=recv_fd, helper=helper,
-                       env=env, timeout=timeout, idle_timeout=idle_timeout,
-                       kill_grace=kill_grace)
+    :class:`SaveOptions` for the options and :mod:`xensr.callbacks`."""
+    _options("save_domain", options, SaveOptions)
+    op = SaveOperation(domid, fd, callbacks, **options)
     result = op.run()
     assert isinstance(result, SaveResult)
     return result
@@ -1038,22 +1109,13 @@ def save_domain(domid: int, fd: FileDescriptor, callbacks: Optional[object] = No
 
 def restore_domain(domid: int, fd: FileDescriptor, callbacks: Optional[object] = None,
                    *, store_evtchn: int, console_evtchn: int,
-                   store_domid: int = 0, console_domid: int = 0,
-                   stream_type: int = C.XC_STREAM_PLAIN,
-                   send_back_fd: Optional[FileDescriptor] = None,
-                   helper: Union[str, os.PathLike, None] = None,
-                   env: Optional[Mapping[str, str]] = None,
-                   timeout: Optional[float] = None,
-                   idle_timeout: Optional[float] = None,
-                   kill_grace: float = DEFAULT_KILL_GRACE) -> RestoreResult:
-    """Restore into domain ``domid`` from ``fd``; block until done.  See
-    :class:`RestoreOperation`."""
+                   **options: Unpack[RestoreOptions]) -> RestoreResult:
+    """Restore into domain ``domid`` from ``fd``; block until done.
+    ``store_evtchn`` / ``console_evtchn``: the event channels of the new
+    domain's xenstore and console rings; see :class:`RestoreOptions`."""
+    _options("restore_domain", options, RestoreOptions)
     op = RestoreOperation(domid, fd, callbacks, store_evtchn=store_evtchn,
-                          console_evtchn=console_evtchn, store_domid=store_domid,
-                          console_domid=console_domid, stream_type=stream_type,
-                          send_back_fd=send_back_fd, helper=helper, env=env,
-                          timeout=timeout, idle_timeout=idle_timeout,
-                          kill_grace=kill_grace)
+                          console_evtchn=console_evtchn, **options)
     result = op.run()
     assert isinstance(result, RestoreResult)
     return result

@@ -73,7 +73,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import RestoreResult, SaveResult
+    from typing_extensions import Unpack
+
+    from .api import RestoreFileOptions, RestoreResult, SaveFileOptions, SaveResult
 
 FdLike = Union[int, IO[Any]]
 Config = Union[None, bytes, str, Mapping[str, Any]]
@@ -476,7 +478,7 @@ def save_domain_to_file(
     mode: int = 0o600,
     keep_partial: bool = False,
     fsync: bool = False,
-    **save_kw: Any,
+    **save_kw: Unpack[SaveFileOptions],
 ) -> "SaveResult":
     """Saves domain ``domid`` into an xl save file at ``path``; blocks.
 
@@ -492,12 +494,13 @@ def save_domain_to_file(
     the caller's ``checkpoint()`` callback (required) decides whether to
     take another; the file then ends after the last checkpoint, as a Remus
     stream does.  On failure the partial file is removed unless
-    ``keep_partial``.  Other keyword arguments go to
-    :func:`xensr.save_domain`.  Returns its :class:`~xensr.SaveResult`.
+    ``keep_partial``.  The other keyword options (:class:`xensr.api.SaveFileOptions`)
+    go to :func:`xensr.save_domain`.  Returns its :class:`~xensr.SaveResult`.
     """
-    from .api import save_domain
+    from .api import SaveFileOptions, _options, save_domain
     from .callbacks import SAVE_CALLBACKS, find
 
+    _options("save_domain_to_file", save_kw, SaveFileOptions)
     if stream_type not in (C.XC_STREAM_PLAIN, C.XC_STREAM_REMUS):
         raise ValueError("save_domain_to_file supports XC_STREAM_PLAIN and XC_STREAM_REMUS")
     preamble = preamble_bytes(config, config_format=config_format)  # validate before creating the file
@@ -567,7 +570,7 @@ def restore_domain_from_file(
     console_evtchn: int,
     stream_type: int = C.XC_STREAM_PLAIN,
     max_record: int = 256 << 20,
-    **restore_kw: Any,
+    **restore_kw: Unpack[RestoreFileOptions],
 ) -> RestoredFile:
     """Restores an xl save file at ``path`` into domain ``domid``; blocks.
 
@@ -578,14 +581,15 @@ def restore_domain_from_file(
     may hold checkpoints: at each one the libxl records up to
     CHECKPOINT_END are read before the caller's ``checkpoint()`` (optional)
     is asked; a file that stops after a complete checkpoint restores that
-    checkpoint, as a Remus secondary fails over.  Other keyword arguments go
-    to :func:`xensr.restore_domain`.  A malformed file raises
+    checkpoint, as a Remus secondary fails over.  The other keyword options
+    (:class:`xensr.api.RestoreFileOptions`) go to :func:`xensr.restore_domain`.  A malformed file raises
     :class:`StreamFormatError` (before the helper runs when the problem is
     in the preamble).
     """
-    from .api import restore_domain
+    from .api import RestoreFileOptions, _options, restore_domain
     from .callbacks import RESTORE_CALLBACKS, find
 
+    _options("restore_domain_from_file", restore_kw, RestoreFileOptions)
     if stream_type not in (C.XC_STREAM_PLAIN, C.XC_STREAM_REMUS):
         raise ValueError("restore_domain_from_file supports XC_STREAM_PLAIN and XC_STREAM_REMUS")
     with SaveFileReader.open(path, max_record=max_record) as f:
