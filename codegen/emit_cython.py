@@ -79,7 +79,7 @@ def _enums(table: Table) -> Lines:
 
 
 def _layout(table: Table) -> List[str]:
-    lines = []
+    lines = [f"FRAME_SIZE_MAX = {2 + table.frame_body_max}  # u16 length + the largest body"]
     for group in table.groups:
         if any(c.label for c in group.constants):
             # Named values 0 to COUNT - 1 (xentoollog levels).

@@ -46,6 +46,7 @@ cdef enum:
 
 # Layout facts the callout's fast paths use.
 cdef enum:
+    FRAME_SIZE_MAX = 65537  # u16 length + the largest body
     XTL_LEVEL_COUNT = 10
     LOG_LEVEL_OFFSET = 2
     COMPLETE_ARG_RETVAL = 0

@@ -80,8 +80,8 @@ from .errors import (
 include "_msgs.pxi"
 
 cdef enum:
-    # Room for a whole maximum frame (2 + 65535) after any partial one.
-    BUF_SIZE = 131072
+    # Room for a whole maximum frame after any partial one.
+    BUF_SIZE = 2 * FRAME_SIZE_MAX
     # Reads per readiness call before giving the loop back (log floods).
     MAX_READS = 4
     # log_levels: the bit for xentoollog levels above the table's.
