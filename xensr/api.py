@@ -391,8 +391,10 @@ class Operation:
 
     Use :class:`SaveOperation` or :class:`RestoreOperation`.  Not
     thread-safe, except :meth:`abort` and :meth:`kill`, which may be called
-    from another thread while :meth:`run` blocks.  The ``msg_*`` methods
-    are the protocol handlers the callout calls; they are not for users.
+    from another thread while :meth:`run` blocks.  This class is the life
+    cycle (start, the loop interface, deadlines, stopping, the end); what
+    the helper's frames mean is :class:`_Messages`', and how its exit
+    becomes an error is :func:`exit_error`'s.
     """
 
     direction: int
