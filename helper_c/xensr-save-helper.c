@@ -15,7 +15,6 @@
  *                        that install them, message numbers
  *   frame.c              fixed frame building (buffer, put, fit), included
  *                        by xensr_msgs.c
- *   simxen/              the simulated hypervisor's libraries (tests only)
  *
  * Usage:
  *   xensr-save-helper --save-domain IO_FD RECV_FD DOMID XCFLAGS CBFLAGS
