@@ -382,6 +382,38 @@ cdef void _plan_release(SpawnPlan *plan, int io_fd, int back_fd) noexcept:
 
 
 # ----------------------------------------------------------------------
+# serve()'s poll set
+
+cdef enum:
+    WATCH_FRAMES = 0        # the frame pipe, while frames are expected
+    WATCH_REPLIES = 1       # the reply pipe, while replies wait
+    WATCH_EXIT = 2          # the pidfd, until the helper is reaped
+
+
+cdef inline int _poll_set(Callout co, pollfd *fds, int *at) noexcept:
+    """Fill fds with what co watches now, at[WATCH_*] with the positions
+    (-1: not watched); return how many."""
+    cdef int n = 0
+    at[WATCH_FRAMES] = at[WATCH_REPLIES] = at[WATCH_EXIT] = -1
+    if co._reading and co._stdout_r >= 0:
+        fds[n].fd = co._stdout_r
+        fds[n].events = POLLIN
+        at[WATCH_FRAMES] = n
+        n += 1
+    if co._wbuf and co._stdin_w >= 0:
+        fds[n].fd = co._stdin_w
+        fds[n].events = POLLOUT
+        at[WATCH_REPLIES] = n
+        n += 1
+    if not co.reaped and co._pidfd >= 0:
+        fds[n].fd = co._pidfd
+        fds[n].events = POLLIN
+        at[WATCH_EXIT] = n
+        n += 1
+    return n
+
+
+# ----------------------------------------------------------------------
 # The log ring (LogRing in _xc.pxd)
 
 cdef int _ring_init(LogRing *ring, Py_ssize_t size) except -1:
@@ -896,7 +928,9 @@ cdef class Callout:
         signal's Python handler runs (and may raise) on EINTR.
         """
         cdef pollfd fds[3]
-        cdef int n, r, ms, i_out, i_in, i_pid
+        # Where in fds the frame pipe, the reply pipe and the pidfd are (-1: not watched).
+        cdef int at[3]
+        cdef int n, r, ms
         cdef unsigned long long frames
         cdef double now
         if self._in_parse:
@@ -905,23 +939,7 @@ cdef class Callout:
             if self._wake:
                 self._wake = False
                 return 2
-            n = 0
-            i_out = i_in = i_pid = -1
-            if self._reading and self._stdout_r >= 0:
-                fds[n].fd = self._stdout_r
-                fds[n].events = POLLIN
-                i_out = n
-                n += 1
-            if self._wbuf and self._stdin_w >= 0:
-                fds[n].fd = self._stdin_w
-                fds[n].events = POLLOUT
-                i_in = n
-                n += 1
-            if not self.reaped and self._pidfd >= 0:
-                fds[n].fd = self._pidfd
-                fds[n].events = POLLIN
-                i_pid = n
-                n += 1
+            n = _poll_set(self, fds, at)
             if n == 0:
                 return 3
             now = _monotonic()
@@ -941,14 +959,14 @@ cdef class Callout:
                 raise OSError(err, f"poll: {os.strerror(err)}")
             if r == 0:
                 continue
-            if i_in >= 0 and fds[i_in].revents:
+            if at[WATCH_REPLIES] >= 0 and fds[at[WATCH_REPLIES]].revents:
                 self._flush()
-            if i_out >= 0 and fds[i_out].revents:
+            if at[WATCH_FRAMES] >= 0 and fds[at[WATCH_FRAMES]].revents:
                 frames = self.frames
                 self._read_loop(handler, MAX_READS, False)
                 if stamp and self.frames != frames:
                     self.last_read_at = _monotonic()
-            if i_pid >= 0 and fds[i_pid].revents:
+            if at[WATCH_EXIT] >= 0 and fds[at[WATCH_EXIT]].revents:
                 return 1
 
     # ------------------------------------------------------------------
