@@ -201,7 +201,7 @@ def _dispatch(table: Table) -> Lines:
 def _arrays(table: Table) -> Lines:
     """Per-type C arrays: what the callout looks up for each frame."""
     out = Lines()
-    arrays = [
+    arrays: List[Tuple[str, str, str, List[Any]]] = [
         ("int", "_reply_kind", "0: no reply, 1: synchronous (W), 2: asynchronous (A)",
          [_REPLY_CODE[m.reply] for m in table]),
         ("unsigned", "_cbflag_bit", "The cbflags bit of a libxc callback, else 0",

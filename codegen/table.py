@@ -28,9 +28,14 @@ argument that when 0 makes the request an undo, still passed to the
 toolstack while the operation stops.  Replies may name a constant below.
 """
 
+from typing import Any, Dict, List, Sequence, Tuple
+
 from .model import Constant, ConstantGroup, build_table
 
-ENTRIES = (
+#: (flags, name, [(type, argument)], {column: value}) per message.
+Entry = Tuple[str, str, List[Tuple[str, str]], Dict[str, Any]]
+
+ENTRIES: Sequence[Entry] = (
     ("sr", "log",
      [("uint32_t", "level"), ("uint32_t", "errnoval"),
       ("STRING", "context"), ("STRING", "formatted")],

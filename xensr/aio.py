@@ -13,7 +13,6 @@ releases everything, then raises :class:`asyncio.CancelledError`.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from typing import TYPE_CHECKING, Any, List, Optional, Set, Tuple
 

@@ -26,7 +26,7 @@ import re
 import shutil
 import signal as _signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Mapping,
                     Optional, Tuple, Type, TypedDict, Union)
 
