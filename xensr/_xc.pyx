@@ -7,11 +7,15 @@ pidfd that becomes readable when it exits, the frame buffer, the queue of
 replies not yet written, and the helper's last log lines.  It never blocks:
 the caller's event loop tells it when an fd is ready.  What the frames
 *mean* (callbacks, logging, results) is the business of the handler object
-passed to :meth:`Callout.on_readable`, normally a :class:`xensr.Operation`:
-each frame becomes a call of ``handler.msg_<name>(*args)`` (the functions
-are looked up on the handler's class once, not per frame), or of a
-callback registered with :meth:`Callout.set_direct`.  Log frames are kept
-raw for :attr:`Callout.log_tail` and formatted only when it is read.
+passed to :meth:`Callout.on_readable` (for an operation, its
+``xensr.api._Messages``), driven by the message table: a request or
+progress report goes to the callback registered with
+:meth:`Callout.set_direct`, else to ``handler.msg_<name>(*args)`` (looked
+up on the handler's class once, not per frame), else gets the table's
+default reply; once :meth:`Callout.stop_callbacks` was called, requests get
+the table's failure reply.  Other frames go to ``handler.msg_<name>``.
+Log frames are kept raw for :attr:`Callout.log_tail` and formatted only
+when it is read.
 
 Layout: ``_xc.pxd`` declares the class's fields and the C structs it is
 built from (the log ring, the spawn plan); ``_msgs.pxi`` (generated from
