@@ -38,6 +38,7 @@ from posix.unistd cimport close, read, write
 from posix.wait cimport P_PID, WEXITED, WNOHANG, waitid
 
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 
 from ._libc cimport (
     CLD_DUMPED,
@@ -130,40 +131,67 @@ cdef int _bad_frame(const unsigned char *body, Py_ssize_t n, int direction) exce
 # message's reply mapping in the table (MAP_*).  The one implementation:
 # the callout's fast path and the Python API (xensr.callbacks) both use it.
 
-cdef object _map_reply(int msgtype, object value):
-    """The reply for what the callback of message msgtype returned; raises
-    TypeError or ValueError for a value the mapping refuses."""
+cdef enum:
+    REPLY_REFUSED = 0   # the message's mapping does not take the value
+    REPLY_OK = 1        # the reply is in *out
+    REPLY_WIDE = 2      # an int passed as is, too wide for a C int
+
+
+cdef int _map_value(int msgtype, object value, int *out) except -1:
+    """The reply for what the callback of message msgtype returned.
+
+    MAP_BOOL: bool -> 1/0; an int passes through (COLO: 2 = failover).
+    MAP_STATUS: None/True -> 0 (done), False -> -1; an int passes through.
+    MAP_ENUM: an int among the reply group's values (not a bool).
+    """
     cdef int kind = _reply_map(msgtype)
+    cdef long long x
+    cdef int overflow = 0
+    if kind == MAP_STATUS:
+        if value is None or value is True:
+            out[0] = 0
+            return REPLY_OK
+        if value is False:
+            out[0] = -1
+            return REPLY_OK
+    elif kind == MAP_ENUM:
+        if value is True or value is False:
+            return REPLY_REFUSED
+    elif kind != MAP_BOOL:
+        return REPLY_REFUSED
+    if not isinstance(value, int):
+        return REPLY_REFUSED
+    x = PyLong_AsLongLongAndOverflow(value, &overflow)
+    if overflow or x < -0x80000000 or x > 0x7fffffff:
+        return REPLY_REFUSED if kind == MAP_ENUM else REPLY_WIDE
+    if kind == MAP_ENUM and not _reply_min(msgtype) <= x <= _reply_max(msgtype):
+        return REPLY_REFUSED
+    out[0] = <int>x
+    return REPLY_OK
+
+
+def map_reply(int msgtype, value):
+    """The int sent to the helper for what the callback of message msgtype
+    returned; TypeError / ValueError for a value its mapping refuses."""
+    cdef int reply
+    cdef int r = _map_value(msgtype, value, &reply)
+    if r == REPLY_OK:
+        return reply
+    if r == REPLY_WIDE:
+        return int(value)   # as the callback gave it; encoding it will fail
     name = _name_of(msgtype)
+    kind = _reply_map(msgtype)
     if kind == MAP_BOOL:
-        # bool -> 1/0; an int passes through (COLO: 2 = failover).
-        if isinstance(value, int):
-            return int(value)
         raise TypeError(f"{name}() must return a bool, not {type(value).__name__}")
     if kind == MAP_STATUS:
-        # None/True -> 0 (done), False -> -1; an int passes through (0 = OK).
-        if value is None or value is True:
-            return 0
-        if value is False:
-            return -1
-        if isinstance(value, int):
-            return int(value)
         raise TypeError(
             f"{name}() must return None or a bool, not {type(value).__name__}")
     if kind == MAP_ENUM:
         what = _REPLY_ENUM_NAMES[msgtype]
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{name}() must return an {what} int, not {type(value).__name__}")
-        if not _reply_min(msgtype) <= value <= _reply_max(msgtype):
-            raise ValueError(f"{name}() returned {value!r}, not an {what} value")
-        return int(value)
+        raise ValueError(f"{name}() returned {value!r}, not an {what} value")
     raise ValueError(f"{name} takes no reply from a callback")
-
-
-def map_reply(int msgtype, value):
-    """The int sent to the helper for what the callback of message msgtype
-    returned (TypeError / ValueError for a value it cannot be)."""
-    return _map_reply(msgtype, value)
 
 
 cdef inline bint _plain_reply(object v) noexcept:
@@ -832,7 +860,7 @@ cdef class Callout:
         presents them; map the common returns to the reply here, hand
         anything else to handler.direct_result."""
         cdef unsigned as_bool = _bool_args(t)
-        cdef int i
+        cdef int i, reply
         wrap = self._wrap[t]
         if wrap is not None:
             a = (tuple.__new__(wrap, args),)
@@ -851,14 +879,8 @@ cdef class Callout:
             if _reply_map(t) == MAP_NONE:
                 if v is None:
                     return None
-            else:
-                try:
-                    r = _map_reply(t, v)
-                except (TypeError, ValueError):
-                    pass
-                else:
-                    if -0x80000000 <= r <= 0x7fffffff:
-                        return r
+            elif _map_value(t, v, &reply) == REPLY_OK:
+                return reply
         return handler.direct_result(t, v)
 
     def set_direct(self, int msgtype, fn, wrap=None):
