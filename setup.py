@@ -23,7 +23,8 @@ XEN_PKGS = ("xencontrol", "xenguest", "xentoollog")
 WARN = ["-Wall", "-Wextra", "-Werror"]
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-# The helper: sources relative to the project root.
+# The helper: sources relative to the project root (the generated
+# xensr_msgs.c includes helper_c/frame.c).
 HELPER = {
     "output": "xensr/bin/xensr-save-helper",
     "sources": ["helper_c/xensr-save-helper.c", "helper_c/xensr_msgs.c"],
@@ -204,6 +205,8 @@ def extensions():
         include_dirs=["xensr"],
         depends=[
             "xensr/_msgs.pxi",
+            "xensr/_wire.pxi",
+            "xensr/_xc.pxd",
             "xensr/_spawn.h",
             "xensr/_spawn.pxd",
             "xensr/_libc.pxd",

@@ -2,7 +2,9 @@
 
 One sender per message the helper sends, the reply read for W/A messages,
 one libxc-signature stub per x message, and the functions that install the
-stubs whose cbflags bits are set.  The program linking the stubs supplies
+stubs whose cbflags bits are set.  The fixed frame building (the frame
+buffer, put, put_string, fit, transmit) is ``helper_c/frame.c``, which the
+generated source includes.  The program linking the stubs supplies
 ``xensr_helper_transmit`` and ``xensr_helper_getreply``.
 """
 
@@ -64,7 +66,7 @@ def _header(table: Table) -> str:
     top("#ifndef XENSR_MSGS_H", "#define XENSR_MSGS_H", "")
     top("#include <stddef.h>", "#include <stdint.h>")
     top("#include <xenctrl.h>", "#include <xenguest.h>", "")
-    top(f'#define XENSR_MSGS_DIGEST "{table.digest}"')
+    top(f'#define XENSR_TABLE_DIGEST "{table.digest}"')
     top(f"#define XENSR_FRAME_BODY_MAX {table.frame_body_max}u")
     top(f"#define XENSR_MSG_MAX {table.max_number}")
 
@@ -121,54 +123,8 @@ def _source_prelude(table: Table) -> Lines:
                 seen.add(t.name)
                 out(f'_Static_assert(sizeof({t.c_type}) == {t.size}, '
                     f'"{t.c_type} must be {t.size} bytes on the wire");')
-    out("", "/* The helper is single-threaded: one frame is built at a time. */")
-    out("static unsigned char frame[2 + XENSR_FRAME_BODY_MAX];")
-    return out
-
-
-def _source_helpers(table: Table) -> Lines:
-    uses_strings = any(m.string_args for m in table)
-    out = Lines()
-    out("static unsigned char *put(unsigned char *p, const void *v, size_t n)",
-        "{")
-    with out.indent():
-        out("memcpy(p, v, n);", "return p + n;")
-    out("}", "")
-    if uses_strings:
-        out("/* A STRING: u32 length including the NUL, the bytes, the NUL. */")
-        out("static unsigned char *put_string(unsigned char *p, const char *s, size_t len)",
-            "{")
-        with out.indent():
-            out("uint32_t wire = (uint32_t)len + 1;", "",
-                "p = put(p, &wire, sizeof(wire));",
-                "p = put(p, s, len);",
-                "*p++ = 0;",
-                "return p;")
-        out("}", "")
-        out("/*",
-            " * Shorten string lengths, last string first, until the body fits:",
-            " * fixed is the body size without string contents and NULs.",
-            " */",
-            "static void fit(size_t fixed, size_t *lens, int n)",
-            "{")
-        with out.indent():
-            out("size_t total = fixed;", "int i;", "",
-                "for (i = 0; i < n; i++)")
-            with out.indent():
-                out("total += lens[i] + 1;")
-            out("for (i = n - 1; i >= 0 && total > XENSR_FRAME_BODY_MAX; i--) {")
-            with out.indent():
-                out("size_t over = total - XENSR_FRAME_BODY_MAX;",
-                    "size_t cut = over < lens[i] ? over : lens[i];", "",
-                    "lens[i] -= cut;", "total -= cut;")
-            out("}")
-        out("}", "")
-    out("static void transmit(unsigned char *end)", "{")
-    with out.indent():
-        out("uint16_t body_len = (uint16_t)(end - (frame + 2));", "",
-            "memcpy(frame, &body_len, sizeof(body_len));",
-            "xensr_helper_transmit(frame, (size_t)(end - frame));")
-    out("}")
+    out("", "/* The frame buffer and put, put_string, fit, transmit. */",
+        '#include "frame.c"')
     return out
 
 
@@ -236,7 +192,7 @@ def _setcallbacks(table: Table, direction: Direction) -> Lines:
 
 
 def _source(table: Table) -> str:
-    sections: List[Lines] = [_source_prelude(table), _source_helpers(table)]
+    sections: List[Lines] = [_source_prelude(table)]
     sections += [_sender(msg) for msg in table]
     sections += [_stub(msg) for msg in table if msg.cbflag]
     sections += [_setcallbacks(table, d) for d in Direction]

@@ -11,7 +11,7 @@ import enum
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 
 class Kind(enum.Enum):
@@ -88,6 +88,30 @@ class Direction(enum.IntEnum):
     RESTORE = 1
 
 
+class Role(enum.Enum):
+    """What the parent does with a message (the callout's dispatch)."""
+
+    LOG = "log"  # a xentoollog line: kept for the log tail, maybe logged
+    PROGRESS = "progress"  # a progress report: the progress callback, no reply
+    REQUEST = "request"  # a toolstack callback the helper waits for
+    RESULTS = "results"  # data for the operation's result, no reply
+    COMPLETE = "complete"  # the libxc call returned; the last frame read
+    NOTICE = "notice"  # handed to the handler, nothing more
+
+
+class ReplyMap(enum.Enum):
+    """How a toolstack callback's return value becomes the int reply."""
+
+    NONE = "none"  # no reply (or no callback)
+    BOOL = "bool"  # bool -> 1/0; an int passes as is
+    STATUS = "status"  # None/True -> 0 (done), False -> -1; an int as is
+    ENUM = "enum"  # one of the values of a constant group (reply_group)
+
+
+#: Roles whose messages a toolstack callback may receive.
+CALLBACK_ROLES = (Role.PROGRESS, Role.REQUEST)
+
+
 @dataclass(frozen=True)
 class Message:
     number: int
@@ -104,6 +128,29 @@ class Message:
     #: Whether xensr added this message (not in Xen 4.17's table).
     extension: bool = False
     doc: str = ""
+    role: Role = Role.NOTICE
+    #: How the callback's return value becomes the reply (requests).
+    reply_map: ReplyMap = ReplyMap.NONE
+    #: For ReplyMap.ENUM: the constant group whose values are the replies.
+    reply_group: Optional[str] = None
+    #: The reply that makes libxenguest give up (sent once the operation
+    #: is stopping, instead of asking the toolstack).
+    failure_reply: Optional[int] = None
+    #: The reply when the toolstack has no callback for the message.
+    default_reply: Optional[int] = None
+    #: Installed in cbflags in these directions whether or not the
+    #: toolstack has a callback (as libxl does).
+    always_save: bool = False
+    always_restore: bool = False
+    #: The Python class the callback receives the arguments in, as one
+    #: object (a NamedTuple generated into _constants.py); None: the
+    #: arguments are passed one by one.
+    struct_class: Optional[str] = None
+    #: Arguments the callback receives as bool (nonzero -> True).
+    bool_args: Tuple[str, ...] = ()
+    #: An argument that, when 0, makes the request undo an earlier one:
+    #: it still reaches the toolstack while the operation stops.
+    undo_arg: Optional[str] = None
 
     @property
     def flags(self) -> str:
@@ -117,6 +164,32 @@ class Message:
 
     def valid_in(self, direction: Direction) -> bool:
         return self.save if direction is Direction.SAVE else self.restore
+
+    def always_in(self, direction: Direction) -> bool:
+        return self.always_save if direction is Direction.SAVE else self.always_restore
+
+    @property
+    def is_callback(self) -> bool:
+        """A toolstack callback may receive this message."""
+        return self.role in CALLBACK_ROLES
+
+    def arg_index(self, name: str) -> int:
+        for i, arg in enumerate(self.args):
+            if arg.name == name:
+                return i
+        raise KeyError(f"message {self.name} has no argument {name}")
+
+    def offset_of(self, name: str) -> Optional[int]:
+        """Body offset of an argument, None when a string or block comes
+        before it (its offset then depends on their lengths)."""
+        off = 2
+        for arg in self.args:
+            if arg.name == name:
+                return off
+            if arg.type.kind is not Kind.INTEGER:
+                return None
+            off += arg.type.size
+        raise KeyError(f"message {self.name} has no argument {name}")
 
     @property
     def fixed_size(self) -> int:
@@ -136,6 +209,8 @@ class Constant:
     name: str
     value: int
     doc: str = ""
+    #: A short lower-case name (xentoollog's level names).
+    label: str = ""
 
 
 @dataclass(frozen=True)
@@ -156,6 +231,29 @@ class Table:
 
     def __iter__(self) -> Iterator[Message]:
         return iter(self.messages)
+
+    def group(self, name: str) -> ConstantGroup:
+        for g in self.groups:
+            if g.name == name:
+                return g
+        raise KeyError(name)
+
+    def with_role(self, role: Role) -> Optional[Message]:
+        """The message of a role the callout handles by itself, if any."""
+        for msg in self.messages:
+            if msg.role is role:
+                return msg
+        return None
+
+    def callbacks_in(self, direction: Direction) -> Tuple[str, ...]:
+        """Names of the toolstack callbacks of a direction: the requests
+        in table order, then progress."""
+        msgs = [m for m in self.in_direction(direction) if m.role is Role.REQUEST]
+        msgs += [m for m in self.in_direction(direction) if m.role is Role.PROGRESS]
+        return tuple(m.name for m in msgs)
+
+    def always_cbflags(self, direction: Direction) -> Tuple[Message, ...]:
+        return tuple(m for m in self.in_direction(direction) if m.always_in(direction))
 
     def by_name(self, name: str) -> Message:
         for msg in self.messages:
@@ -182,11 +280,21 @@ class Table:
                     "struct": m.libxc_struct,
                     "extension": m.extension,
                     "args": [[a.type.name, a.name] for a in m.args],
+                    "role": m.role.value,
+                    "reply_map": m.reply_map.value,
+                    "reply_group": m.reply_group,
+                    "failure_reply": m.failure_reply,
+                    "default_reply": m.default_reply,
+                    "always": [m.always_save, m.always_restore],
+                    "struct_class": m.struct_class,
+                    "bool_args": list(m.bool_args),
+                    "undo_arg": m.undo_arg,
                 }
                 for m in self.messages
             ],
             "groups": [
-                [g.name, [[c.name, c.value] for c in g.constants]] for g in self.groups
+                [g.name, [[c.name, c.value, c.label] for c in g.constants]]
+                for g in self.groups
             ],
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":"))
@@ -199,17 +307,7 @@ class Table:
 _FLAG_CHARS = set("srcxWA")
 
 
-def message(
-    number: int,
-    flags: str,
-    name: str,
-    args: Sequence[Tuple[str, str]] = (),
-    *,
-    libxc_struct: Optional[str] = None,
-    extension: bool = False,
-    doc: str = "",
-) -> Message:
-    """Build a :class:`Message` from libxl-style flags, checking them."""
+def _check_flags(name: str, flags: str) -> None:
     bad = set(flags) - _FLAG_CHARS
     if bad:
         raise ValueError(f"message {name}: unknown flags {''.join(sorted(bad))}")
@@ -219,13 +317,74 @@ def message(
         raise ValueError(f"message {name}: valid in no direction")
     if "x" in flags and "c" not in flags:
         raise ValueError(f"message {name}: x (libxc callback) requires c")
+
+
+def _check_handling(msg: Message) -> None:
+    """The columns that say how the parent handles a message agree."""
+    where = f"message {msg.name}"
+    if msg.role is Role.REQUEST:
+        if not msg.reply.waits:
+            raise ValueError(f"{where}: a request must have flag W or A")
+        if msg.reply_map is ReplyMap.NONE or msg.failure_reply is None:
+            raise ValueError(f"{where}: a request needs reply_map and failure_reply")
+    elif msg.reply_map is not ReplyMap.NONE:
+        raise ValueError(f"{where}: only requests have a reply_map")
+    if (msg.reply_map is ReplyMap.ENUM) != (msg.reply_group is not None):
+        raise ValueError(f"{where}: reply_group goes with reply_map 'enum'")
+    if msg.reply.waits and msg.role is not Role.REQUEST and msg.default_reply is None:
+        raise ValueError(f"{where}: a message waiting for a reply needs default_reply")
+    if (msg.always_save and not msg.save) or (msg.always_restore and not msg.restore):
+        raise ValueError(f"{where}: always installed in a direction it is not valid in")
+    if (msg.always_save or msg.always_restore) and not msg.cbflag:
+        raise ValueError(f"{where}: 'always' needs flag x")
+    if ((msg.always_save or msg.always_restore) and msg.reply.waits
+            and msg.default_reply is None):
+        raise ValueError(f"{where}: always installed, so it needs default_reply")
+    for name in msg.bool_args + ((msg.undo_arg,) if msg.undo_arg else ()):
+        if msg.args[msg.arg_index(name)].type.kind is not Kind.INTEGER:
+            raise ValueError(f"{where}: {name} must be an integer argument")
+    if msg.struct_class and msg.bool_args:
+        raise ValueError(f"{where}: struct_class and bool_args do not combine")
+    if msg.role is Role.LOG and msg.offset_of("level") is None:
+        raise ValueError(f"{where}: a log message needs 'level' before any string")
+
+
+def message(
+    number: int,
+    flags: str,
+    name: str,
+    args: Sequence[Tuple[str, str]] = (),
+    *,
+    libxc_struct: Optional[str] = None,
+    extension: bool = False,
+    doc: str = "",
+    role: Optional[str] = None,
+    reply_map: str = "none",
+    reply_group: Optional[str] = None,
+    failure_reply: Optional[int] = None,
+    default_reply: Optional[int] = None,
+    always: str = "",
+    struct_class: Optional[str] = None,
+    bool_args: Sequence[str] = (),
+    undo_arg: Optional[str] = None,
+) -> Message:
+    """Build a :class:`Message` from libxl-style flags and the parent's
+    columns, checking them.  ``role`` defaults to "request" for a callback
+    that waits for a reply, "results" for one that does not, else "notice";
+    ``always`` is "s", "r" or "sr"."""
+    _check_flags(name, flags)
+    if set(always) - set("sr"):
+        raise ValueError(f"message {name}: always must be made of s and r")
     reply = Reply.SYNC if "W" in flags else Reply.ASYNC if "A" in flags else Reply.NONE
     typed = []
     for type_name, arg_name in args:
         if type_name not in TYPES:
             raise ValueError(f"message {name}: unknown type {type_name!r}")
         typed.append(Arg(TYPES[type_name], arg_name))
-    return Message(
+    if role is None:
+        role = ("notice" if "c" not in flags
+                else "request" if reply.waits else "results")
+    msg = Message(
         number=number,
         name=name,
         save="s" in flags,
@@ -237,11 +396,35 @@ def message(
         libxc_struct=libxc_struct,
         extension=extension,
         doc=doc,
+        role=Role(role),
+        reply_map=ReplyMap(reply_map),
+        reply_group=reply_group,
+        failure_reply=failure_reply,
+        default_reply=default_reply,
+        always_save="s" in always,
+        always_restore="r" in always,
+        struct_class=struct_class,
+        bool_args=tuple(bool_args),
+        undo_arg=undo_arg,
     )
+    _check_handling(msg)
+    return msg
 
 
-def build_table(entries, groups=(), frame_body_max=0xFFFF) -> Table:
+def _resolve(value: Any, constants: Dict[str, int], where: str) -> Any:
+    """A reply given as a constant's name -> its value."""
+    if isinstance(value, str):
+        if value not in constants:
+            raise ValueError(f"{where}: unknown constant {value!r}")
+        return constants[value]
+    return value
+
+
+def build_table(entries: Sequence[Any], groups: Sequence[ConstantGroup] = (),
+                frame_body_max: int = 0xFFFF) -> Table:
     """Number the entries in order from 1, as libxl 4.17 does, and check."""
+    constants = {c.name: c.value for g in groups for c in g.constants}
+    group_names = {g.name for g in groups}
     messages = []
     seen = set()
     for number, entry in enumerate(entries, start=1):
@@ -249,7 +432,16 @@ def build_table(entries, groups=(), frame_body_max=0xFFFF) -> Table:
         if name in seen:
             raise ValueError(f"duplicate message name {name}")
         seen.add(name)
+        extra = dict(extra)
+        for key in ("failure_reply", "default_reply"):
+            if key in extra:
+                extra[key] = _resolve(extra[key], constants, f"message {name}")
+        if extra.get("reply_group") is not None and extra["reply_group"] not in group_names:
+            raise ValueError(f"message {name}: unknown reply_group {extra['reply_group']!r}")
         messages.append(message(number, flags, name, args, **extra))
     if len(messages) > 31:
         raise ValueError("cbflags is 32 bits wide: at most 31 messages")
+    for role in (Role.LOG, Role.PROGRESS, Role.COMPLETE):
+        if sum(m.role is role for m in messages) > 1:
+            raise ValueError(f"at most one message has role {role.value}")
     return Table(tuple(messages), tuple(groups), frame_body_max)

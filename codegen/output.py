@@ -50,7 +50,7 @@ class _Indent:
         self._lines._depth += 1
         return self._lines
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._lines._depth -= 1
 
 

@@ -5,8 +5,16 @@
  *
  * A drop-in for Xen 4.17's libxl-save-helper: same command line, same
  * file descriptors, same frames, same replies, same exit statuses and
- * SIGTERM behaviour (PROTOCOL.md Part A and B§3 to B§8).  The frames are
- * built by the stubs generated from the message table (xensr_msgs.[ch]).
+ * SIGTERM behaviour (PROTOCOL.md Part A and B§3 to B§8).
+ *
+ * Layout of helper_c/:
+ *   xensr-save-helper.c  this program: command line, logger, signals, the
+ *                        two libxc calls, transmit/getreply for the stubs
+ *   xensr_msgs.[ch]      generated from codegen/table.py: one sender per
+ *                        message, the libxc callback stubs, the cbflags
+ *                        that install them, message numbers
+ *   frame.c              fixed frame building (buffer, put, fit), included
+ *                        by xensr_msgs.c
  *
  * Usage:
  *   xensr-save-helper --save-domain IO_FD RECV_FD DOMID XCFLAGS CBFLAGS
@@ -24,8 +32,8 @@
  *   STORE_DOMID, CONSOLE_DOMID                            0 .. 65535
  *   STREAM_TYPE            0 plain, 1 Remus, 2 COLO
  * CBFLAGS bits that name no callback of the operation are ignored, as
- * libxl's helper does; bit 11 (precopy_policy, save only) is an xensr
- * extension that libxl never sets.
+ * libxl's helper does; the bits of xensr's extension messages (see
+ * codegen/table.py) are ones that libxl never sets.
  *
  * File descriptors: 0 replies from the parent (one native int per
  * request), 1 frames to the parent, 2 the parent's stderr (diagnostics),
@@ -303,45 +311,23 @@ enum arg_kind {
     ARG_STREAM,     /* xc_stream_type_t: 0 .. 2 */
 };
 
-struct arg_spec {
-    const char *name;
-    enum arg_kind kind;
-};
-
-#define MAX_ARGS 9
-
+/* A mode: its option and how many arguments follow it. */
 struct mode_spec {
     const char *option;
     int nargs;
-    struct arg_spec args[MAX_ARGS];
 };
 
 enum { MODE_SAVE, MODE_RESTORE };
 
 static const struct mode_spec modes[] = {
-    [MODE_SAVE] = {
-        "--save-domain", 6, {
-            { "IO_FD", ARG_FD },
-            { "RECV_FD", ARG_FD_OR_NONE },
-            { "DOMID", ARG_U32 },
-            { "XCFLAGS", ARG_U32 },
-            { "CBFLAGS", ARG_U32 },
-            { "STREAM_TYPE", ARG_STREAM },
-        },
-    },
-    [MODE_RESTORE] = {
-        "--restore-domain", 9, {
-            { "IO_FD", ARG_FD },
-            { "SEND_BACK_FD", ARG_FD_OR_NONE },
-            { "DOMID", ARG_U32 },
-            { "STORE_EVTCHN", ARG_U32 },
-            { "STORE_DOMID", ARG_DOMID },
-            { "CONSOLE_EVTCHN", ARG_U32 },
-            { "CONSOLE_DOMID", ARG_DOMID },
-            { "CBFLAGS", ARG_U32 },
-            { "STREAM_TYPE", ARG_STREAM },
-        },
-    },
+    [MODE_SAVE] = { "--save-domain", 6 },
+    [MODE_RESTORE] = { "--restore-domain", 9 },
+};
+
+/* The arguments after the mode, taken one by one by run_save/run_restore. */
+struct cmdline {
+    const char *option;
+    char **next;
 };
 
 static const char usage_text[] =
@@ -397,13 +383,13 @@ static int parse_decimal(const char *s, unsigned long long max,
     return 0;
 }
 
-static long long parse_arg(const char *mode, const struct arg_spec *spec,
-                           const char *s)
+static long long parse_arg(const char *mode, enum arg_kind kind,
+                           const char *name, const char *s)
 {
     unsigned long long v;
     int r;
 
-    switch (spec->kind) {
+    switch (kind) {
     case ARG_FD_OR_NONE:
         if (!strcmp(s, "-1"))
             return -1;
@@ -412,42 +398,47 @@ static long long parse_arg(const char *mode, const struct arg_spec *spec,
         r = parse_decimal(s, INT_MAX, &v);
         if (r || v < 3)
             usage_error("%s: %s must be %sa file descriptor number from 3 to %d, not '%s'",
-                        mode, spec->name,
-                        spec->kind == ARG_FD_OR_NONE ? "-1 or " : "",
+                        mode, name, kind == ARG_FD_OR_NONE ? "-1 or " : "",
                         INT_MAX, s);
         return (long long)v;
     case ARG_U32:
         r = parse_decimal(s, UINT32_MAX, &v);
         if (r)
             usage_error("%s: %s must be a decimal number from 0 to %lu, not '%s'",
-                        mode, spec->name,
-                        (unsigned long)UINT32_MAX, s);
+                        mode, name, (unsigned long)UINT32_MAX, s);
         return (long long)v;
     case ARG_DOMID:
         r = parse_decimal(s, UINT16_MAX, &v);
         if (r)
             usage_error("%s: %s must be a decimal number from 0 to %u, not '%s'",
-                        mode, spec->name, UINT16_MAX, s);
+                        mode, name, UINT16_MAX, s);
         return (long long)v;
     case ARG_STREAM:
         r = parse_decimal(s, XC_STREAM_COLO, &v);
         if (r)
             usage_error("%s: %s must be 0 (plain), 1 (Remus) or 2 (COLO), not '%s'",
-                        mode, spec->name, s);
+                        mode, name, s);
         return (long long)v;
     }
-    usage_error("%s: %s: internal error: unknown argument kind", mode,
-                spec->name);
+    usage_error("%s: %s: internal error: unknown argument kind", mode, name);
+}
+
+/* The next argument, named NAME in messages, checked as KIND. */
+static long long take_arg(struct cmdline *cl, enum arg_kind kind,
+                          const char *name)
+{
+    return parse_arg(cl->option, kind, name, *cl->next++);
 }
 
 /*
- * Returns MODE_SAVE or MODE_RESTORE with vals[] filled; exits for
- * --help, --version and any error.
+ * Returns MODE_SAVE or MODE_RESTORE with cl set to its arguments (their
+ * number checked; each is parsed where it is used); exits for --help,
+ * --version and any error.
  */
-static int parse_cmdline(int argc, char **argv, long long vals[MAX_ARGS])
+static int parse_cmdline(int argc, char **argv, struct cmdline *cl)
 {
     const struct mode_spec *m = NULL;
-    int mode, i;
+    int mode;
 
     if (argc < 2)
         usage_error("no mode given");
@@ -457,7 +448,7 @@ static int parse_cmdline(int argc, char **argv, long long vals[MAX_ARGS])
     }
     if (!strcmp(argv[1], "--version") && argc == 2) {
         printf(PROGRAM " %s (message table sha256:%s)\n", XENSR_VERSION,
-               XENSR_MSGS_DIGEST);
+               XENSR_TABLE_DIGEST);
         exit(0);
     }
     for (mode = 0; mode < (int)(sizeof(modes) / sizeof(modes[0])); mode++) {
@@ -471,19 +462,21 @@ static int parse_cmdline(int argc, char **argv, long long vals[MAX_ARGS])
     if (argc - 2 != m->nargs)
         usage_error("%s takes %d arguments, not %d", m->option, m->nargs,
                     argc - 2);
-    for (i = 0; i < m->nargs; i++)
-        vals[i] = parse_arg(m->option, &m->args[i], argv[2 + i]);
+    cl->option = m->option;
+    cl->next = argv + 2;
     return mode;
 }
 
 /*----- the operation -----*/
 
+/* After the command line was parsed, before the first frame. */
 static void startup(const char *op)
 {
+    reset_sigpipe();
     /* First 16 hex digits of the table digest: enough to tell builds apart. */
     xtl_log(&logger, XTL_DEBUG, 0, log_context,
             "starting %s (xensr %s, table %.16s)", op, XENSR_VERSION,
-            XENSR_MSGS_DIGEST);
+            XENSR_TABLE_DIGEST);
 
     xch = xc_interface_open(&logger, &logger, 0);
     if (!xch)
@@ -505,18 +498,23 @@ static void complete(int r, int errnoval)
     exit(0);
 }
 
+/* --save-domain IO_FD RECV_FD DOMID XCFLAGS CBFLAGS STREAM_TYPE */
 __attribute__((noreturn))
-static void run_save(const long long *v)
+static void run_save(struct cmdline *cl)
 {
     static struct save_callbacks cb;
-    int recv_fd = (int)v[1];
-    uint32_t dom = (uint32_t)v[2];
-    uint32_t flags = (uint32_t)v[3];
-    unsigned cbflags = (unsigned)v[4];
-    xc_stream_type_t stream_type = (xc_stream_type_t)v[5];
+    int recv_fd;
+    uint32_t dom, flags;
+    unsigned cbflags;
+    xc_stream_type_t stream_type;
     int r, errnoval;
 
-    io_fd = (int)v[0];
+    io_fd = (int)take_arg(cl, ARG_FD, "IO_FD");
+    recv_fd = (int)take_arg(cl, ARG_FD_OR_NONE, "RECV_FD");
+    dom = (uint32_t)take_arg(cl, ARG_U32, "DOMID");
+    flags = (uint32_t)take_arg(cl, ARG_U32, "XCFLAGS");
+    cbflags = (unsigned)take_arg(cl, ARG_U32, "CBFLAGS");
+    stream_type = (xc_stream_type_t)take_arg(cl, ARG_STREAM, "STREAM_TYPE");
     xensr_setcallbacks_save(&cb, cbflags);
 
     startup("save");
@@ -527,22 +525,31 @@ static void run_save(const long long *v)
     complete(r, errnoval);
 }
 
+/*
+ * --restore-domain IO_FD SEND_BACK_FD DOMID STORE_EVTCHN STORE_DOMID
+ *                  CONSOLE_EVTCHN CONSOLE_DOMID CBFLAGS STREAM_TYPE
+ */
 __attribute__((noreturn))
-static void run_restore(const long long *v)
+static void run_restore(struct cmdline *cl)
 {
     static struct restore_callbacks cb;
-    int send_back_fd = (int)v[1];
-    uint32_t dom = (uint32_t)v[2];
-    unsigned store_evtchn = (unsigned)v[3];
-    domid_t store_domid = (domid_t)v[4];
-    unsigned console_evtchn = (unsigned)v[5];
-    domid_t console_domid = (domid_t)v[6];
-    unsigned cbflags = (unsigned)v[7];
-    xc_stream_type_t stream_type = (xc_stream_type_t)v[8];
+    int send_back_fd;
+    uint32_t dom;
+    unsigned store_evtchn, console_evtchn, cbflags;
+    domid_t store_domid, console_domid;
+    xc_stream_type_t stream_type;
     unsigned long store_mfn = 0, console_mfn = 0;
     int r, errnoval;
 
-    io_fd = (int)v[0];
+    io_fd = (int)take_arg(cl, ARG_FD, "IO_FD");
+    send_back_fd = (int)take_arg(cl, ARG_FD_OR_NONE, "SEND_BACK_FD");
+    dom = (uint32_t)take_arg(cl, ARG_U32, "DOMID");
+    store_evtchn = (unsigned)take_arg(cl, ARG_U32, "STORE_EVTCHN");
+    store_domid = (domid_t)take_arg(cl, ARG_DOMID, "STORE_DOMID");
+    console_evtchn = (unsigned)take_arg(cl, ARG_U32, "CONSOLE_EVTCHN");
+    console_domid = (domid_t)take_arg(cl, ARG_DOMID, "CONSOLE_DOMID");
+    cbflags = (unsigned)take_arg(cl, ARG_U32, "CBFLAGS");
+    stream_type = (xc_stream_type_t)take_arg(cl, ARG_STREAM, "STREAM_TYPE");
     xensr_setcallbacks_restore(&cb, cbflags);
 
     startup("restore");
@@ -562,12 +569,10 @@ static void run_restore(const long long *v)
 
 int main(int argc, char **argv)
 {
-    long long vals[MAX_ARGS];
-    int mode = parse_cmdline(argc, argv, vals);
+    struct cmdline cl;
+    int mode = parse_cmdline(argc, argv, &cl);
 
-    reset_sigpipe();
     if (mode == MODE_SAVE)
-        run_save(vals);
-    run_restore(vals);
+        run_save(&cl);
+    run_restore(&cl);
 }
-

@@ -129,8 +129,10 @@ xensr_spawn_child(const xensr_spawn_t *sp)
 /*
  * Returns the child's pid, or -1 with errno set when no child was created.
  * Called without the GIL: it blocks until the child has exec'd or exited.
+ * Never inlined (as CPython's do_fork_exec): the vfork child runs on this
+ * function's frame, which must not be part of the caller's.
  */
-static pid_t
+static pid_t __attribute__((noinline))
 xensr_spawn(const xensr_spawn_t *sp)
 {
     sigset_t all, old;

@@ -7,13 +7,22 @@ pidfd that becomes readable when it exits, the frame buffer, the queue of
 replies not yet written, and the helper's last log lines.  It never blocks:
 the caller's event loop tells it when an fd is ready.  What the frames
 *mean* (callbacks, logging, results) is the business of the handler object
-passed to :meth:`Callout.on_readable`, normally a :class:`xensr.Operation`:
-each frame becomes a call of ``handler.msg_<name>(*args)`` (the functions
-are looked up on the handler's class once, not per frame), or of a
-callback registered with :meth:`Callout.set_direct`.  Log frames are kept
-raw for :attr:`Callout.log_tail` and formatted only when it is read.
+passed to :meth:`Callout.on_readable` (for an operation, its
+``xensr.api._Messages``), driven by the message table: a request or
+progress report goes to the callback registered with
+:meth:`Callout.set_direct`, else to ``handler.msg_<name>(*args)`` (looked
+up on the handler's class once, not per frame), else gets the table's
+default reply; once :meth:`Callout.stop_callbacks` was called, requests get
+the table's failure reply.  Other frames go to ``handler.msg_<name>``.
+Log frames are kept raw for :attr:`Callout.log_tail` and formatted only
+when it is read.
 
-Spawning uses vfork + execve (``_spawn.h``); see there for why.
+Layout: ``_xc.pxd`` declares the class's fields and the C structs it is
+built from (the log ring, the spawn plan); ``_msgs.pxi`` (generated from
+the message table) and ``_wire.pxi`` (the fixed wire format) are included
+here.  Spawning keeps the parent's preparation, the fork-exec and the
+child's report apart; the fork-exec is vfork + execve (``_spawn.h``; see
+there for why).
 """
 
 cimport cython
@@ -29,6 +38,7 @@ from posix.unistd cimport close, read, write
 from posix.wait cimport P_PID, WEXITED, WNOHANG, waitid
 
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 
 from ._libc cimport (
     CLD_DUMPED,
@@ -62,47 +72,25 @@ import signal as _signal
 import types as _types
 import warnings
 
+from ._constants import XTL_LEVEL_NAMES
 from .errors import (
-    EmptyStringError,
     HelperStartError,
-    RuntFrameError,
     ProtocolError,
-    ShortFrameError,
-    TrailingBytesError,
+    RuntFrameError,
     TruncatedFrameError,
     UnexpectedCallbackError,
-    UnknownMessageError,
-    UnterminatedStringError,
-    WrongDirectionError,
 )
 
+# The table's message numbers, per-type arrays and decoders (generated).
 include "_msgs.pxi"
 
 cdef enum:
-    # Room for a whole maximum frame (2 + 65535) after any partial one.
-    BUF_SIZE = 131072
+    # Room for a whole maximum frame after any partial one.
+    BUF_SIZE = 2 * FRAME_SIZE_MAX
     # Reads per readiness call before giving the loop back (log floods).
     MAX_READS = 4
-    # Per-message-type tables (types 1 to 11 are in use).
-    MSG_SLOTS = 16
-    # log_levels: the bit for xentoollog levels above 9.
-    LOG_OTHER_BIT = 10
-
-# How set_direct's callbacks' return values become replies.
-cdef enum:
-    MAP_NONE = 0        # progress: no reply
-    MAP_BOOL = 1        # bool -> 1/0, int as is
-    MAP_STATUS = 2      # None/True -> 0, False -> -1, int as is
-    MAP_POLICY = 3      # XGS_POLICY_* int (-1, 0, 1)
-
-cdef int[16] _MAP_KIND = [0, 0, MAP_NONE, MAP_BOOL, MAP_BOOL, MAP_BOOL, MAP_BOOL,
-                          MAP_STATUS, MAP_STATUS, 0, 0, MAP_POLICY, 0, 0, 0, 0]
-# Types set_direct accepts: progress and the requests.
-cdef unsigned _DIRECT_OK = ((1u << 2) | (1u << 3) | (1u << 4) | (1u << 5) | (1u << 6)
-                            | (1u << 7) | (1u << 8) | (1u << 11))
-
-_XTL_NAMES = ("none", "debug", "verbose", "detail", "progress", "info",
-              "notice", "warning", "error", "critical")
+    # log_levels: the bit for xentoollog levels above the table's.
+    LOG_OTHER_BIT = XTL_LEVEL_COUNT
 
 _STAGES = {
     XENSR_SPAWN_STAGE_DUP2: "cannot set up the helper's stdin/stdout",
@@ -113,7 +101,10 @@ _STAGES = {
 
 def format_log_line(level, errnoval, context, formatted):
     """One helper log frame as text: ``level: context: text[: strerror]``."""
-    name = _XTL_NAMES[level] if 0 <= level < len(_XTL_NAMES) else f"level{level}"
+    if 0 <= level < len(XTL_LEVEL_NAMES):
+        name = XTL_LEVEL_NAMES[level]
+    else:
+        name = f"level{level}"
     line = f"{name}: {context}: {formatted}"
     if errnoval and errnoval != 0xFFFFFFFF:
         try:
@@ -129,44 +120,83 @@ cdef inline double _monotonic() noexcept nogil:
     return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
-cdef inline Py_ssize_t _skip_string(const unsigned char *body, Py_ssize_t n,
-                                    Py_ssize_t at) noexcept:
-    """The offset after a well-formed STRING at ``at``, or -1."""
-    cdef uint32_t length
-    if n - at < 4:
-        return -1
-    memcpy(&length, body + at, 4)
-    if length == 0 or <uint64_t>(n - at - 4) < <uint64_t>length:
-        return -1
-    if body[at + 4 + length - 1] != 0:
-        return -1
-    return at + 4 + length
-
-
-cdef inline bint _log_ok(const unsigned char *body, Py_ssize_t n) noexcept:
-    """A log body (type, level, errno, context, formatted) is well formed."""
-    cdef Py_ssize_t off
-    if n < 10:
-        return False
-    off = _skip_string(body, n, 10)
-    if off < 0:
-        return False
-    return _skip_string(body, n, off) == n
-
-
-cdef inline bint _progress_ok(const unsigned char *body, Py_ssize_t n) noexcept:
-    """A progress body (type, context, doing_what, done, total) is well formed."""
-    cdef Py_ssize_t off = _skip_string(body, n, 2)
-    if off < 0:
-        return False
-    off = _skip_string(body, n, off)
-    return off >= 0 and n - off == 16
-
-
 cdef int _bad_frame(const unsigned char *body, Py_ssize_t n, int direction) except -1:
     """Raise the generated decoder's error for a body the checks refused."""
     _decode_body(body, n, direction)
     raise ProtocolError("malformed frame", offset=0)
+
+
+# ----------------------------------------------------------------------
+# Replies: a callback's return value -> the int the helper reads, by the
+# message's reply mapping in the table (MAP_*).  The one implementation:
+# the callout's fast path and the Python API (xensr.callbacks) both use it.
+
+cdef enum:
+    REPLY_REFUSED = 0   # the message's mapping does not take the value
+    REPLY_OK = 1        # the reply is in *out
+    REPLY_WIDE = 2      # an int passed as is, too wide for a C int
+
+
+cdef int _map_value(int msgtype, object value, int *out) except -1:
+    """The reply for what the callback of message msgtype returned.
+
+    MAP_BOOL: bool -> 1/0; an int passes through (COLO: 2 = failover).
+    MAP_STATUS: None/True -> 0 (done), False -> -1; an int passes through.
+    MAP_ENUM: an int among the reply group's values (not a bool).
+    """
+    cdef int kind = _reply_map(msgtype)
+    cdef long long x
+    cdef int overflow = 0
+    if kind == MAP_STATUS:
+        if value is None or value is True:
+            out[0] = 0
+            return REPLY_OK
+        if value is False:
+            out[0] = -1
+            return REPLY_OK
+    elif kind == MAP_ENUM:
+        if value is True or value is False:
+            return REPLY_REFUSED
+    elif kind != MAP_BOOL:
+        return REPLY_REFUSED
+    if not isinstance(value, int):
+        return REPLY_REFUSED
+    x = PyLong_AsLongLongAndOverflow(value, &overflow)
+    if overflow or x < -0x80000000 or x > 0x7fffffff:
+        return REPLY_REFUSED if kind == MAP_ENUM else REPLY_WIDE
+    if kind == MAP_ENUM and not _reply_min(msgtype) <= x <= _reply_max(msgtype):
+        return REPLY_REFUSED
+    out[0] = <int>x
+    return REPLY_OK
+
+
+def map_reply(int msgtype, value):
+    """The int sent to the helper for what the callback of message msgtype
+    returned; TypeError / ValueError for a value its mapping refuses."""
+    cdef int reply
+    cdef int r = _map_value(msgtype, value, &reply)
+    if r == REPLY_OK:
+        return reply
+    if r == REPLY_WIDE:
+        return int(value)   # as the callback gave it; encoding it will fail
+    name = _name_of(msgtype)
+    kind = _reply_map(msgtype)
+    if kind == MAP_BOOL:
+        raise TypeError(f"{name}() must return a bool, not {type(value).__name__}")
+    if kind == MAP_STATUS:
+        raise TypeError(
+            f"{name}() must return None or a bool, not {type(value).__name__}")
+    if kind == MAP_ENUM:
+        what = _REPLY_ENUM_NAMES[msgtype]
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{name}() must return an {what} int, not {type(value).__name__}")
+        raise ValueError(f"{name}() returned {value!r}, not an {what} value")
+    raise ValueError(f"{name} takes no reply from a callback")
+
+
+cdef inline bint _plain_reply(object v) noexcept:
+    """A value whose reply the callout works out itself, without Python."""
+    return type(v) is int or v is True or v is False or v is None
 
 
 cdef int _make_pipe(int *fds) except -1:
@@ -241,6 +271,229 @@ cdef char **_cstrv(list items) except NULL:
     return v
 
 
+# ----------------------------------------------------------------------
+# Spawning (SpawnPlan in _xc.pxd): the parent's preparation, the fork-exec
+# (_spawn.h's xensr_spawn, not inlined), the child's error report.
+
+cdef void _plan_init(SpawnPlan *plan) noexcept:
+    plan.reply_pipe[0] = plan.reply_pipe[1] = -1
+    plan.frame_pipe[0] = plan.frame_pipe[1] = -1
+    plan.error_pipe[0] = plan.error_pipe[1] = -1
+    plan.io_child = plan.back_child = -1
+    plan.argv = plan.envp = NULL
+
+
+cdef tuple _plan_prepare(SpawnPlan *plan, bytes bpath, bytes bmode, int io_fd,
+                         int back_fd, args, env):
+    """The parent's work: pipes, the fds as the child gets them, argv and
+    envp.  Returns the bytes objects argv/envp point into."""
+    # Reply pipe.  [0], read end: the helper's stdin (dup2'ed onto fd 0 in
+    # the child only).  [1], write end: ours, the replies; non-blocking.
+    _make_pipe(plan.reply_pipe)
+    # Frame pipe.  [0], read end: ours, the frames; non-blocking.  [1],
+    # write end: the helper's stdout (fd 1 in the child only).
+    _make_pipe(plan.frame_pipe)
+    # Error pipe.  [0], read end: ours, non-blocking, read once after the
+    # spawn.  [1], write end: the child's, stays close-on-exec so that a
+    # successful execve closes it.
+    _make_pipe(plan.error_pipe)
+    _set_nonblock(plan.reply_pipe[1])
+    _set_nonblock(plan.frame_pipe[0])
+    _set_nonblock(plan.error_pipe[0])
+
+    plan.io_child = io_fd if io_fd > 2 else _dup_high(io_fd)
+    if back_fd < 0 or back_fd > 2:
+        plan.back_child = back_fd
+    else:
+        plan.back_child = _dup_high(back_fd)
+
+    argl = [bpath, bmode, b"%d" % plan.io_child, b"%d" % plan.back_child]
+    argl += [b"%d" % a for a in args]
+    plan.argv = _cstrv(argl)
+    envl = None
+    if env is not None:
+        envl = _env_entries(env)
+        plan.envp = _cstrv(envl)
+    return (argl, envl)
+
+
+cdef pid_t _fork_exec(SpawnPlan *plan, bytes bpath, path) except -1:
+    """vfork + execve the helper (without the GIL); then close the child's
+    ends here at once, so that EOF on the frame pipe means it is gone."""
+    cdef xensr_spawn_t sp
+    cdef pid_t pid
+    cdef int err
+    sp.path = bpath
+    sp.argv = plan.argv
+    sp.envp = plan.envp if plan.envp != NULL else environ
+    sp.stdin_fd = plan.reply_pipe[0]
+    sp.stdout_fd = plan.frame_pipe[1]
+    sp.keep_fd[0] = plan.io_child
+    sp.keep_fd[1] = plan.back_child
+    sp.err_fd = plan.error_pipe[1]
+    with nogil:
+        pid = xensr_spawn(&sp)
+    if pid < 0:
+        err = errno
+        raise HelperStartError(err, f"cannot start the helper: {os.strerror(err)}", path)
+    close(plan.reply_pipe[0])
+    plan.reply_pipe[0] = -1
+    close(plan.frame_pipe[1])
+    plan.frame_pipe[1] = -1
+    close(plan.error_pipe[1])
+    plan.error_pipe[1] = -1
+    return pid
+
+
+cdef int _read_report(SpawnPlan *plan, pid_t pid, path) except -1:
+    """Raise HelperStartError (and reap the child) if it reported a failure.
+
+    vfork returns once the child has exec'd or exited.  A child that failed
+    wrote its report (8 bytes: one atomic pipe write) before _exit, so it
+    is there now; after a successful execve the read finds nothing (EAGAIN)
+    or EOF.  A blocking read would wait for the exec'd child to close its
+    close-on-exec fds, which the kernel does after waking us.
+    """
+    cdef int report[2]
+    cdef Py_ssize_t r, got = 0
+    cdef int err
+    while True:
+        r = read(plan.error_pipe[0], <char *>report, sizeof(report))
+        if r < 0 and errno == EINTR:
+            continue
+        break
+    if r > 0:
+        got = r
+    if not got:
+        return 0
+    with nogil:
+        _reap_blocking(pid)
+    if got == sizeof(report):
+        err = report[1]
+        what = _STAGES.get(report[0], "cannot start the helper")
+    else:
+        err = 5  # EIO: a torn report
+        what = "cannot start the helper (truncated error report)"
+    raise HelperStartError(err, f"{what}: {os.strerror(err)}", path)
+
+
+cdef int _open_pidfd(pid_t pid, path) except -1:
+    """A pidfd for the helper; without one it is killed and reaped."""
+    cdef int err
+    cdef int pidfd = xensr_pidfd_open(pid)
+    if pidfd < 0:
+        err = errno
+        os.kill(pid, _signal.SIGKILL)
+        with nogil:
+            _reap_blocking(pid)
+        raise HelperStartError(
+            err, f"pidfd_open failed (Linux >= 5.3 needed): {os.strerror(err)}", path)
+    return pidfd
+
+
+cdef void _plan_release(SpawnPlan *plan, int io_fd, int back_fd) noexcept:
+    """Free argv/envp; close every fd the plan still holds and the
+    duplicates made for the child."""
+    cdef int i
+    free(plan.argv)
+    free(plan.envp)
+    plan.argv = plan.envp = NULL
+    for i in range(2):
+        if plan.reply_pipe[i] >= 0:
+            close(plan.reply_pipe[i])
+        if plan.frame_pipe[i] >= 0:
+            close(plan.frame_pipe[i])
+        if plan.error_pipe[i] >= 0:
+            close(plan.error_pipe[i])
+        plan.reply_pipe[i] = plan.frame_pipe[i] = plan.error_pipe[i] = -1
+    if plan.io_child >= 0 and plan.io_child != io_fd:
+        close(plan.io_child)
+    if plan.back_child >= 0 and plan.back_child != back_fd:
+        close(plan.back_child)
+    plan.io_child = plan.back_child = -1
+
+
+# ----------------------------------------------------------------------
+# serve()'s poll set
+
+cdef enum:
+    WATCH_FRAMES = 0        # the frame pipe, while frames are expected
+    WATCH_REPLIES = 1       # the reply pipe, while replies wait
+    WATCH_EXIT = 2          # the pidfd, until the helper is reaped
+
+
+cdef inline int _poll_set(Callout co, pollfd *fds, int *at) noexcept:
+    """Fill fds with what co watches now, at[WATCH_*] with the positions
+    (-1: not watched); return how many."""
+    cdef int n = 0
+    at[WATCH_FRAMES] = at[WATCH_REPLIES] = at[WATCH_EXIT] = -1
+    if co._reading and co._stdout_r >= 0:
+        fds[n].fd = co._stdout_r
+        fds[n].events = POLLIN
+        at[WATCH_FRAMES] = n
+        n += 1
+    if co._wbuf and co._stdin_w >= 0:
+        fds[n].fd = co._stdin_w
+        fds[n].events = POLLOUT
+        at[WATCH_REPLIES] = n
+        n += 1
+    if not co.reaped and co._pidfd >= 0:
+        fds[n].fd = co._pidfd
+        fds[n].events = POLLIN
+        at[WATCH_EXIT] = n
+        n += 1
+    return n
+
+
+# ----------------------------------------------------------------------
+# The log ring (LogRing in _xc.pxd)
+
+cdef int _ring_init(LogRing *ring, Py_ssize_t size) except -1:
+    ring.entries = <LogEntry *>calloc(size, sizeof(LogEntry))
+    if ring.entries == NULL:
+        raise MemoryError()
+    ring.size = size
+    ring.count = 0
+    ring.oldest = 0
+    return 0
+
+
+cdef int _ring_put(LogRing *ring, const unsigned char *body, Py_ssize_t n) except -1:
+    """Keep a copy of body, dropping the oldest entry once full."""
+    cdef LogEntry *e
+    cdef unsigned char *p
+    if ring.count < ring.size:
+        e = &ring.entries[ring.count]
+        ring.count += 1
+    else:
+        e = &ring.entries[ring.oldest]
+        ring.oldest = (ring.oldest + 1) % ring.size
+    if e.capacity < n:
+        p = <unsigned char *>realloc(e.data, n)
+        if p == NULL:
+            raise MemoryError()
+        e.data = p
+        e.capacity = n
+    memcpy(e.data, body, n)
+    e.length = n
+    return 0
+
+
+cdef inline const LogEntry *_ring_at(const LogRing *ring, Py_ssize_t k) noexcept:
+    """The k-th oldest entry (0 <= k < count)."""
+    return &ring.entries[(ring.oldest + k) % ring.count]
+
+
+cdef void _ring_free(LogRing *ring) noexcept:
+    cdef Py_ssize_t i
+    if ring.entries != NULL:
+        for i in range(ring.size):
+            free(ring.entries[i].data)
+    free(ring.entries)
+    ring.entries = NULL
+    ring.count = ring.size = ring.oldest = 0
+
+
 cdef int _reap_blocking(pid_t pid) noexcept nogil:
     """Wait for pid to exit (it has been killed or is exiting)."""
     cdef siginfo_t info
@@ -250,7 +503,6 @@ cdef int _reap_blocking(pid_t pid) noexcept nogil:
     return 0
 
 
-@cython.final
 cdef class Callout:
     """One helper process and its two pipes.
 
@@ -261,68 +513,6 @@ cdef class Callout:
     :meth:`on_readable`, :meth:`on_writable` and :meth:`poll_exit` ->
     :meth:`close` once :meth:`poll_exit` returned True.
     """
-
-    cdef readonly int direction
-    cdef readonly unsigned cbflags
-    cdef readonly pid_t pid
-    cdef int _pidfd
-    cdef int _stdin_w
-    cdef int _stdout_r
-    cdef unsigned char *_buf
-    cdef Py_ssize_t _len
-    cdef bytes _wbuf
-    cdef bint _reading
-    cdef bint _in_parse
-    cdef bint _closed
-    cdef int _io_fd
-    cdef int _io_flags
-    cdef int _back_fd
-    cdef int _back_flags
-    # The last log frames, raw (bodies), formatted only by log_tail.
-    cdef unsigned char **_rdata
-    cdef Py_ssize_t *_rlen
-    cdef Py_ssize_t *_rcap
-    cdef Py_ssize_t _rcount
-    cdef Py_ssize_t _ring_pos
-    cdef Py_ssize_t _ring_size
-    # The handler's class and its msg_<name> functions by message type.
-    cdef object _bound_type
-    cdef list _bound
-    # Callbacks called directly (set_direct) by message type.
-    cdef list _direct
-    cdef unsigned _direct_mask
-    cdef object _direct_wrap
-    cdef unsigned long long _counts[MSG_SLOTS]
-    cdef bint _wake
-
-    #: Bit N set: log frames of xentoollog level N are handed to the
-    #: handler (bit 10: levels above 9).  The others are only kept for
-    #: :attr:`log_tail` and counted.
-    cdef public unsigned log_levels
-    #: False: progress frames are checked and counted, not handed on.
-    cdef public bint progress_wanted
-    #: time.monotonic() after the last read that brought a frame, when
-    #: :meth:`serve` was asked to keep it.
-    cdef readonly double last_read_at
-
-    #: Message type waiting for a reply (0: none).
-    cdef readonly int awaiting
-    #: The helper's stdout ended.
-    cdef readonly bint eof
-    #: ``complete`` was received; retval/errnoval are its arguments.
-    cdef readonly bint completed
-    cdef readonly int retval
-    cdef readonly int errnoval
-    #: The helper was reaped; returncode as in subprocess (-N: signal N).
-    cdef readonly bint reaped
-    cdef readonly object returncode
-    cdef readonly bint core_dumped
-    #: Someone else reaped the helper (waitid said ECHILD).
-    cdef readonly bint status_lost
-    #: A reply could not be written: the helper's stdin is closed.
-    cdef readonly bint stdin_broken
-    cdef readonly unsigned long long frames
-    cdef readonly unsigned long long log_lines
 
     def __cinit__(self):
         self.pid = -1
@@ -335,7 +525,8 @@ cdef class Callout:
         self._back_flags = -1
         self._wbuf = b""
         self._buf = <unsigned char *>malloc(BUF_SIZE)
-        if self._buf == NULL:
+        self._counts = <unsigned long long *>calloc(MSG_SLOTS, sizeof(unsigned long long))
+        if self._buf == NULL or self._counts == NULL:
             raise MemoryError()
 
     def __init__(self, int direction, unsigned cbflags, int log_tail=20):
@@ -345,15 +536,11 @@ cdef class Callout:
             raise ValueError("log_tail must be at least 1")
         self.direction = direction
         self.cbflags = cbflags
-        if self._rdata == NULL:
-            self._rdata = <unsigned char **>calloc(log_tail, sizeof(unsigned char *))
-            self._rlen = <Py_ssize_t *>calloc(log_tail, sizeof(Py_ssize_t))
-            self._rcap = <Py_ssize_t *>calloc(log_tail, sizeof(Py_ssize_t))
-            if self._rdata == NULL or self._rlen == NULL or self._rcap == NULL:
-                raise MemoryError()
-            self._ring_size = log_tail
+        if self._ring.entries == NULL:
+            _ring_init(&self._ring, log_tail)
         self._bound = [None] * MSG_SLOTS
         self._direct = [None] * MSG_SLOTS
+        self._wrap = [None] * MSG_SLOTS
         self.log_levels = 0xffffffffu
         self.progress_wanted = True
         self._reading = True
@@ -370,20 +557,14 @@ cdef class Callout:
         of ``b"NAME=value"``.  O_NONBLOCK is cleared on the io and back fds
         until :meth:`close`.  Raises HelperStartError (with the errno of
         the failed step) when the helper could not be executed.
+
+        The parent's work (_plan_prepare), the fork-exec (_fork_exec, in C,
+        without the GIL) and reading the child's report (_read_report) are
+        kept apart, as CPython's _posixsubprocess does.
         """
-        cdef xensr_spawn_t sp
-        cdef int p_in[2]
-        cdef int p_out[2]
-        cdef int p_err[2]
-        cdef int report[2]
-        cdef int io_child = -1
-        cdef int back_child = -1
+        cdef SpawnPlan plan
         cdef int io_flags, back_flags = -1
-        cdef int pidfd, err
-        cdef Py_ssize_t got, r
-        cdef char **argv = NULL
-        cdef char **envp = NULL
-        cdef pid_t pid = -1
+        cdef pid_t pid
         cdef bint ok = False
 
         if self.pid != -1 or self._closed:
@@ -400,126 +581,42 @@ cdef class Callout:
         if back_fd >= 0:
             back_flags = _getfl(back_fd, "back-channel fd")
 
-        p_in[0] = p_in[1] = p_out[0] = p_out[1] = p_err[0] = p_err[1] = -1
+        _plan_init(&plan)
         try:
-            # Reply pipe.  p_in[0], read end: the helper's stdin (dup2'ed
-            # onto fd 0 in the child only).  p_in[1], write end: ours, the
-            # replies; non-blocking.
-            _make_pipe(p_in)
-            # Frame pipe.  p_out[0], read end: ours, the frames;
-            # non-blocking.  p_out[1], write end: the helper's stdout (fd 1
-            # in the child only).
-            _make_pipe(p_out)
-            # Error pipe.  p_err[0], read end: ours, non-blocking, read
-            # once after the spawn.  p_err[1], write end: the child's,
-            # stays close-on-exec so a successful execve closes it.
-            _make_pipe(p_err)
-            _set_nonblock(p_in[1])
-            _set_nonblock(p_out[0])
-            _set_nonblock(p_err[0])
-
-            io_child = io_fd if io_fd > 2 else _dup_high(io_fd)
-            if back_fd < 0 or back_fd > 2:
-                back_child = back_fd
-            else:
-                back_child = _dup_high(back_fd)
-
-            argl = [bpath, bmode, b"%d" % io_child, b"%d" % back_child]
-            argl += [b"%d" % a for a in args]
-            argv = _cstrv(argl)
-            if env is not None:
-                envl = _env_entries(env)
-                envp = _cstrv(envl)
-
-            # libxenguest does blocking I/O on these; restored by close().
-            self._io_fd = io_fd
-            self._io_flags = io_flags
-            if io_flags & O_NONBLOCK:
-                fcntl(io_fd, F_SETFL, io_flags & ~O_NONBLOCK)
-            if back_fd >= 0:
-                self._back_fd = back_fd
-                self._back_flags = back_flags
-                if back_flags & O_NONBLOCK:
-                    fcntl(back_fd, F_SETFL, back_flags & ~O_NONBLOCK)
-
-            sp.path = bpath
-            sp.argv = argv
-            sp.envp = envp if envp != NULL else environ
-            sp.stdin_fd = p_in[0]
-            sp.stdout_fd = p_out[1]
-            sp.keep_fd[0] = io_child
-            sp.keep_fd[1] = back_child
-            sp.err_fd = p_err[1]
-            with nogil:
-                pid = xensr_spawn(&sp)
-            if pid < 0:
-                err = errno
-                raise HelperStartError(err, f"cannot start the helper: {os.strerror(err)}", path)
-
-            # The child's ends: closed here at once, so that EOF on the
-            # frame pipe means the helper is gone.
-            close(p_in[0])
-            p_in[0] = -1
-            close(p_out[1])
-            p_out[1] = -1
-            close(p_err[1])
-            p_err[1] = -1
-
-            # vfork returns once the child has exec'd or exited.  A child
-            # that failed wrote its report (8 bytes: one atomic pipe write)
-            # before _exit, so it is there now; after a successful execve
-            # the read finds nothing (EAGAIN) or EOF.  A blocking read
-            # would wait for the exec'd child to close its close-on-exec
-            # fds, which the kernel does after waking us.
-            got = 0
-            while True:
-                r = read(p_err[0], <char *>report, sizeof(report))
-                if r < 0 and errno == EINTR:
-                    continue
-                break
-            if r > 0:
-                got = r
-            if got:
-                with nogil:
-                    _reap_blocking(pid)
-                if got == sizeof(report):
-                    err = report[1]
-                    what = _STAGES.get(report[0], "cannot start the helper")
-                else:
-                    err = 5  # EIO: a torn report
-                    what = "cannot start the helper (truncated error report)"
-                raise HelperStartError(err, f"{what}: {os.strerror(err)}", path)
-
-            pidfd = xensr_pidfd_open(pid)
-            if pidfd < 0:
-                err = errno
-                os.kill(pid, _signal.SIGKILL)
-                with nogil:
-                    _reap_blocking(pid)
-                raise HelperStartError(
-                    err, f"pidfd_open failed (Linux >= 5.3 needed): {os.strerror(err)}", path)
-
+            # The bytes argv/envp point into: alive until the exec is done.
+            keep = _plan_prepare(&plan, bpath, bmode, io_fd, back_fd, args, env)
+            self._take_fds(io_fd, io_flags, back_fd, back_flags)
+            pid = _fork_exec(&plan, bpath, path)
+            _read_report(&plan, pid, path)
+            self._pidfd = _open_pidfd(pid, path)
             self.pid = pid
-            self._pidfd = pidfd
-            self._stdin_w = p_in[1]
-            p_in[1] = -1
-            self._stdout_r = p_out[0]
-            p_out[0] = -1
+            self._stdin_w = plan.reply_pipe[1]
+            plan.reply_pipe[1] = -1
+            self._stdout_r = plan.frame_pipe[0]
+            plan.frame_pipe[0] = -1
             self._reading = True
             ok = True
+            del keep
             return pid
         finally:
-            free(argv)
-            free(envp)
-            for fd in (p_in[0], p_in[1], p_out[0], p_out[1], p_err[0], p_err[1]):
-                if fd >= 0:
-                    close(fd)
-            if io_child >= 0 and io_child != io_fd:
-                close(io_child)
-            if back_child >= 0 and back_child != back_fd:
-                close(back_child)
+            _plan_release(&plan, io_fd, back_fd)
             if not ok:
                 self._restore_flags()
+
+    cdef int _take_fds(self, int io_fd, int io_flags, int back_fd,
+                       int back_flags) except -1:
+        """libxenguest does blocking I/O on the io and back-channel fds:
+        clear O_NONBLOCK on them; close() gives their flags back."""
+        self._io_fd = io_fd
+        self._io_flags = io_flags
+        if io_flags & O_NONBLOCK:
+            fcntl(io_fd, F_SETFL, io_flags & ~O_NONBLOCK)
+        if back_fd >= 0:
+            self._back_fd = back_fd
+            self._back_flags = back_flags
+            if back_flags & O_NONBLOCK:
+                fcntl(back_fd, F_SETFL, back_flags & ~O_NONBLOCK)
+        return 0
 
     # ------------------------------------------------------------------
     # Frames
@@ -637,34 +734,62 @@ cdef class Callout:
 
     cdef int _frame(self, handler, const unsigned char *body, Py_ssize_t n) except -1:
         cdef uint16_t t16
-        cdef uint32_t level
-        cdef int t
-        cdef int kind
-        cdef unsigned bit
+        cdef int t, role, kind
         memcpy(&t16, body, 2)
         t = t16
-        if t == 1:
-            # Checked in C, kept raw; decoded only if the handler wants it.
-            if not _log_ok(body, n):
-                _bad_frame(body, n, self.direction)
+        role = _role(t)
+        if role == ROLE_LOG:
+            return self._log_frame(handler, t, body, n)
+        if role == ROLE_PROGRESS and not self.progress_wanted:
+            # Checked in C and counted, not decoded: nobody wants it.
+            self._check_raw(t, body, n)
             self.frames += 1
-            self.log_lines += 1
-            self._counts[1] += 1
-            self._ring_put(body, n)
-            memcpy(&level, body + 2, 4)
-            if not (self.log_levels & (1u << (level if level < LOG_OTHER_BIT else LOG_OTHER_BIT))):
-                return 0
-            self._call(handler, 1, _decode_log(body, n)[1])
-            return 0
-        if t == 2 and not self.progress_wanted:
-            if not _progress_ok(body, n):
-                _bad_frame(body, n, self.direction)
-            self.frames += 1
-            self._counts[2] += 1
+            self._counts[t] += 1
             return 0
         msgtype, args = _decode_body(body, n, self.direction)
-        bit = _cbflag_bit(t)
         kind = _reply_kind(t)
+        self._check_expected(t, kind)
+        self.frames += 1
+        self._counts[t] += 1
+        if role == ROLE_COMPLETE:
+            # As libxl: nothing after complete is read.
+            self.completed = True
+            self.retval = args[COMPLETE_ARG_RETVAL]
+            self.errnoval = args[COMPLETE_ARG_ERRNOVAL]
+            self._reading = False
+        if kind:
+            self.awaiting = t
+        ret = self._deliver(handler, t, role, args)
+        if kind and ret is not None and self.awaiting == t:
+            self.send_reply(ret)
+        return 0
+
+    cdef int _log_frame(self, handler, int t, const unsigned char *body,
+                        Py_ssize_t n) except -1:
+        """Checked in C, kept raw; decoded only if the handler wants it."""
+        cdef uint32_t level
+        self._check_raw(t, body, n)
+        self.frames += 1
+        self.log_lines += 1
+        self._counts[t] += 1
+        _ring_put(&self._ring, body, n)
+        memcpy(&level, body + LOG_LEVEL_OFFSET, 4)
+        if not (self.log_levels & (1u << (level if level < LOG_OTHER_BIT else LOG_OTHER_BIT))):
+            return 0
+        self._call(handler, t, _decode_body(body, n, self.direction)[1])
+        return 0
+
+    cdef int _check_raw(self, int t, const unsigned char *body, Py_ssize_t n) except -1:
+        """A frame handled without decoding must still be one the decoder
+        accepts; raise the decoder's error if not."""
+        if not ((_directions(t) >> self.direction) & 1 and _check_body(t, body, n)):
+            _bad_frame(body, n, self.direction)
+        return 0
+
+    cdef int _check_expected(self, int t, int kind) except -1:
+        """A callback whose cbflags bit is clear, or a second request while
+        one waits for its reply, is a protocol error."""
+        cdef unsigned bit = _cbflag_bit(t)
         if bit and not (self.cbflags & bit):
             name = _name_of(t)
             raise UnexpectedCallbackError(
@@ -677,50 +802,42 @@ cdef class Callout:
                 f"{name} message (type {t}) asks for a reply while the reply "
                 f"to {_name_of(self.awaiting)} is still outstanding",
                 msgtype=t, msgname=name, offset=0)
-        self.frames += 1
-        if t < MSG_SLOTS:
-            self._counts[t] += 1
-        if t == 10:
-            # As libxl: nothing after complete is read.
-            self.completed = True
-            self.retval = args[0]
-            self.errnoval = args[1]
-            self._reading = False
-        if kind:
-            self.awaiting = t
-        if t < MSG_SLOTS and (self._direct_mask >> t) & 1:
-            ret = self._call_direct(handler, t, args)
-        else:
-            ret = self._call(handler, t, args)
-        if kind and ret is not None and self.awaiting == t:
-            self.send_reply(ret)
         return 0
 
-    cdef int _ring_put(self, const unsigned char *body, Py_ssize_t n) except -1:
-        cdef Py_ssize_t i
-        cdef unsigned char *p
-        if self._rcount < self._ring_size:
-            i = self._rcount
-            self._rcount += 1
-        else:
-            i = self._ring_pos
-            self._ring_pos = (i + 1) % self._ring_size
-        if self._rcap[i] < n:
-            p = <unsigned char *>realloc(self._rdata[i], n)
-            if p == NULL:
-                raise MemoryError()
-            self._rdata[i] = p
-            self._rcap[i] = n
-        memcpy(self._rdata[i], body, n)
-        self._rlen[i] = n
-        return 0
+    cdef object _deliver(self, handler, int t, int role, tuple args):
+        """A decoded frame: the one way it reaches the toolstack.
 
-    cdef object _call(self, handler, int t, tuple args):
-        """handler.msg_<name>(*args), through the class's function."""
+        A request's or progress report's direct callback (set_direct) if
+        there is one, else the handler's msg_<name>, else the table's
+        default reply.  Once stop_callbacks() was called, requests get the
+        table's failure reply (an undo still reaches its callback) and
+        progress is dropped.
+        """
+        cdef int undo
+        if self._callbacks_stopped and (role == ROLE_REQUEST or role == ROLE_PROGRESS):
+            if role == ROLE_PROGRESS:
+                return None
+            undo = _undo_arg(t)
+            if undo < 0 or args[undo] != 0:
+                return _failure_reply(t)
+        fn = self._direct[t]
+        if fn is not None:
+            return self._call_direct(handler, t, fn, args)
+        if (_has_default(t) and self._method(handler, t) is None
+                and not hasattr(handler, "msg_" + _NAMES[t])):
+            return _default_reply(t)
+        return self._call(handler, t, args)
+
+    cdef object _method(self, handler, int t):
+        """The handler class's msg_<name> function, or None."""
         tp = type(handler)
         if tp is not self._bound_type:
             self._bind(tp)
-        fn = self._bound[t]
+        return self._bound[t]
+
+    cdef object _call(self, handler, int t, tuple args):
+        """handler.msg_<name>(*args), through the class's function."""
+        fn = self._method(handler, t)
         if fn is None:
             return _dispatch(handler, t, args)
         return fn(handler, *args)
@@ -728,7 +845,7 @@ cdef class Callout:
     cdef int _bind(self, tp) except -1:
         cdef int t
         bound = [None] * MSG_SLOTS
-        for t in range(1, len(_NAMES)):
+        for t in range(1, MSG_SLOTS):
             # Only plain functions of the class: anything else (__getattr__,
             # descriptors) goes through getattr for each frame.
             fn = getattr(tp, "msg_" + _NAMES[t], None)
@@ -738,88 +855,81 @@ cdef class Callout:
         self._bound_type = tp
         return 0
 
-    cdef object _call_direct(self, handler, int t, tuple args):
-        """Call the set_direct callback; turn the common returns into the
-        reply here, hand anything else to handler.direct_result."""
-        cdef int kind = _MAP_KIND[t]
-        fn = self._direct[t]
-        if t == 11 and self._direct_wrap is not None:
-            a = (tuple.__new__(self._direct_wrap, args),)
-        elif t == 7:
-            a = (args[0], args[1] != 0)
+    cdef object _call_direct(self, handler, int t, fn, tuple args):
+        """Call the set_direct callback with the arguments as the table
+        presents them; map the common returns to the reply here, hand
+        anything else to handler.direct_result."""
+        cdef unsigned as_bool = _bool_args(t)
+        cdef int i, reply
+        wrap = self._wrap[t]
+        if wrap is not None:
+            a = (tuple.__new__(wrap, args),)
+        elif as_bool:
+            a = list(args)
+            for i in range(len(a)):
+                if (as_bool >> i) & 1:
+                    a[i] = a[i] != 0
         else:
             a = args
         try:
             v = fn(*a)
         except Exception as exc:
             return handler.direct_failed(t, exc)
-        if kind == MAP_NONE:
-            if v is None:
-                return None
-        elif type(v) is int:
-            if kind == MAP_POLICY:
-                if -1 <= v <= 1:
-                    return v
-            elif -0x80000000 <= v <= 0x7fffffff:
-                return v
-        elif v is True:
-            if kind == MAP_BOOL:
-                return 1
-            if kind == MAP_STATUS:
-                return 0
-        elif v is False:
-            if kind == MAP_BOOL:
-                return 0
-            if kind == MAP_STATUS:
-                return -1
-        elif v is None:
-            if kind == MAP_STATUS:
-                return 0
+        if _plain_reply(v):
+            if _reply_map(t) == MAP_NONE:
+                if v is None:
+                    return None
+            elif _map_value(t, v, &reply) == REPLY_OK:
+                return reply
         return handler.direct_result(t, v)
 
     def set_direct(self, int msgtype, fn, wrap=None):
         """Call ``fn`` itself for frames of msgtype (progress or a request)
         instead of ``handler.msg_<name>``.
 
-        ``fn`` gets the message's arguments (switch_qemu_logdirty's
-        ``enable`` as a bool; with ``wrap``, a tuple subclass, precopy_policy
-        gets one ``wrap`` of its three).  A return of None (progress), a
-        bool or an int in range (requests) is the reply; anything else
-        goes to ``handler.direct_result(msgtype, value)`` and an Exception
-        to ``handler.direct_failed(msgtype, exc)``, which return the reply
-        or None.  ``fn=None`` removes it.
+        ``fn`` gets the message's arguments, those the table presents as
+        bool as bool; with ``wrap`` (a tuple subclass), a message whose
+        table row has a struct_class gets one ``wrap`` of them all.  A
+        return of None (progress), or a bool, None or an int that the
+        message's reply mapping takes (requests) is the reply; anything
+        else goes to ``handler.direct_result(msgtype, value)`` and an
+        Exception to ``handler.direct_failed(msgtype, exc)``, which return
+        the reply or None.  ``fn=None`` removes it.
         """
-        if not (0 < msgtype < MSG_SLOTS and (_DIRECT_OK >> msgtype) & 1):
+        cdef int role = _role(msgtype)
+        if role != ROLE_REQUEST and role != ROLE_PROGRESS:
             raise ValueError(f"message type {msgtype} cannot have a direct callback")
         if fn is not None and not callable(fn):
             raise TypeError("the direct callback must be callable")
         self._direct[msgtype] = fn
-        if fn is None:
-            self._direct_mask &= ~(1u << msgtype)
-        else:
-            self._direct_mask |= 1u << msgtype
-        if msgtype == 11:
-            self._direct_wrap = wrap
+        self._wrap[msgtype] = wrap if fn is not None and _struct_args(msgtype) else None
 
     def clear_direct(self):
         """Remove every direct callback: frames go to the handler again."""
         self._direct = [None] * MSG_SLOTS
-        self._direct_mask = 0
-        self._direct_wrap = None
+        self._wrap = [None] * MSG_SLOTS
+
+    def stop_callbacks(self):
+        """From now on, answer requests with the table's failure reply
+        without asking anyone (an undo, e.g. switch_qemu_logdirty with
+        enable 0, still reaches its callback) and drop progress reports:
+        the operation is stopping and libxenguest must unwind."""
+        self._callbacks_stopped = True
 
     @property
     def type_counts(self):
-        """Frames received so far by message type (index = type, 0-11)."""
-        return tuple(self._counts[i] for i in range(len(_NAMES)))
+        """Frames received so far by message type (index = type, 0 unused)."""
+        return tuple(self._counts[i] for i in range(MSG_SLOTS))
 
     @property
     def log_tail(self):
         """The helper's last log lines, oldest first, as text."""
-        cdef Py_ssize_t k, i
+        cdef Py_ssize_t k
+        cdef const LogEntry *e
         out = []
-        for k in range(self._rcount):
-            i = (self._ring_pos + k) % self._rcount
-            out.append(format_log_line(*_decode_log(self._rdata[i], self._rlen[i])[1]))
+        for k in range(self._ring.count):
+            e = _ring_at(&self._ring, k)
+            out.append(format_log_line(*_decode_body(e.data, e.length, self.direction)[1]))
         return tuple(out)
 
     # ------------------------------------------------------------------
@@ -844,7 +954,9 @@ cdef class Callout:
         signal's Python handler runs (and may raise) on EINTR.
         """
         cdef pollfd fds[3]
-        cdef int n, r, ms, i_out, i_in, i_pid
+        # Where in fds the frame pipe, the reply pipe and the pidfd are (-1: not watched).
+        cdef int at[3]
+        cdef int n, r, ms
         cdef unsigned long long frames
         cdef double now
         if self._in_parse:
@@ -853,23 +965,7 @@ cdef class Callout:
             if self._wake:
                 self._wake = False
                 return 2
-            n = 0
-            i_out = i_in = i_pid = -1
-            if self._reading and self._stdout_r >= 0:
-                fds[n].fd = self._stdout_r
-                fds[n].events = POLLIN
-                i_out = n
-                n += 1
-            if self._wbuf and self._stdin_w >= 0:
-                fds[n].fd = self._stdin_w
-                fds[n].events = POLLOUT
-                i_in = n
-                n += 1
-            if not self.reaped and self._pidfd >= 0:
-                fds[n].fd = self._pidfd
-                fds[n].events = POLLIN
-                i_pid = n
-                n += 1
+            n = _poll_set(self, fds, at)
             if n == 0:
                 return 3
             now = _monotonic()
@@ -889,14 +985,14 @@ cdef class Callout:
                 raise OSError(err, f"poll: {os.strerror(err)}")
             if r == 0:
                 continue
-            if i_in >= 0 and fds[i_in].revents:
+            if at[WATCH_REPLIES] >= 0 and fds[at[WATCH_REPLIES]].revents:
                 self._flush()
-            if i_out >= 0 and fds[i_out].revents:
+            if at[WATCH_FRAMES] >= 0 and fds[at[WATCH_FRAMES]].revents:
                 frames = self.frames
                 self._read_loop(handler, MAX_READS, False)
                 if stamp and self.frames != frames:
                     self.last_read_at = _monotonic()
-            if i_pid >= 0 and fds[i_pid].revents:
+            if at[WATCH_EXIT] >= 0 and fds[at[WATCH_EXIT]].revents:
                 return 1
 
     # ------------------------------------------------------------------
@@ -1095,10 +1191,6 @@ cdef class Callout:
         self._restore_flags()
         free(self._buf)
         self._buf = NULL
-        if self._rdata != NULL:
-            for i in range(self._ring_size):
-                free(self._rdata[i])
-        free(self._rdata)
-        free(self._rlen)
-        free(self._rcap)
-        self._rdata = NULL
+        free(self._counts)
+        self._counts = NULL
+        _ring_free(&self._ring)

@@ -13,14 +13,15 @@ releases everything, then raises :class:`asyncio.CancelledError`.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
-from typing import Any, List, Mapping, Optional, Set, Tuple, Union
+from typing import TYPE_CHECKING, Any, List, Optional, Set, Tuple
 
-from . import _constants as C
-from .api import (DEFAULT_KILL_GRACE, EVENT_READ, EVENT_WRITE,
-                  FileDescriptor, Operation, OperationResult,
-                  RestoreOperation, RestoreResult, SaveOperation, SaveResult)
+from .api import (EVENT_READ, EVENT_WRITE, FileDescriptor, Operation, OperationResult,
+                  RestoreOperation, RestoreOptions, RestoreResult, SaveOperation,
+                  SaveOptions, SaveResult, _options)
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["run", "save_domain", "restore_domain"]
 
@@ -189,19 +190,10 @@ async def run(op: Operation) -> OperationResult:
 
 
 async def save_domain(domid: int, fd: FileDescriptor, callbacks: Optional[object] = None,
-                      *, live: bool = False, debug: bool = False,
-                      stream_type: int = C.XC_STREAM_PLAIN,
-                      recv_fd: Optional[FileDescriptor] = None,
-                      helper: Union[str, os.PathLike, None] = None,
-                      env: Optional[Mapping[str, str]] = None,
-                      timeout: Optional[float] = None,
-                      idle_timeout: Optional[float] = None,
-                      kill_grace: float = DEFAULT_KILL_GRACE) -> SaveResult:
+                      **options: Unpack[SaveOptions]) -> SaveResult:
     """Save domain ``domid`` to ``fd``: :func:`xensr.save_domain` on asyncio."""
-    op = SaveOperation(domid, fd, callbacks, live=live, debug=debug,
-                       stream_type=stream_type, recv_fd=recv_fd, helper=helper,
-                       env=env, timeout=timeout, idle_timeout=idle_timeout,
-                       kill_grace=kill_grace)
+    _options("save_domain", options, SaveOptions)
+    op = SaveOperation(domid, fd, callbacks, **options)
     result = await run(op)
     assert isinstance(result, SaveResult)
     return result
@@ -209,21 +201,11 @@ async def save_domain(domid: int, fd: FileDescriptor, callbacks: Optional[object
 
 async def restore_domain(domid: int, fd: FileDescriptor, callbacks: Optional[object] = None,
                          *, store_evtchn: int, console_evtchn: int,
-                         store_domid: int = 0, console_domid: int = 0,
-                         stream_type: int = C.XC_STREAM_PLAIN,
-                         send_back_fd: Optional[FileDescriptor] = None,
-                         helper: Union[str, os.PathLike, None] = None,
-                         env: Optional[Mapping[str, str]] = None,
-                         timeout: Optional[float] = None,
-                         idle_timeout: Optional[float] = None,
-                         kill_grace: float = DEFAULT_KILL_GRACE) -> RestoreResult:
+                         **options: Unpack[RestoreOptions]) -> RestoreResult:
     """Restore into ``domid`` from ``fd``: :func:`xensr.restore_domain` on asyncio."""
+    _options("restore_domain", options, RestoreOptions)
     op = RestoreOperation(domid, fd, callbacks, store_evtchn=store_evtchn,
-                          console_evtchn=console_evtchn, store_domid=store_domid,
-                          console_domid=console_domid, stream_type=stream_type,
-                          send_back_fd=send_back_fd, helper=helper, env=env,
-                          timeout=timeout, idle_timeout=idle_timeout,
-                          kill_grace=kill_grace)
+                          console_evtchn=console_evtchn, **options)
     result = await run(op)
     assert isinstance(result, RestoreResult)
     return result

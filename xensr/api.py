@@ -26,14 +26,17 @@ import re
 import shutil
 import signal as _signal
 import time
-from dataclasses import dataclass, field
-from typing import (Any, Callable, Dict, List, Mapping, Optional, Tuple,
-                    Union)
+from dataclasses import dataclass
+from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Mapping,
+                    Optional, Tuple, Type, TypedDict, Union)
 
 from . import _constants as C
 from . import _xc
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 from . import callbacks as _cb
-from .callbacks import DEFERRED, PrecopyStats
+from .callbacks import DEFERRED
 from .errors import (Aborted, CallbackError, HelperExitError,
                      HelperStartError, HelperTimeout, ProtocolError,
                      SaveRestoreError, XensrError)
@@ -50,6 +53,11 @@ __all__ = [
     "restore_domain",
     "helper_path",
     "resolve_helper",
+    "HelperOptions",
+    "SaveOptions",
+    "RestoreOptions",
+    "SaveOperationOptions",
+    "RestoreOperationOptions",
 ]
 
 #: Event bits of :meth:`Operation.fds` / :meth:`Operation.handle` (the
@@ -81,21 +89,8 @@ _PY_LEVELS = {
 
 _VERSION_RE = re.compile(r"xensr (\S+), table ([0-9a-f]{16})")
 
-# Message numbers of the callbacks a callbacks object may have.
-_CALLBACK_TYPES = {
-    "progress": C.MSG_PROGRESS,
-    "suspend": C.MSG_SUSPEND,
-    "postcopy": C.MSG_POSTCOPY,
-    "checkpoint": C.MSG_CHECKPOINT,
-    "wait_checkpoint": C.MSG_WAIT_CHECKPOINT,
-    "switch_qemu_logdirty": C.MSG_SWITCH_QEMU_LOGDIRTY,
-    "static_data_done": C.MSG_STATIC_DATA_DONE,
-    "precopy_policy": C.MSG_PRECOPY_POLICY,
-}
-# Names by message number, and the messages counted in results.
-_MSG_NAMES = {t: n for n, t in _CALLBACK_TYPES.items()}
-_MSG_NAMES[C.MSG_RESTORE_RESULTS] = "restore_results"
-_COUNTED = tuple(sorted((t, n) for t, n in _MSG_NAMES.items() if n != "progress"))
+# Messages counted in results: the requests and the results.
+_COUNTED = tuple((m.number, m.name) for m in C.MESSAGES if m.role in ("request", "results"))
 
 
 def _log_levels() -> int:
@@ -106,16 +101,100 @@ def _log_levels() -> int:
         if enabled[py]:
             mask |= 1 << xtl
     if helper_log.isEnabledFor(logging.WARNING):
-        mask |= 1 << 10                 # levels above XTL_CRITICAL
+        mask |= 1 << C.XTL_LEVEL_COUNT  # the bit of levels above the table's
     return mask
 
-# Replies xensr gives for callbacks it always installs when the callbacks
-# object lacks them (libxl always installs these).
-_DEFAULT_REPLIES = {
-    "suspend": 1,
-    "switch_qemu_logdirty": 0,
-    "static_data_done": 0,
+
+# ----------------------------------------------------------------------
+# Keyword options, each documented once.  The functions that take them
+# declare ``**options: Unpack[...]`` so that type checkers catch a
+# misspelled keyword everywhere; _options() checks them at run time and
+# fills in the defaults.
+
+class HelperOptions(TypedDict, total=False):
+    """Options of every save and restore."""
+
+    #: The helper to run (see :func:`resolve_helper`).
+    helper: Union[str, "os.PathLike[str]", None]
+    #: The helper's environment (default: inherited).
+    env: Optional[Mapping[str, str]]
+    #: Seconds for the whole operation; then the helper is stopped
+    #: (SIGTERM, SIGKILL after ``kill_grace``) and HelperTimeout raised.
+    timeout: Optional[float]
+    #: Seconds without a frame while the helper is not waiting for a
+    #: callback; then as ``timeout``.
+    idle_timeout: Optional[float]
+    #: Seconds between SIGTERM and SIGKILL when stopping the helper.
+    kill_grace: float
+
+
+class SaveFileOptions(HelperOptions, total=False):
+    """Options of a save other than its stream type."""
+
+    #: Precopy while the guest runs (XCFLAGS_LIVE).
+    live: bool
+    #: XCFLAGS_DEBUG.
+    debug: bool
+    #: The back channel (COLO).
+    recv_fd: Optional[FileDescriptor]
+
+
+class SaveOptions(SaveFileOptions, total=False):
+    """Options of :func:`save_domain`."""
+
+    #: XC_STREAM_PLAIN, _REMUS or _COLO.
+    stream_type: int
+
+
+class SaveOperationOptions(SaveOptions, total=False):
+    """Options of :class:`SaveOperation`."""
+
+    #: How many of the helper's last log lines are kept.
+    log_tail: int
+
+
+class RestoreFileOptions(HelperOptions, total=False):
+    """Options of a restore other than its stream type."""
+
+    #: The domains serving the new domain's xenstore and console rings.
+    store_domid: int
+    console_domid: int
+    #: The back channel (COLO).
+    send_back_fd: Optional[FileDescriptor]
+
+
+class RestoreOptions(RestoreFileOptions, total=False):
+    """Options of :func:`restore_domain`."""
+
+    #: XC_STREAM_PLAIN, _REMUS or _COLO.
+    stream_type: int
+
+
+class RestoreOperationOptions(RestoreOptions, total=False):
+    """Options of :class:`RestoreOperation`."""
+
+    #: How many of the helper's last log lines are kept.
+    log_tail: int
+
+
+_DEFAULTS: Dict[str, Any] = {
+    "helper": None, "env": None, "timeout": None, "idle_timeout": None,
+    "kill_grace": DEFAULT_KILL_GRACE, "log_tail": 20, "stream_type": C.XC_STREAM_PLAIN,
+    "live": False, "debug": False, "recv_fd": None,
+    "store_domid": 0, "console_domid": 0, "send_back_fd": None,
 }
+
+
+def _options(func: str, given: Mapping[str, Any], kind: Type[Any]) -> Dict[str, Any]:
+    """The options of ``kind`` (a TypedDict above) with their defaults;
+    TypeError, as Python gives for a keyword it does not know, for others."""
+    allowed = kind.__optional_keys__ | kind.__required_keys__
+    for key in given:
+        if key not in allowed:
+            raise TypeError(f"{func}() got an unexpected keyword argument {key!r}")
+    out = {key: _DEFAULTS[key] for key in allowed}
+    out.update(given)
+    return out
 
 
 # ----------------------------------------------------------------------
@@ -136,7 +215,7 @@ def helper_path() -> str:
     return path
 
 
-def resolve_helper(helper: Union[str, os.PathLike, None] = None) -> str:
+def resolve_helper(helper: Union[str, "os.PathLike[str]", None] = None) -> str:
     """The helper to run: ``helper``, else ``$XENSR_SAVE_HELPER``, else
     :func:`helper_path`.  A name without ``/`` is looked up in ``PATH``."""
     if helper is None:
@@ -247,6 +326,64 @@ def _env_list(env: Optional[Mapping[str, str]]) -> Optional[List[bytes]]:
 
 
 # ----------------------------------------------------------------------
+# How the helper ended -> the operation's error
+
+@dataclass(frozen=True)
+class HelperExit:
+    """What is known once the helper was reaped."""
+
+    what: str  # "domain 5 save helper [1234]", for messages
+    pid: Optional[int]
+    returncode: Optional[int]  # as subprocess: -N for signal N
+    status_lost: bool  # someone else reaped it
+    core_dumped: bool
+    completed: bool  # `complete` arrived
+    results_missing: bool  # a restore without restore_results
+    retval: int  # complete's arguments
+    errnoval: int
+    failed_call: str  # "save of domain 5 failed: xc_domain_save"
+
+
+def exit_error(ex: HelperExit) -> Optional[XensrError]:
+    """The error an operation ends with, None for success (B§7.3, in
+    libxl's order: exit status, results, completion, libxc's result)."""
+    what, rc = ex.what, ex.returncode
+    if ex.status_lost:
+        if not ex.completed:
+            return HelperExitError(
+                f"{what} was reaped by someone else: exit status unknown",
+                pid=ex.pid, reason="lost")
+    elif rc is not None and rc > 0:
+        return HelperExitError(f"{what} exited with error status {rc}",
+                               pid=ex.pid, status=rc, reason="status")
+    elif rc is not None and rc < 0:
+        try:
+            name = _signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        core = " (core dumped)" if ex.core_dumped else ""
+        return HelperExitError(f"{what} died due to fatal signal {name}{core}",
+                               pid=ex.pid, signal=-rc,
+                               core_dumped=ex.core_dumped, reason="signal")
+    if ex.results_missing:
+        return HelperExitError(f"{what} exited without providing results",
+                               pid=ex.pid, reason="no-results")
+    if not ex.completed:
+        return HelperExitError(f"{what} exited without signalling completion",
+                               pid=ex.pid, reason="no-completion")
+    if ex.retval != 0:
+        e = ex.errnoval
+        try:
+            text = os.strerror(e) if e > 0 else "no errno"
+        except ValueError:
+            text = f"errno {e}"
+        return SaveRestoreError(
+            f"{ex.failed_call} returned {ex.retval} (errno {e}: {text})",
+            retval=ex.retval, errno=e)
+    return None
+
+
+# ----------------------------------------------------------------------
 # The operation
 
 class Operation:
@@ -254,8 +391,10 @@ class Operation:
 
     Use :class:`SaveOperation` or :class:`RestoreOperation`.  Not
     thread-safe, except :meth:`abort` and :meth:`kill`, which may be called
-    from another thread while :meth:`run` blocks.  The ``msg_*`` methods
-    are the protocol handlers the callout calls; they are not for users.
+    from another thread while :meth:`run` blocks.  This class is the life
+    cycle (start, the loop interface, deadlines, stopping, the end); what
+    the helper's frames mean is :class:`_Messages`', and how its exit
+    becomes an error is :func:`exit_error`'s.
     """
 
     direction: int
@@ -264,7 +403,7 @@ class Operation:
 
     def __init__(self, domid: int, fd: FileDescriptor, callbacks: Optional[object],
                  *, back_fd: Optional[FileDescriptor], stream_type: int,
-                 helper: Union[str, os.PathLike, None],
+                 helper: Union[str, "os.PathLike[str]", None],
                  env: Optional[Mapping[str, str]],
                  timeout: Optional[float], idle_timeout: Optional[float],
                  kill_grace: float, log_tail: int):
@@ -287,12 +426,13 @@ class Operation:
         self._env = _env_list(env)
         #: The helper path, once started.
         self.helper: Optional[str] = None
-        #: Version of xensr's helper from its first log line (None: another helper).
-        self.helper_version: Optional[str] = None
 
-        self.cbflags = self._compute_cbflags()
+        # The libxc callbacks the toolstack has, and those always installed.
+        self.cbflags = (_xc.compute_cbflags(callbacks, self.direction)
+                        | C.ALWAYS_CBFLAGS[self.direction])
         self._callout = _xc.Callout(self.direction, self.cbflags, log_tail)
-        self._set_direct()
+        self._messages = _Messages(self)
+        self._set_callbacks()
         self._state = "new"             # new -> running -> done
         self._error: Optional[XensrError] = None
         self._result: Optional[OperationResult] = None
@@ -305,34 +445,37 @@ class Operation:
         self._pending_task: Any = None
         self._runner: Optional[Callable[[Any, Optional[str]], Any]] = None
         self._listener: Optional[Callable[[], None]] = None
-        self._first_log = True
         self._log_seen = 0
-        self._progress = _cb.find(callbacks, "progress")
-        self._callout.progress_wanted = self._progress is not None
+        self._callout.progress_wanted = _cb.find(callbacks, "progress") is not None
         self.elapsed: Optional[float] = None
 
     # -- subclass hooks ---------------------------------------------------
 
-    def _compute_cbflags(self) -> int:
-        raise NotImplementedError
-
     def _args(self) -> List[int]:
         raise NotImplementedError
 
-    def _set_direct(self) -> None:
+    def _set_callbacks(self) -> None:
         """The callout calls the toolstack's callbacks itself (no Python
-        layer in between); only unusual returns come back here
-        (direct_result).  Undone once the operation fails (_disable_direct)."""
-        names = _cb.SAVE_CALLBACKS if self.direction == C.DIR_SAVE else _cb.RESTORE_CALLBACKS
+        layer in between); only unusual returns come back, to
+        _Messages.direct_result.  Without a callback the callout answers
+        the table's default reply; once the operation stops, its failure
+        reply (_stop_callbacks)."""
+        names = C.CALLBACKS_SAVE if self.direction == C.DIR_SAVE else C.CALLBACKS_RESTORE
         co = self._callout
         for name in names:
             fn = _cb.find(self.callbacks, name)
             if fn is not None:
-                co.set_direct(_CALLBACK_TYPES[name], fn,
-                              PrecopyStats if name == "precopy_policy" else None)
+                co.set_direct(C.MESSAGES_BY_NAME[name].number, fn,
+                              C.STRUCT_CLASSES.get(name))
 
-    def _disable_direct(self) -> None:
-        self._callout.clear_direct()
+    def _stop_callbacks(self) -> None:
+        self._callout.stop_callbacks()
+
+    @property
+    def helper_version(self) -> Optional[str]:
+        """Version of xensr's helper from its first log line (None: another
+        helper, or not known yet)."""
+        return self._messages.helper_version
 
     def _require(self, *names: str) -> None:
         missing = [n for n in names if _cb.find(self.callbacks, n) is None]
@@ -446,7 +589,7 @@ class Operation:
             if co.reading:
                 frames = co.frames
                 try:
-                    co.on_readable(self)
+                    co.on_readable(self._messages)
                 except ProtocolError as exc:
                     self._fail(exc)
                 if co.frames != frames:
@@ -526,7 +669,7 @@ class Operation:
             return
         self._error = err
         self._stopping = True
-        self._disable_direct()
+        self._stop_callbacks()
         self._kill_at = time.monotonic() + self.kill_grace
         self._callout.wake()
         self._callout.send_signal(_signal.SIGTERM)
@@ -543,7 +686,7 @@ class Operation:
             return
         if self._error is None:
             self._error = err
-        self._disable_direct()
+        self._stop_callbacks()
         self._clear_pending()
         self._kill_at = None
         self._callout.stop_reading()
@@ -581,7 +724,7 @@ class Operation:
         co = self._callout
         if co.reading:
             try:
-                co.drain(self)
+                co.drain(self._messages)
             except ProtocolError as exc:
                 self._fail(exc)
         co.stop_reading()
@@ -601,44 +744,15 @@ class Operation:
             self._error = err
 
     def _exit_error(self) -> Optional[XensrError]:
-        """B§7.3, in libxl's order."""
         co = self._callout
-        what = self._what()
-        rc = co.returncode
-        if co.status_lost:
-            if not co.completed:
-                return HelperExitError(
-                    f"{what} was reaped by someone else: exit status unknown",
-                    pid=self.pid, reason="lost")
-        elif rc > 0:
-            return HelperExitError(f"{what} exited with error status {rc}",
-                                   pid=self.pid, status=rc, reason="status")
-        elif rc < 0:
-            try:
-                name = _signal.Signals(-rc).name
-            except ValueError:
-                name = f"signal {-rc}"
-            core = " (core dumped)" if co.core_dumped else ""
-            return HelperExitError(f"{what} died due to fatal signal {name}{core}",
-                                   pid=self.pid, signal=-rc,
-                                   core_dumped=co.core_dumped, reason="signal")
-        if self._needs_results():
-            return HelperExitError(f"{what} exited without providing results",
-                                   pid=self.pid, reason="no-results")
-        if not co.completed:
-            return HelperExitError(f"{what} exited without signalling completion",
-                                   pid=self.pid, reason="no-completion")
-        if co.retval != 0:
-            e = co.errnoval
-            try:
-                text = os.strerror(e) if e > 0 else "no errno"
-            except ValueError:
-                text = f"errno {e}"
-            call = "xc_domain_save" if self.direction == C.DIR_SAVE else "xc_domain_restore"
-            return SaveRestoreError(
-                f"{self.kind} of domain {self.domid} failed: {call} returned "
-                f"{co.retval} (errno {e}: {text})", retval=co.retval, errno=e)
-        return None
+        return exit_error(HelperExit(
+            what=self._what(), pid=self.pid, returncode=co.returncode,
+            status_lost=co.status_lost, core_dumped=co.core_dumped,
+            completed=co.completed, results_missing=self._needs_results(),
+            retval=co.retval, errnoval=co.errnoval,
+            failed_call=(f"{self.kind} of domain {self.domid} failed: "
+                         + ("xc_domain_save" if self.direction == C.DIR_SAVE
+                            else "xc_domain_restore"))))
 
     def _needs_results(self) -> bool:
         return False
@@ -698,7 +812,7 @@ class Operation:
         stamp = self.idle_timeout is not None
         frames = co.frames
         try:
-            r = co.serve(self, until, stamp)
+            r = co.serve(self._messages, until, stamp)
         except ProtocolError as exc:
             self._fail(exc)
             r = -1
@@ -723,7 +837,7 @@ class Operation:
         batch of reads that brought log lines."""
         co = self._callout
         self._log_seen = co.log_lines
-        if not self._first_log:
+        if not self._messages.first_log:
             co.log_levels = _log_levels()
 
     # -- deferred replies -------------------------------------------------
@@ -780,8 +894,6 @@ class Operation:
         Set by :mod:`xensr.aio`."""
         self._runner = runner
 
-    # -- protocol handlers (called by the callout) --------------------------
-
     def _callback_failed(self, name: str, exc: BaseException) -> None:
         err = CallbackError(
             f"domain {self.domid} {self.kind}: callback {name}() failed: "
@@ -789,71 +901,79 @@ class Operation:
         err.__cause__ = exc
         self._fail(err)
 
-    def _awaitable(self, name: Optional[str], value: Any) -> bool:
+
+class _Messages:
+    """What the callout hands back to an operation (it is the callout's
+    handler): log lines, the restore's results, and the returns of the
+    toolstack's callbacks that the callout did not turn into a reply
+    itself (DEFERRED, awaitables, values its reply mapping refuses).
+
+    Requests and progress reports reach the toolstack one way: the callout
+    calls the callbacks given to :meth:`xensr._xc.Callout.set_direct`,
+    answers the table's default reply when there is none, and the table's
+    failure reply once the operation stops.
+    """
+
+    def __init__(self, op: "Operation"):
+        self.op = op
+        self.first_log = True
+        #: Version of xensr's helper from its first log line (None: another helper).
+        self.helper_version: Optional[str] = None
+        #: (store_gfn, console_gfn) once the helper sent restore_results.
+        self.results: Optional[Tuple[int, int]] = None
+
+    def awaitable(self, name: Optional[str], value: Any) -> bool:
         """Hand an awaitable to the runner; False (and fail) without one."""
-        if self._runner is None:
+        op = self.op
+        if op._runner is None:
             close = getattr(value, "close", None)
             if close is not None:
                 close()         # no "never awaited" warning
-            self._callback_failed(name or "progress", TypeError(
+            op._callback_failed(name or "progress", TypeError(
                 "returned an awaitable; coroutine callbacks need xensr.aio "
                 "(or return xensr.DEFERRED and call Operation.reply())"))
             return False
-        handle = self._runner(value, name)
+        handle = op._runner(value, name)
         if name is not None:
-            self._pending_task = handle
+            op._pending_task = handle
         return True
 
-    def _request(self, name: str, args: Tuple[Any, ...], undo: bool = False) -> Optional[int]:
-        """A callback the helper waits for; returns the reply or None (later)."""
-        if self._error is not None and not undo:
-            # Stopping: do not bother the toolstack, make libxenguest unwind.
-            return _cb.failure_reply(name)
-        fn = _cb.find(self.callbacks, name)
-        if fn is None:
-            return _DEFAULT_REPLIES[name]
-        try:
-            value = fn(*args)
-        except Exception as exc:
-            self._callback_failed(name, exc)
-            return None
-        return self._request_value(name, value)
-
-    def _request_value(self, name: str, value: Any) -> Optional[int]:
+    def request_value(self, name: str, value: Any) -> Optional[int]:
         """What a request's callback returned -> the reply, or None (later)."""
+        op = self.op
         if value is DEFERRED:
-            self._pending = name
+            op._pending = name
             return None
         if inspect.isawaitable(value):
-            self._pending = name
-            if not self._awaitable(name, value):
-                self._pending = None
+            op._pending = name
+            if not self.awaitable(name, value):
+                op._pending = None
             return None
         try:
             return _cb.reply_value(name, value)
         except (TypeError, ValueError) as exc:
-            self._callback_failed(name, exc)
+            op._callback_failed(name, exc)
             return None
 
     def direct_result(self, msgtype: int, value: Any) -> Optional[int]:
-        """A direct callback (see _set_direct) returned something the
-        callout does not map itself."""
-        name = _MSG_NAMES[msgtype]
-        if msgtype == C.MSG_PROGRESS:
+        """A callback returned something the callout does not map itself."""
+        info = C.MESSAGES_BY_NUMBER[msgtype]
+        if info.role == "progress":
             if inspect.isawaitable(value):
-                self._awaitable(None, value)
+                self.awaitable(None, value)
             return None
-        return self._request_value(name, value)
+        return self.request_value(info.name, value)
 
     def direct_failed(self, msgtype: int, exc: BaseException) -> None:
-        """A direct callback raised."""
-        self._callback_failed(_MSG_NAMES[msgtype], exc)
+        """A callback raised."""
+        self.op._callback_failed(C.MESSAGES_BY_NUMBER[msgtype].name, exc)
 
     def msg_log(self, level: int, errnoval: int, context: str, formatted: str) -> None:
-        if self._first_log:
-            self._first_log = False
-            self._check_helper(formatted)
-            self._refresh_log_levels()
+        op = self.op
+        if self.first_log:
+            self.first_log = False
+            self.check_helper(formatted)
+            op._refresh_log_levels()
         pylevel = _PY_LEVELS.get(level, logging.WARNING)
         if not helper_log.isEnabledFor(pylevel):
             return
@@ -865,82 +985,38 @@ class Operation:
                 suffix = f": errno {err}"
         else:
             suffix = ""
-        helper_log.log(pylevel, "[domain %d] %s: %s%s", self.domid, context,
+        helper_log.log(pylevel, "[domain %d] %s: %s%s", op.domid, context,
                        formatted, suffix,
-                       extra={"domid": self.domid, "xtl_context": context,
+                       extra={"domid": op.domid, "xtl_context": context,
                               "xtl_errno": err, "xtl_level": level,
-                              "helper_pid": self.pid})
+                              "helper_pid": op.pid})
 
-    def _check_helper(self, text: str) -> None:
+    def check_helper(self, text: str) -> None:
+        """The first log line names xensr's helper and its table digest."""
+        op = self.op
         m = _VERSION_RE.search(text)
         if m is None:
-            if _cb.find(self.callbacks, "precopy_policy") is not None:
-                _log.warning(
-                    "domain %d: the helper %s is not xensr's: precopy_policy "
-                    "will not be called", self.domid, self.helper)
+            for info in C.MESSAGES:
+                if info.extension and _cb.find(op.callbacks, info.name) is not None:
+                    _log.warning(
+                        "domain %d: the helper %s is not xensr's: %s "
+                        "will not be called", op.domid, op.helper, info.name)
             return
         self.helper_version = m.group(1)
-        if m.group(2) != _xc.MSGS_DIGEST[:16]:
+        if m.group(2) != C.TABLE_DIGEST[:16]:
             _log.warning(
                 "domain %d: helper %s (xensr %s) was built from message table "
                 "%s, this xensr from %s: the helper is from another build",
-                self.domid, self.helper, m.group(1), m.group(2),
-                _xc.MSGS_DIGEST[:16])
-
-    def msg_progress(self, context: str, doing_what: str, done: int, total: int) -> None:
-        fn = self._progress
-        if fn is None or self._error is not None:
-            return
-        try:
-            value = fn(context, doing_what, done, total)
-        except Exception as exc:
-            self._callback_failed("progress", exc)
-            return
-        if value is not None and inspect.isawaitable(value):
-            self._awaitable(None, value)
-
-    def msg_suspend(self) -> Optional[int]:
-        return self._request("suspend", ())
-
-    def msg_postcopy(self) -> Optional[int]:
-        return self._request("postcopy", ())
-
-    def msg_checkpoint(self) -> Optional[int]:
-        return self._request("checkpoint", ())
-
-    def msg_wait_checkpoint(self) -> Optional[int]:
-        return self._request("wait_checkpoint", ())
-
-    def msg_switch_qemu_logdirty(self, domid: int, enable: int) -> Optional[int]:
-        return self._request("switch_qemu_logdirty", (domid, bool(enable)),
-                             undo=not enable)
-
-    def msg_static_data_done(self, missing: int) -> Optional[int]:
-        return self._request("static_data_done", (missing,))
+                op.domid, op.helper, m.group(1), m.group(2), C.TABLE_DIGEST[:16])
 
     def msg_restore_results(self, store_gfn: int, console_gfn: int) -> None:
-        raise ProtocolError("restore_results in a save", msgtype=C.MSG_RESTORE_RESULTS,
-                            msgname="restore_results", offset=0)
-
-    def msg_precopy_policy(self, iteration: int, total_written: int,
-                           dirty_count: int) -> Optional[int]:
-        raise ProtocolError("precopy_policy in a restore", msgtype=C.MSG_PRECOPY_POLICY,
-                            msgname="precopy_policy", offset=0)
-
-    def msg_complete(self, retval: int, errnoval: int) -> int:
-        return 0
+        self.results = (store_gfn, console_gfn)
 
 
 class SaveOperation(Operation):
     """Save domain ``domid`` to ``fd`` (xc_domain_save in the helper).
 
-    ``live``: precopy while the guest runs; ``debug``: XCFLAGS_DEBUG;
-    ``stream_type``: XC_STREAM_PLAIN, _REMUS or _COLO; ``recv_fd``: the
-    back channel (COLO).  ``timeout``: seconds for the whole operation;
-    ``idle_timeout``: seconds without a frame while the helper is not
-    waiting for a callback; both stop the helper (SIGTERM, then SIGKILL
-    after ``kill_grace``) and raise HelperTimeout.  ``env``: the helper's
-    environment (default: inherited).  ``helper``: see :func:`resolve_helper`.
+    The keyword options are those of :class:`SaveOperationOptions`.
     """
 
     direction = C.DIR_SAVE
@@ -948,39 +1024,23 @@ class SaveOperation(Operation):
     _mode = "--save-domain"
 
     def __init__(self, domid: int, fd: FileDescriptor, callbacks: Optional[object] = None,
-                 *, live: bool = False, debug: bool = False,
-                 stream_type: int = C.XC_STREAM_PLAIN,
-                 recv_fd: Optional[FileDescriptor] = None,
-                 helper: Union[str, os.PathLike, None] = None,
-                 env: Optional[Mapping[str, str]] = None,
-                 timeout: Optional[float] = None,
-                 idle_timeout: Optional[float] = None,
-                 kill_grace: float = DEFAULT_KILL_GRACE,
-                 log_tail: int = 20):
-        self.live = bool(live)
-        self.debug = bool(debug)
-        self.xcflags = (C.XCFLAGS_LIVE if live else 0) | (C.XCFLAGS_DEBUG if debug else 0)
-        super().__init__(domid, fd, callbacks, back_fd=recv_fd,
-                         stream_type=stream_type, helper=helper, env=env,
-                         timeout=timeout, idle_timeout=idle_timeout,
-                         kill_grace=kill_grace, log_tail=log_tail)
+                 **options: Unpack[SaveOperationOptions]):
+        o = _options("SaveOperation", options, SaveOperationOptions)
+        self.live = bool(o["live"])
+        self.debug = bool(o["debug"])
+        self.xcflags = ((C.XCFLAGS_LIVE if self.live else 0)
+                        | (C.XCFLAGS_DEBUG if self.debug else 0))
+        super().__init__(domid, fd, callbacks, back_fd=o["recv_fd"],
+                         stream_type=o["stream_type"], helper=o["helper"], env=o["env"],
+                         timeout=o["timeout"], idle_timeout=o["idle_timeout"],
+                         kill_grace=o["kill_grace"], log_tail=o["log_tail"])
         if self.stream_type == C.XC_STREAM_COLO:
             self._require("checkpoint", "postcopy", "wait_checkpoint")
         elif self.stream_type == C.XC_STREAM_REMUS:
             self._require("checkpoint", "postcopy")
 
-    def _compute_cbflags(self) -> int:
-        # suspend and switch_qemu_logdirty always, as libxl (136).
-        return (_xc.compute_cbflags(self.callbacks, C.DIR_SAVE)
-                | C.CBFLAG_SUSPEND | C.CBFLAG_SWITCH_QEMU_LOGDIRTY)
-
     def _args(self) -> List[int]:
         return [self.domid, self.xcflags, self.cbflags, self.stream_type]
-
-    def msg_precopy_policy(self, iteration: int, total_written: int,
-                           dirty_count: int) -> Optional[int]:
-        return self._request("precopy_policy",
-                             (PrecopyStats(iteration, total_written, dirty_count),))
 
     def _make_result(self) -> SaveResult:
         return SaveResult(precopy_iterations=self._callout.type_counts[C.MSG_PRECOPY_POLICY],
@@ -991,9 +1051,8 @@ class RestoreOperation(Operation):
     """Restore into domain ``domid`` from ``fd`` (xc_domain_restore).
 
     ``store_evtchn`` / ``console_evtchn``: the event channels of the new
-    domain's xenstore and console rings; ``store_domid`` /
-    ``console_domid``: the domains serving them.  ``send_back_fd``: the
-    back channel (COLO).  Other arguments as :class:`SaveOperation`.
+    domain's xenstore and console rings.  The keyword options are those of
+    :class:`RestoreOperationOptions`.
     """
 
     direction = C.DIR_RESTORE
@@ -1002,42 +1061,30 @@ class RestoreOperation(Operation):
 
     def __init__(self, domid: int, fd: FileDescriptor, callbacks: Optional[object] = None,
                  *, store_evtchn: int, console_evtchn: int,
-                 store_domid: int = 0, console_domid: int = 0,
-                 stream_type: int = C.XC_STREAM_PLAIN,
-                 send_back_fd: Optional[FileDescriptor] = None,
-                 helper: Union[str, os.PathLike, None] = None,
-                 env: Optional[Mapping[str, str]] = None,
-                 timeout: Optional[float] = None,
-                 idle_timeout: Optional[float] = None,
-                 kill_grace: float = DEFAULT_KILL_GRACE,
-                 log_tail: int = 20):
+                 **options: Unpack[RestoreOperationOptions]):
+        o = _options("RestoreOperation", options, RestoreOperationOptions)
         self.store_evtchn = _uint("store_evtchn", store_evtchn, 32)
         self.console_evtchn = _uint("console_evtchn", console_evtchn, 32)
-        self.store_domid = _uint("store_domid", store_domid, 16)
-        self.console_domid = _uint("console_domid", console_domid, 16)
-        #: (store_gfn, console_gfn) once the helper sent restore_results.
-        self.results: Optional[Tuple[int, int]] = None
-        super().__init__(domid, fd, callbacks, back_fd=send_back_fd,
-                         stream_type=stream_type, helper=helper, env=env,
-                         timeout=timeout, idle_timeout=idle_timeout,
-                         kill_grace=kill_grace, log_tail=log_tail)
+        self.store_domid = _uint("store_domid", o["store_domid"], 16)
+        self.console_domid = _uint("console_domid", o["console_domid"], 16)
+        super().__init__(domid, fd, callbacks, back_fd=o["send_back_fd"],
+                         stream_type=o["stream_type"], helper=o["helper"], env=o["env"],
+                         timeout=o["timeout"], idle_timeout=o["idle_timeout"],
+                         kill_grace=o["kill_grace"], log_tail=o["log_tail"])
         if self.stream_type == C.XC_STREAM_COLO:
             self._require("checkpoint", "suspend", "postcopy", "wait_checkpoint")
         elif self.stream_type == C.XC_STREAM_REMUS:
             self._require("checkpoint")
-
-    def _compute_cbflags(self) -> int:
-        # static_data_done and restore_results always, as libxl (768).
-        return (_xc.compute_cbflags(self.callbacks, C.DIR_RESTORE)
-                | C.CBFLAG_STATIC_DATA_DONE | C.CBFLAG_RESTORE_RESULTS)
 
     def _args(self) -> List[int]:
         return [self.domid, self.store_evtchn, self.store_domid,
                 self.console_evtchn, self.console_domid, self.cbflags,
                 self.stream_type]
 
-    def msg_restore_results(self, store_gfn: int, console_gfn: int) -> None:
-        self.results = (store_gfn, console_gfn)
+    @property
+    def results(self) -> Optional[Tuple[int, int]]:
+        """(store_gfn, console_gfn) once the helper sent restore_results."""
+        return self._messages.results
 
     def _needs_results(self) -> bool:
         return self.results is None
@@ -1052,20 +1099,11 @@ class RestoreOperation(Operation):
 # The blocking API
 
 def save_domain(domid: int, fd: FileDescriptor, callbacks: Optional[object] = None,
-                *, live: bool = False, debug: bool = False,
-                stream_type: int = C.XC_STREAM_PLAIN,
-                recv_fd: Optional[FileDescriptor] = None,
-                helper: Union[str, os.PathLike, None] = None,
-                env: Optional[Mapping[str, str]] = None,
-                timeout: Optional[float] = None,
-                idle_timeout: Optional[float] = None,
-                kill_grace: float = DEFAULT_KILL_GRACE) -> SaveResult:
+                **options: Unpack[SaveOptions]) -> SaveResult:
     """Save domain ``domid`` to ``fd``; block until done.  See
-    :class:`SaveOperation` for the arguments and :mod:`xensr.callbacks`."""
-    op = SaveOperation(domid, fd, callbacks, live=live, debug=debug,
-                       stream_type=stream_type, recv_fd=recv_fd, helper=helper,
-                       env=env, timeout=timeout, idle_timeout=idle_timeout,
-                       kill_grace=kill_grace)
+    :class:`SaveOptions` for the options and :mod:`xensr.callbacks`."""
+    _options("save_domain", options, SaveOptions)
+    op = SaveOperation(domid, fd, callbacks, **options)
     result = op.run()
     assert isinstance(result, SaveResult)
     return result
@@ -1073,22 +1111,13 @@ def save_domain(domid: int, fd: FileDescriptor, callbacks: Optional[object] = No
 
 def restore_domain(domid: int, fd: FileDescriptor, callbacks: Optional[object] = None,
                    *, store_evtchn: int, console_evtchn: int,
-                   store_domid: int = 0, console_domid: int = 0,
-                   stream_type: int = C.XC_STREAM_PLAIN,
-                   send_back_fd: Optional[FileDescriptor] = None,
-                   helper: Union[str, os.PathLike, None] = None,
-                   env: Optional[Mapping[str, str]] = None,
-                   timeout: Optional[float] = None,
-                   idle_timeout: Optional[float] = None,
-                   kill_grace: float = DEFAULT_KILL_GRACE) -> RestoreResult:
-    """Restore into domain ``domid`` from ``fd``; block until done.  See
-    :class:`RestoreOperation`."""
+                   **options: Unpack[RestoreOptions]) -> RestoreResult:
+    """Restore into domain ``domid`` from ``fd``; block until done.
+    ``store_evtchn`` / ``console_evtchn``: the event channels of the new
+    domain's xenstore and console rings; see :class:`RestoreOptions`."""
+    _options("restore_domain", options, RestoreOptions)
     op = RestoreOperation(domid, fd, callbacks, store_evtchn=store_evtchn,
-                          console_evtchn=console_evtchn, store_domid=store_domid,
-                          console_domid=console_domid, stream_type=stream_type,
-                          send_back_fd=send_back_fd, helper=helper, env=env,
-                          timeout=timeout, idle_timeout=idle_timeout,
-                          kill_grace=kill_grace)
+                          console_evtchn=console_evtchn, **options)
     result = op.run()
     assert isinstance(result, RestoreResult)
     return result

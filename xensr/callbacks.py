@@ -43,7 +43,7 @@ later with :meth:`~xensr.Operation.reply`.
 from __future__ import annotations
 
 import enum
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Optional
 
 from . import _constants as C
 
@@ -58,12 +58,10 @@ __all__ = [
 ]
 
 
-class PrecopyStats(NamedTuple):
-    """libxenguest's ``struct precopy_stats`` after a precopy round."""
-
-    iteration: int
-    total_written: int
-    dirty_count: int
+#: libxenguest's ``struct precopy_stats`` after a precopy round
+#: (``iteration``, ``total_written``, ``dirty_count``): what
+#: ``precopy_policy`` receives.  Generated from the message table.
+PrecopyStats = C.PrecopyStats
 
 
 class PrecopyDecision(enum.IntEnum):
@@ -93,11 +91,9 @@ class _Deferred:
 #: :meth:`xensr.Operation.reply`.
 DEFERRED: Any = _Deferred()
 
-#: Callback methods a save / restore looks for.
-SAVE_CALLBACKS = ("suspend", "postcopy", "checkpoint", "wait_checkpoint",
-                  "switch_qemu_logdirty", "precopy_policy", "progress")
-RESTORE_CALLBACKS = ("suspend", "postcopy", "checkpoint", "wait_checkpoint",
-                     "static_data_done", "progress")
+#: Callback methods a save / restore looks for (from the message table).
+SAVE_CALLBACKS = C.CALLBACKS_SAVE
+RESTORE_CALLBACKS = C.CALLBACKS_RESTORE
 
 
 class Callbacks:
@@ -120,70 +116,22 @@ class Callbacks:
 
 
 # ----------------------------------------------------------------------
-# Reply values (PROTOCOL.md B§5.6).  Internal to xensr.
-
-def _as_bool_reply(name: str, value: Any) -> int:
-    """bool -> 1/0; int passes through (COLO 2 = failover)."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
-        return int(value)
-    raise TypeError(f"{name}() must return a bool, not {type(value).__name__}")
-
-
-def _as_status_reply(name: str, value: Any) -> int:
-    """None/True -> 0 (done), False -> -1; int passes through (0 = OK)."""
-    if value is None or value is True:
-        return 0
-    if value is False:
-        return -1
-    if isinstance(value, int):
-        return int(value)
-    raise TypeError(
-        f"{name}() must return None or a bool, not {type(value).__name__}")
-
-
-def _as_policy_reply(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(
-            f"{name}() must return an XGS_POLICY_* int, not {type(value).__name__}")
-    if int(value) not in (C.XGS_POLICY_ABORT, C.XGS_POLICY_CONTINUE_PRECOPY,
-                          C.XGS_POLICY_STOP_AND_COPY):
-        raise ValueError(f"{name}() returned {value!r}, not an XGS_POLICY_* value")
-    return int(value)
-
-
-_REPLY_MAPPERS = {
-    "suspend": _as_bool_reply,
-    "postcopy": _as_bool_reply,
-    "checkpoint": _as_bool_reply,
-    "wait_checkpoint": _as_bool_reply,
-    "switch_qemu_logdirty": _as_status_reply,
-    "static_data_done": _as_status_reply,
-    "precopy_policy": _as_policy_reply,
-}
-
-#: The reply that makes libxenguest give up, for a request that arrives or
-#: is pending after the operation was aborted.
-_FAILURE_REPLY = {
-    "suspend": 0,
-    "postcopy": 0,
-    "checkpoint": 0,
-    "wait_checkpoint": 0,
-    "switch_qemu_logdirty": -1,
-    "static_data_done": -1,
-    "precopy_policy": C.XGS_POLICY_ABORT,
-    "complete": 0,
-}
-
+# Reply values (PROTOCOL.md B§5.6).  Internal to xensr.  The mapping of
+# each request (bool, status, enum) is the table's; the callout applies it
+# (one implementation, in C, for its fast path and for these).
 
 def reply_value(name: str, value: Any) -> int:
-    """The int sent to the helper for what callback ``name`` returned."""
-    return _REPLY_MAPPERS[name](name, value)
+    """The int sent to the helper for what callback ``name`` returned;
+    TypeError / ValueError for a value the message's reply mapping refuses."""
+    from . import _xc  # not at import time: xensr.testing stays pure Python
+
+    reply: int = _xc.map_reply(C.MESSAGES_BY_NAME[name].number, value)
+    return reply
 
 
 def failure_reply(name: str) -> int:
-    return _FAILURE_REPLY[name]
+    """The reply that makes libxenguest give up (from the message table)."""
+    return C.FAILURE_REPLY[name]
 
 
 def find(callbacks: Optional[object], name: str) -> Optional[Callable[..., Any]]:

@@ -41,6 +41,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+from . import _constants as C
 from . import stream as _s
 from .errors import StreamFormatError
 from .stream import (
@@ -72,7 +73,9 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .api import RestoreResult, SaveResult
+    from typing_extensions import Unpack
+
+    from .api import RestoreFileOptions, RestoreResult, SaveFileOptions, SaveResult
 
 FdLike = Union[int, IO[Any]]
 Config = Union[None, bytes, str, Mapping[str, Any]]
@@ -437,11 +440,6 @@ def read_save_file_header(path: Union[str, "os.PathLike[str]"]) -> XlHeader:
 # --------------------------------------------------------------------------
 # Save to / restore from a file in one call
 
-_XC_STREAM_PLAIN = 0
-_XC_STREAM_REMUS = 1
-_XGR_CHECKPOINT_SUCCESS = 1
-_XGR_CHECKPOINT_FAILOVER = 2
-
 EmulatorSource = Union[Sequence[EmulatorRecord], Callable[[], Sequence[EmulatorRecord]], None]
 
 
@@ -476,11 +474,11 @@ def save_domain_to_file(
     config: Config = None,
     config_format: str = "json",
     emulator_records: EmulatorSource = None,
-    stream_type: int = _XC_STREAM_PLAIN,
+    stream_type: int = C.XC_STREAM_PLAIN,
     mode: int = 0o600,
     keep_partial: bool = False,
     fsync: bool = False,
-    **save_kw: Any,
+    **save_kw: Unpack[SaveFileOptions],
 ) -> "SaveResult":
     """Saves domain ``domid`` into an xl save file at ``path``; blocks.
 
@@ -496,13 +494,14 @@ def save_domain_to_file(
     the caller's ``checkpoint()`` callback (required) decides whether to
     take another; the file then ends after the last checkpoint, as a Remus
     stream does.  On failure the partial file is removed unless
-    ``keep_partial``.  Other keyword arguments go to
-    :func:`xensr.save_domain`.  Returns its :class:`~xensr.SaveResult`.
+    ``keep_partial``.  The other keyword options (:class:`xensr.api.SaveFileOptions`)
+    go to :func:`xensr.save_domain`.  Returns its :class:`~xensr.SaveResult`.
     """
-    from .api import save_domain
+    from .api import SaveFileOptions, _options, save_domain
     from .callbacks import SAVE_CALLBACKS, find
 
-    if stream_type not in (_XC_STREAM_PLAIN, _XC_STREAM_REMUS):
+    _options("save_domain_to_file", save_kw, SaveFileOptions)
+    if stream_type not in (C.XC_STREAM_PLAIN, C.XC_STREAM_REMUS):
         raise ValueError("save_domain_to_file supports XC_STREAM_PLAIN and XC_STREAM_REMUS")
     preamble = preamble_bytes(config, config_format=config_format)  # validate before creating the file
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
@@ -510,7 +509,7 @@ def save_domain_to_file(
     try:
         _write_all(fd, preamble)
         cbs: Optional[object] = callbacks
-        if stream_type == _XC_STREAM_REMUS:
+        if stream_type == C.XC_STREAM_REMUS:
             user_checkpoint = find(callbacks, "checkpoint")
             if user_checkpoint is None:
                 raise ValueError("a checkpointed save needs a checkpoint() callback")
@@ -521,7 +520,7 @@ def save_domain_to_file(
 
             cbs = _WrappedCallbacks(callbacks, SAVE_CALLBACKS, checkpoint=checkpoint)
         result = save_domain(domid, fd, cbs, stream_type=stream_type, **save_kw)
-        if stream_type == _XC_STREAM_PLAIN:
+        if stream_type == C.XC_STREAM_PLAIN:
             write_trailer(fd, _emulator_records(emulator_records))
         if fsync:
             os.fsync(fd)
@@ -569,9 +568,9 @@ def restore_domain_from_file(
     *,
     store_evtchn: int,
     console_evtchn: int,
-    stream_type: int = _XC_STREAM_PLAIN,
+    stream_type: int = C.XC_STREAM_PLAIN,
     max_record: int = 256 << 20,
-    **restore_kw: Any,
+    **restore_kw: Unpack[RestoreFileOptions],
 ) -> RestoredFile:
     """Restores an xl save file at ``path`` into domain ``domid``; blocks.
 
@@ -582,20 +581,21 @@ def restore_domain_from_file(
     may hold checkpoints: at each one the libxl records up to
     CHECKPOINT_END are read before the caller's ``checkpoint()`` (optional)
     is asked; a file that stops after a complete checkpoint restores that
-    checkpoint, as a Remus secondary fails over.  Other keyword arguments go
-    to :func:`xensr.restore_domain`.  A malformed file raises
+    checkpoint, as a Remus secondary fails over.  The other keyword options
+    (:class:`xensr.api.RestoreFileOptions`) go to :func:`xensr.restore_domain`.  A malformed file raises
     :class:`StreamFormatError` (before the helper runs when the problem is
     in the preamble).
     """
-    from .api import restore_domain
+    from .api import RestoreFileOptions, _options, restore_domain
     from .callbacks import RESTORE_CALLBACKS, find
 
-    if stream_type not in (_XC_STREAM_PLAIN, _XC_STREAM_REMUS):
+    _options("restore_domain_from_file", restore_kw, RestoreFileOptions)
+    if stream_type not in (C.XC_STREAM_PLAIN, C.XC_STREAM_REMUS):
         raise ValueError("restore_domain_from_file supports XC_STREAM_PLAIN and XC_STREAM_REMUS")
     with SaveFileReader.open(path, max_record=max_record) as f:
         cbs: Optional[object] = callbacks
         last: List[EmulatorRecord] = []
-        if stream_type == _XC_STREAM_REMUS:
+        if stream_type == C.XC_STREAM_REMUS:
             user_checkpoint = find(callbacks, "checkpoint")
 
             def checkpoint() -> Any:
@@ -605,12 +605,12 @@ def restore_domain_from_file(
                     if e.reason == "truncated":
                         # The sender stopped inside this checkpoint: keep
                         # the last complete one (libxl's failover).
-                        return _XGR_CHECKPOINT_FAILOVER
+                        return C.XGR_CHECKPOINT_FAILOVER
                     raise
                 last[:] = records
                 if user_checkpoint is not None:
                     return user_checkpoint()
-                return _XGR_CHECKPOINT_SUCCESS
+                return C.XGR_CHECKPOINT_SUCCESS
 
             cbs = _WrappedCallbacks(callbacks, RESTORE_CALLBACKS, checkpoint=checkpoint)
         result = restore_domain(
@@ -619,7 +619,7 @@ def restore_domain_from_file(
         )
         f._resync()
         ended = "END"
-        if stream_type == _XC_STREAM_REMUS and f.checkpoints and f._reader.at_eof():
+        if stream_type == C.XC_STREAM_REMUS and f.checkpoints and f._reader.at_eof():
             ended = "checkpoint"
             records = last
         else:

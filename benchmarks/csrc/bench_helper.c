@@ -10,14 +10,14 @@
  *
  * XENSR_BENCH_MODE
  *   roundtrip  after the starting log line, N synchronous precopy_policy
- *              requests (needs CBFLAGS bit 11), each reply must be
+ *              requests (needs precopy_policy's CBFLAGS bit), each reply must be
  *              XGS_POLICY_CONTINUE_PRECOPY (0); then complete(0, 0)
  *   flood      N frames alternating a log line (60 bytes of text) and a
  *              progress report; then complete(0, 0)
  *   complete   complete(0, 0) at once (no starting line)
  *   exit       _exit(0) at once, no frame at all
- *   hold       the starting line, one suspend request (needs CBFLAGS
- *              bit 3; the reply must be nonzero), then complete(0, 0)
+ *   hold       the starting line, one suspend request (needs suspend's
+ *              CBFLAGS bit; the reply must be nonzero), then complete(0, 0)
  * XENSR_BENCH_N         the count for roundtrip and flood (default 1000)
  * XENSR_BENCH_BUFFER=1  gather frames and write them 64 KiB at a time
  *                       (flushed before each reply is awaited and at the
@@ -147,7 +147,7 @@ static void starting(void)
     char text[128];
 
     snprintf(text, sizeof(text), "starting save (xensr %s, table %.16s)",
-             XENSR_VERSION, XENSR_MSGS_DIGEST);
+             XENSR_VERSION, XENSR_TABLE_DIGEST);
     xensr_send_log(1 /* XTL_DEBUG */, 0, log_context, text);
 }
 
@@ -190,7 +190,7 @@ int main(int argc, char **argv)
         return finish();
     if (!strcmp(mode, "roundtrip")) {
         if (!(cbflags & XENSR_CBFLAG_PRECOPY_POLICY))
-            return usage("roundtrip needs CBFLAGS bit 11 (precopy_policy)");
+            return usage("roundtrip needs precopy_policy's CBFLAGS bit");
         starting();
         for (i = 0; i < n; i++) {
             r = xensr_send_precopy_policy((unsigned)i,
@@ -218,7 +218,7 @@ int main(int argc, char **argv)
     }
     if (!strcmp(mode, "hold")) {
         if (!(cbflags & XENSR_CBFLAG_SUSPEND))
-            return usage("hold needs CBFLAGS bit 3 (suspend)");
+            return usage("hold needs suspend's CBFLAGS bit");
         starting();
         r = xensr_send_suspend();
         if (r == 0) {

@@ -38,11 +38,14 @@
 
 extern char **environ;
 
-#define MSG_LOG 1
-#define MSG_PROGRESS 2
-#define MSG_SUSPEND 3
-#define MSG_COMPLETE 10
-#define MSG_PRECOPY_POLICY 11
+/* Message numbers and cbflags bits: the generated table header. */
+#include "../../helper_c/xensr_msgs.h"
+
+#define MSG_LOG XENSR_MSG_LOG
+#define MSG_PROGRESS XENSR_MSG_PROGRESS
+#define MSG_SUSPEND XENSR_MSG_SUSPEND
+#define MSG_COMPLETE XENSR_MSG_COMPLETE
+#define MSG_PRECOPY_POLICY XENSR_MSG_PRECOPY_POLICY
 
 struct decoded {
     uint64_t frames, requests, sum;
@@ -388,7 +391,8 @@ int main(int argc, char **argv)
     env = helper_env(&o, vars);
     if (!env || setup_io_fd(&o, &io_fd, io_arg, sizeof(io_arg)))
         goto out;
-    snprintf(cb_arg, sizeof(cb_arg), "%u", (1u << 11) | (1u << 3));
+    snprintf(cb_arg, sizeof(cb_arg), "%u",
+             XENSR_CBFLAG_PRECOPY_POLICY | XENSR_CBFLAG_SUSPEND);
     char *hargv[] = { (char *)o.helper, "--save-domain", io_arg, "-1",
                       (char *)o.domid, "0", cb_arg, "0", NULL };
 

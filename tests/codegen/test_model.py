@@ -8,23 +8,37 @@ import sys
 import pytest
 
 from codegen import emit_c, emit_cython, emit_py, generate
-from codegen.model import Direction, Reply, build_table
+from codegen.model import Constant, ConstantGroup, Direction, Reply, Role, build_table
 from codegen.table import TABLE
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GOLDEN = os.path.join(ROOT, "tests", "cgsupport", "golden")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GOLDEN = os.path.join(ROOT, "tests", "codegen", "golden")
 
 # A small table exercising every emitter path: integers of every width,
-# strings, each reply kind, both directions, a struct-by-value callback.
+# strings, each reply kind and mapping, both directions, a struct-by-value
+# callback, the roles the callout handles itself, labelled constants.
 SMALL_ENTRIES = (
-    ("sr", "note", [("uint32_t", "level"), ("STRING", "text")], {"doc": "d1"}),
-    ("scxA", "ask", [("int", "a"), ("unsigned long", "b")], {}),
-    ("rcxW", "check", [("unsigned", "bits")], {}),
-    ("rcx", "results", [("xen_pfn_t", "x"), ("long", "y")], {}),
+    ("sr", "note", [("uint32_t", "level"), ("STRING", "text")],
+     {"role": "log", "doc": "d1"}),
+    ("scxA", "ask", [("int", "a"), ("unsigned long", "b")],
+     {"reply_map": "status", "failure_reply": -1, "default_reply": 0, "always": "s",
+      "bool_args": ("b",), "undo_arg": "b"}),
+    ("rcxW", "check", [("unsigned", "bits")],
+     {"reply_map": "bool", "failure_reply": 0}),
+    ("rcx", "results", [("xen_pfn_t", "x"), ("long", "y")], {"always": "r"}),
+    ("srW", "done", [("int", "retval"), ("int", "errnoval")],
+     {"role": "complete", "default_reply": 0, "failure_reply": 0}),
     ("scxW", "policy", [("unsigned", "iteration"), ("long", "dirty_count")],
-     {"libxc_struct": "precopy_stats", "extension": True}),
+     {"libxc_struct": "precopy_stats", "extension": True, "reply_map": "enum",
+      "reply_group": "choice", "failure_reply": "CHOICE_NO", "struct_class": "Stats"}),
 )
-SMALL = build_table(SMALL_ENTRIES)
+SMALL_GROUPS = (
+    ConstantGroup("choice", "policy replies", (
+        Constant("CHOICE_NO", -1), Constant("CHOICE_MAYBE", 0), Constant("CHOICE_YES", 1))),
+    ConstantGroup("lvl", "levels", (
+        Constant("LVL_LOW", 0, label="low"), Constant("LVL_HIGH", 1, label="high"))),
+)
+SMALL = build_table(SMALL_ENTRIES, SMALL_GROUPS)
 
 
 def test_table_matches_xen_417():
@@ -69,6 +83,48 @@ def test_model_rejects_bad_entries(flags, args, extra, match):
         build_table([(flags, "m", args, extra)])
 
 
+@pytest.mark.parametrize("flags,args,extra,match", [
+    ("scW", [], {}, "needs reply_map and failure_reply"),
+    ("scW", [], {"reply_map": "bool"}, "needs reply_map and failure_reply"),
+    ("sc", [], {"reply_map": "bool", "failure_reply": 0}, "only requests"),
+    ("scW", [], {"reply_map": "enum", "failure_reply": 0}, "reply_group"),
+    ("sW", [], {"role": "notice"}, "needs default_reply"),
+    ("rcx", [], {"always": "s"}, "not valid in"),
+    ("sc", [], {"role": "results", "always": "s"}, "needs flag x"),
+    ("scxW", [], {"reply_map": "bool", "failure_reply": 0, "always": "s"}, "default_reply"),
+    ("scW", [("STRING", "s")], {"reply_map": "bool", "failure_reply": 0,
+                               "bool_args": ("s",)}, "integer argument"),
+    ("s", [("STRING", "s"), ("uint32_t", "level")], {"role": "log"}, "level"),
+    ("scW", [], {"reply_map": "bool", "failure_reply": "NOPE"}, "unknown constant"),
+    ("scW", [], {"reply_map": "enum", "reply_group": "nope", "failure_reply": 0},
+     "unknown reply_group"),
+])
+def test_model_rejects_inconsistent_handling(flags, args, extra, match):
+    with pytest.raises(ValueError, match=match):
+        build_table([(flags, "m", args, extra)])
+
+
+def test_handling_columns_of_the_xen_table():
+    roles = {m.name: m.role for m in TABLE}
+    assert roles["log"] is Role.LOG and roles["complete"] is Role.COMPLETE
+    assert roles["restore_results"] is Role.RESULTS
+    assert TABLE.callbacks_in(Direction.SAVE) == (
+        "suspend", "postcopy", "checkpoint", "wait_checkpoint",
+        "switch_qemu_logdirty", "precopy_policy", "progress")
+    assert TABLE.callbacks_in(Direction.RESTORE) == (
+        "suspend", "postcopy", "checkpoint", "wait_checkpoint",
+        "static_data_done", "progress")
+    # libxl's helper command lines: cbflags 136 when saving, 768 restoring.
+    def bits(d):
+        return sum(1 << m.number for m in TABLE.always_cbflags(d))
+    assert bits(Direction.SAVE) == 136 and bits(Direction.RESTORE) == 768
+    policy = TABLE.by_name("precopy_policy")
+    assert policy.failure_reply == -1 and policy.struct_class == "PrecopyStats"
+    assert TABLE.by_name("switch_qemu_logdirty").undo_arg == "enable"
+    assert TABLE.by_name("log").offset_of("level") == 2
+    assert TABLE.by_name("progress").offset_of("done") is None
+
+
 def test_model_rejects_duplicates_and_too_many():
     with pytest.raises(ValueError, match="duplicate"):
         build_table([("s", "a", [], {}), ("r", "a", [], {})])
@@ -97,12 +153,17 @@ def test_output_is_deterministic_and_carries_digest():
 
 def test_digest_follows_the_table():
     changed = build_table((
-        ("sr", "note", [("uint32_t", "level"), ("STRING", "txt")], {"doc": "d1"}),
-    ) + tuple(SMALL_ENTRIES[1:]))
+        ("sr", "note", [("uint32_t", "level"), ("STRING", "txt")], {"role": "log", "doc": "d1"}),
+    ) + tuple(SMALL_ENTRIES[1:]), SMALL_GROUPS)
     assert changed.digest != SMALL.digest
-    reordered = build_table(tuple(reversed(SMALL_ENTRIES)))
+    reordered = build_table(tuple(reversed(SMALL_ENTRIES)), SMALL_GROUPS)
     assert reordered.digest != SMALL.digest
-    assert build_table(SMALL_ENTRIES).digest == SMALL.digest
+    assert build_table(SMALL_ENTRIES, SMALL_GROUPS).digest == SMALL.digest
+    # The parent's columns are part of the digest too.
+    entries = list(SMALL_ENTRIES)
+    entries[2] = ("rcxW", "check", [("unsigned", "bits")],
+                  {"reply_map": "bool", "failure_reply": 1})
+    assert build_table(entries, SMALL_GROUPS).digest != SMALL.digest
 
 
 
@@ -157,7 +218,7 @@ def test_check_fails_after_hand_edit(tmp_path):
     root = _copy_tree(tmp_path)
     assert _check(root).returncode == 0
     target = root / "helper_c" / "xensr_msgs.c"
-    target.write_text(target.read_text().replace("return p + n;", "return p + n; "))
+    target.write_text(target.read_text().replace("transmit(p);", "transmit(p); ", 1))
     r = _check(root)
     assert r.returncode == 1
     assert "helper_c/xensr_msgs.c" in r.stderr and "stale" in r.stderr

@@ -32,7 +32,7 @@ from tests.support.rigops import (
 from xensr import _constants as C
 from xensr.testing import SimulatedHost
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OURS = ROOT / "xensr" / "bin" / "xensr-save-helper"
 IDLE = 1.0          # seconds of silence after which a hung helper is given up
 

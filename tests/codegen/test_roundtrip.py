@@ -26,9 +26,9 @@ from xensr.errors import (
     WrongDirectionError,
 )
 
-from .cgsupport import driver
+from . import driver
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +303,7 @@ def test_compute_cbflags():
 
 
 def test_constants_module_matches_table():
-    assert C.TABLE_DIGEST == TABLE.digest == _xc.MSGS_DIGEST
+    assert C.TABLE_DIGEST == TABLE.digest == _xc.TABLE_DIGEST
     for m in TABLE:
         assert getattr(C, f"MSG_{m.name.upper()}") == m.number
         assert C.MESSAGES_BY_NAME[m.name].reply == m.reply.value

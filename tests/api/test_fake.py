@@ -521,7 +521,7 @@ def test_helper_from_another_build_is_reported(fake, iofd, caplog):
 
 def test_helper_from_this_build_is_not_reported(fake, iofd, caplog):
     caplog.set_level(logging.WARNING, logger="xensr")
-    text = f"starting save (xensr 0.1.0, table {_xc.MSGS_DIGEST[:16]})".encode()
+    text = f"starting save (xensr 0.1.0, table {_xc.TABLE_DIGEST[:16]})".encode()
     op = save_op(fake, Script().write(fh.log(1, 0, b"libxl-save-helper", text)).save_ok(), iofd)
     op.run()
     assert op.helper_version == "0.1.0"

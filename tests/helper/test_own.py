@@ -25,7 +25,7 @@ from tests.support.parent import (
 from tests.support.rigops import assert_completed, restore_from_file, save_to_file
 from xensr import _constants as C
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OURS = ROOT / "xensr" / "bin" / "xensr-save-helper"
 
 PRECOPY = {

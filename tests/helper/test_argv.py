@@ -16,7 +16,7 @@ import pytest
 
 from xensr import _constants as C
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HELPER = os.path.join(ROOT, "xensr", "bin", "xensr-save-helper")
 EX_USAGE = 64
 

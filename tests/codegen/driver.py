@@ -1,11 +1,13 @@
 """A C test program generated from the message model.
 
 The program links the generated senders (helper_c/xensr_msgs.c).  It reads
-commands from the file named by argv[1], one per line:
-``<message name> <arg> ...`` with integers in decimal and STRINGs in hex
-(``-`` for the empty string).  Each command calls that message's sender:
-frames go to fd 1, replies are read from fd 0, and every reply a sender
-returned is reported on fd 2 as ``reply <name> <value>``.
+commands from the file named by argv[1] (or, when started with another
+command line, e.g. a helper's by the callout, by $DRIVER_SCRIPT), one per
+line: ``<message name> <arg> ...`` with integers in decimal and STRINGs in
+hex (``-`` for the empty string).  Each command calls that message's
+sender: frames go to fd 1, replies are read from fd 0, and every reply a
+sender returned is reported as ``reply <name> <value>`` on fd 2 (or
+appended to the file $DRIVER_REPORT names).
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from codegen.emit_c import sender_name
 from codegen.model import Kind, Message, Table
 from codegen.output import Lines
 
-
+# The hand-written frame building (frame.c) the generated stubs include.
+HELPER_C = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "helper_c")
 
 
 def _parse_arg(i: int, arg) -> list:
@@ -41,7 +45,7 @@ def _command(msg: Message) -> Lines:
             out(*_parse_arg(i, arg))
         call = f"{sender_name(msg)}({', '.join(f'a{i}' for i in range(len(msg.args)))})"
         if msg.reply.waits:
-            out(f"int r = {call};", f'fprintf(stderr, "reply {msg.name} %d\\n", r);')
+            out(f"int r = {call};", f'fprintf(report, "reply {msg.name} %d\\n", r);')
         else:
             out(f"{call};")
         for i, arg in enumerate(msg.args):
@@ -76,6 +80,7 @@ def source(table: Table) -> str:
                 "if (r <= 0) exit(5);", "got += (size_t)r;")
         out("}", "return v;")
     out("}", "")
+    out("static FILE *report;", "")
     out("static char *unhex(const char *s)", "{")
     with out.indent():
         out('size_t n = strcmp(s, "-") ? strlen(s) / 2 : 0, i;',
@@ -93,8 +98,13 @@ def source(table: Table) -> str:
     out("}", "")
     out("int main(int argc, char **argv)", "{")
     with out.indent():
-        out("static char line[1 << 20];", "FILE *f;", "",
-            'if (argc != 2 || !(f = fopen(argv[1], "r"))) return 2;',
+        out("static char line[1 << 20];", "FILE *f;",
+            'const char *script = argc == 2 ? argv[1] : getenv("DRIVER_SCRIPT");',
+            'const char *rep = getenv("DRIVER_REPORT");', "",
+            'report = rep ? fopen(rep, "a") : stderr;',
+            "if (!report) return 2;",
+            "setvbuf(report, NULL, _IONBF, 0);",
+            'if (!script || !(f = fopen(script, "r"))) return 2;',
             "while (fgets(line, sizeof(line), f)) {")
         with out.indent():
             out("char *tok[16];", "int ntok = 0;", "char *save = NULL, *t;", "",
@@ -127,5 +137,6 @@ def build(table: Table, tmpdir: str, c_source: str) -> str:
     cflags = subprocess.run(["pkg-config", "--cflags", "xencontrol", "xenguest"],
                             check=True, capture_output=True, text=True).stdout.split()
     subprocess.run(["cc", "-std=gnu11", "-O1", "-g", "-Wall", "-Wextra", "-Werror",
-                    f"-I{inc}", *cflags, stubs, drv, "-o", exe], check=True)
+                    f"-I{inc}", f"-I{HELPER_C}", *cflags, stubs, drv, "-o", exe],
+                   check=True)
     return exe
