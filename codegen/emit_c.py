@@ -114,7 +114,7 @@ def _source_prelude(table: Table) -> Lines:
     out = Lines()
     out(*banner("/*", table.digest, "xensr helper message stubs (source).", "*/"))
     out('#include "xensr_msgs.h"', "", "#include <string.h>", "")
-    out("/* Native widths the wire format assumes (PROTOCOL.md B§5.2). */")
+    out("/* Native widths the wire format assumes (docs/protocol.md §4.2). */")
     seen = set()
     for msg in table:
         for arg in msg.args:

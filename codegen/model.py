@@ -47,7 +47,7 @@ def _int(name: str, c_type: str, size: int, signed: bool) -> ArgType:
 
 
 #: Every type the table may use.  Widths are those of x86-64 and arm64
-#: (PROTOCOL.md Part A item 5, B§5.2); the C emitter asserts them at
+#: (docs/protocol.md §4.2); the C emitter asserts them at
 #: compile time with _Static_assert.
 TYPES: Dict[str, ArgType] = {
     t.name: t

@@ -10,7 +10,7 @@
  *
  * A frame is a native u16 body length, then the body: the u16 message
  * type and the arguments, integers at their native width, a STRING as a
- * u32 length counting its NUL, the bytes and the NUL (PROTOCOL.md B§5).
+ * u32 length counting its NUL, the bytes and the NUL (docs/protocol.md §4).
  */
 
 #include <stddef.h>

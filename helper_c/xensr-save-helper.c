@@ -5,7 +5,7 @@
  *
  * A drop-in for Xen 4.17's libxl-save-helper: same command line, same
  * file descriptors, same frames, same replies, same exit statuses and
- * SIGTERM behaviour (PROTOCOL.md Part A and B§3 to B§8).
+ * SIGTERM behaviour (docs/protocol.md §2 to §9).
  *
  * Layout of helper_c/:
  *   xensr-save-helper.c  this program: command line, logger, signals, the

@@ -7,7 +7,7 @@
 
 #include <string.h>
 
-/* Native widths the wire format assumes (PROTOCOL.md B§5.2). */
+/* Native widths the wire format assumes (docs/protocol.md §4.2). */
 _Static_assert(sizeof(uint32_t) == 4, "uint32_t must be 4 bytes on the wire");
 _Static_assert(sizeof(unsigned long) == 8, "unsigned long must be 8 bytes on the wire");
 _Static_assert(sizeof(unsigned) == 4, "unsigned must be 4 bytes on the wire");

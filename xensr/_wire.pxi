@@ -2,7 +2,7 @@
 # (which includes this file after defining _NAMES, the message names by
 # number).  Nothing here depends on the message table: a STRING is a u32
 # length counting its NUL, the bytes, the NUL; a BLOCK is a u32 length and
-# the bytes; integers are native-endian (PROTOCOL.md B§5.2).
+# the bytes; integers are native-endian (docs/protocol.md §4.2).
 
 from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy

@@ -221,7 +221,7 @@ cdef int _make_pipe(int *fds) except -1:
 
 
 cdef int _dup_high(int fd) except -1:
-    """A close-on-exec duplicate of fd numbered >= 3 (B§4: io fds 0-2)."""
+    """A close-on-exec duplicate of fd numbered >= 3 (docs/protocol.md §3: io fds 0-2)."""
     cdef int nfd = fcntl(fd, F_DUPFD_CLOEXEC, 3)
     if nfd < 0:
         raise OSError(errno, f"fcntl({fd}, F_DUPFD_CLOEXEC): {os.strerror(errno)}")
@@ -551,7 +551,7 @@ cdef class Callout:
     def spawn(self, path, mode, int io_fd, int back_fd, args, env=None):
         """Start the helper; return its pid.
 
-        argv is ``[path, mode, IO_FD, BACK_FD, *args]`` (B§3); io/back fds
+        argv is ``[path, mode, IO_FD, BACK_FD, *args]`` (docs/protocol.md §2); io/back fds
         0-2 are passed as close-on-exec duplicates >= 3, made inheritable in
         the child only.  ``env``: None to inherit ``environ``, else a list
         of ``b"NAME=value"``.  O_NONBLOCK is cleared on the io and back fds

@@ -345,7 +345,7 @@ class HelperExit:
 
 
 def exit_error(ex: HelperExit) -> Optional[XensrError]:
-    """The error an operation ends with, None for success (B§7.3, in
+    """The error an operation ends with, None for success (docs/protocol.md §8.3, in
     libxl's order: exit status, results, completion, libxc's result)."""
     what, rc = ex.what, ex.returncode
     if ex.status_lost:

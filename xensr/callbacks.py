@@ -116,7 +116,7 @@ class Callbacks:
 
 
 # ----------------------------------------------------------------------
-# Reply values (PROTOCOL.md B§5.6).  Internal to xensr.  The mapping of
+# Reply values (docs/protocol.md §6.2).  Internal to xensr.  The mapping of
 # each request (bool, status, enum) is the table's; the callout applies it
 # (one implementation, in C, for its fast path and for these).
 

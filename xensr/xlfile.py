@@ -1,7 +1,7 @@
 """xl save files: the wrapper around the libxc stream that the helper writes.
 
 An xl save file (what ``xl save`` writes and ``xl restore`` reads, Xen 4.17)
-is, byte for byte (PROTOCOL.md B§9.3, B§9.1)::
+is, byte for byte (docs/protocol.md §10.1, §10.2)::
 
     xl header      32-byte magic, u32 byteorder 0x01020304, u32 mandatory
                    flags (JSON | STREAMv2), u32 optional flags (0),

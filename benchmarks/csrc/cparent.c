@@ -1,6 +1,6 @@
 /*
  * xensr-bench-cparent: the C floor of the benchmarks.  It plays the
- * parent's side of the helper protocol (PROTOCOL.md B§4, B§5) with
+ * parent's side of the helper protocol (docs/protocol.md §3 to §6) with
  * nothing in the way: two pipes, posix_spawn of the helper, a read
  * buffer, a strict decoder for every frame, a native int reply for each
  * request, waitpid.

@@ -1,5 +1,5 @@
 """The Operation against the fake helper: reply values, callback errors,
-exit interpretation (B§7.3), timeouts, abort, logging, dropped objects."""
+exit interpretation (docs/protocol.md §8.3), timeouts, abort, logging, dropped objects."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def finish(op):
 
 
 # ----------------------------------------------------------------------
-# Reply values (B§5.6)
+# Reply values (docs/protocol.md §6.2)
 
 class Returns:
     def __init__(self, **values):
@@ -228,7 +228,7 @@ def test_bad_restore_arguments(iofd):
 
 
 # ----------------------------------------------------------------------
-# Exit interpretation (B§7.3)
+# Exit interpretation (docs/protocol.md §8.3)
 
 def test_success_result(fake, iofd, counts):
     script = Script().write(fh.log(1, 0, b"libxl-save-helper", b"starting save"))

@@ -189,7 +189,7 @@ def test_restore_argv_and_back_channel(fake, iofile, counts):
 
 @pytest.mark.parametrize("low", [0, 1, 2])
 def test_io_fd_0_to_2_moved_out_of_the_way(fake, tmp_path, low):
-    """B§4: an io fd of 0-2 is passed as a duplicate >= 3, fd 0/1 are the
+    """docs/protocol.md §3: an io fd of 0-2 is passed as a duplicate >= 3, fd 0/1 are the
     pipes, and the application's fd is untouched afterwards."""
     saved = os.dup(low)
     target = os.open(tmp_path / "stream", os.O_RDWR | os.O_CREAT, 0o600)

@@ -42,7 +42,7 @@ SMALL = build_table(SMALL_ENTRIES, SMALL_GROUPS)
 
 
 def test_table_matches_xen_417():
-    # PROTOCOL.md B§5.5 and the precopy_policy extension, in order.
+    # docs/protocol.md §5.2 and the precopy_policy extension, in order.
     expect = [
         (1, "log", "sr"), (2, "progress", "sr"), (3, "suspend", "srcxA"),
         (4, "postcopy", "srcxA"), (5, "checkpoint", "srcxA"),

@@ -206,3 +206,16 @@ def test_citations_name_existing_sections(secs, doc):
         if n not in secs:
             bad.append(f"docs/protocol.md: §{n}")
     assert not bad, "citations of sections docs/protocol.md does not have: " + ", ".join(bad)
+
+
+def test_no_reference_leads_outside_the_repository():
+    """Code, tests and docs cite the project's own docs/protocol.md: a
+    citation of a protocol document kept outside the tree (its name, its
+    part-and-section numbers, a path beside the checkout) fails here."""
+    outside = re.compile(r"PROTOCOL\.md|\bB§\d|Part [AB] item \d|\.\./shared/")
+    bad = []
+    for path, text in _repository_texts():
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if outside.search(line):
+                bad.append(f"{path}:{lineno}: {line.strip()}")
+    assert not bad, "references outside the repository:\n" + "\n".join(bad)

@@ -156,7 +156,7 @@ def test_strings_at_and_over_the_64k_limit(drv, tmp_path, msg):
 
 
 def test_b57_example_bytes(drv, tmp_path):
-    """PROTOCOL.md B§5.7, captured from Debian's helper: exact bytes both ways."""
+    """docs/protocol.md §11, captured from Debian's helper: exact bytes both ways."""
     frame1 = bytes.fromhex(
         "3200" "0100" "01000000" "00000000"
         "12000000") + b"libxl-save-helper\0" + bytes.fromhex("0e000000") + b"starting save\0"

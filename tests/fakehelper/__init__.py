@@ -25,7 +25,7 @@ def build(outdir: Path) -> Path:
 
 
 # ----------------------------------------------------------------------
-# Frames (B§5), packed by hand.
+# Frames (docs/protocol.md §4), packed by hand.
 
 def frame(body: bytes) -> bytes:
     return struct.pack("=H", len(body)) + body

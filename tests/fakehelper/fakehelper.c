@@ -3,7 +3,7 @@
  * the bytes a test chose, to exercise the callout's framing, errors and
  * process handling.
  *
- * Invoked with the helper's argv (B§3).  The script is the file named by
+ * Invoked with the helper's argv (docs/protocol.md §2).  The script is the file named by
  * FAKEHELPER_SCRIPT, one command per line:
  *
  *   w HEX     write these bytes to stdout in one write()

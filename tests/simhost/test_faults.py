@@ -36,7 +36,7 @@ def saved(debian_helper, simulated_host, tmp_path):
 def test_no_simhost_dir_fails_like_a_host_without_xen(debian_helper, simulated_host,
                                                       tmp_path):
     """Without XENSR_SIMHOST_DIR: exactly the frames Debian's helper sends on a
-    machine without Xen (PROTOCOL.md B§5.7), exit status 255."""
+    machine without Xen (docs/protocol.md §11), exit status 255."""
     env = simulated_host.env
     del env["XENSR_SIMHOST_DIR"]
     fd = open(tmp_path / "s", "wb")

@@ -1,7 +1,7 @@
 """A small migration-stream writer for the tests, built with struct only.
 
 It shares no code with xensr.stream / xensr.xlfile, so that the parser is
-checked against an independent rendering of the formats (PROTOCOL.md B§9).
+checked against an independent rendering of the formats (docs/protocol.md §10).
 test_generator.py checks the generator itself against Debian's
 verify-stream-v2.
 """

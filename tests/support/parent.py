@@ -1,4 +1,4 @@
-"""A reference parent for save/restore helpers (PROTOCOL.md Part B §3-§7).
+"""A reference parent for save/restore helpers (docs/protocol.md §2 to §8).
 
 Small, independent and pure Python (struct, subprocess, poll): it runs any
 helper binary that speaks Xen 4.17's libxl-save-helper protocol -- Debian's
@@ -37,7 +37,7 @@ __all__ = [
     "CBFLAGS_RESTORE_PLAIN", "CBFLAGS_RESTORE_REMUS", "CBFLAGS_RESTORE_COLO",
 ]
 
-# Values libxl 4.17 passes (PROTOCOL.md B§5.3).
+# Values libxl 4.17 passes (docs/protocol.md §5.3).
 CBFLAGS_SAVE_PLAIN = 136
 CBFLAGS_SAVE_REMUS = 184
 CBFLAGS_SAVE_COLO = 248

@@ -1,6 +1,6 @@
 """Streaming parser and validator for xl save files and migration streams.
 
-Three layers can appear in one file (PROTOCOL.md B§9):
+Three layers can appear in one file (docs/protocol.md §10):
 
 * the xl save-file header (``Xen saved domain, xl format``): magic, byte
   order, flags and optional data holding the domain configuration;

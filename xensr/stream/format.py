@@ -1,5 +1,5 @@
 """The stream formats' facts: magics, numbers, layouts, names, and what each
-record type must look like (PROTOCOL.md B§9).
+record type must look like (docs/protocol.md §10).
 
 Nothing here reads a stream; the parsers look everything up here, so a fact
 about the formats is written once.
