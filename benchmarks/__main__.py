@@ -47,8 +47,8 @@ def parse(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=0,
                    help="repetitions per variant (default 9, or 3 with --quick)")
     p.add_argument("--json", metavar="PATH", help="also write the JSON here")
-    p.add_argument("--conc-kinds", default="rig,bench",
-                   help="concurrency runs: rig, bench or both (default rig,bench)")
+    p.add_argument("--conc-kinds", default="simhost,bench",
+                   help="concurrency runs: simhost, bench or both (default simhost,bench)")
     args = p.parse_args(argv)
     only: List[str] = []
     for item in args.only:
@@ -59,7 +59,7 @@ def parse(argv: List[str]) -> argparse.Namespace:
     args.only = only or list(NAMES)
     args.conc_kinds = [k for k in args.conc_kinds.split(",") if k]
     for k in args.conc_kinds:
-        if k not in ("rig", "bench"):
+        if k not in ("simhost", "bench"):
             p.error(f"unknown --conc-kinds entry {k!r}")
     if args.reps < 0:
         p.error("--reps must be positive")

@@ -10,7 +10,7 @@ parent's resident memory, open fds and (with TRACE=1) tracemalloc's
 traced Python memory are read there and compared to the figures taken
 just before the operations started.
 
-KIND is ``rig`` (small PV domains of a ``xensr.testing.SimulatedHost``
+KIND is ``simhost`` (small PV domains of a ``xensr.testing.SimulatedHost``
 whose state directory is ARG, holding at least N + 1 domains, saved
 non-live by xensr's own helper, which calls ``suspend`` before the last
 round) or ``bench`` (ARG is the bench helper, run in mode ``hold``:
@@ -133,7 +133,7 @@ def main(argv: List[str]) -> int:
     n, kind, trace = int(argv[0]), argv[1], argv[2] == "1"
     raise_nofile(8 * n + 256)
     io_fd = os.open("/dev/null", os.O_WRONLY | os.O_CLOEXEC)
-    if kind == "rig":
+    if kind == "simhost":
         from xensr.testing import SimulatedHost
 
         with SimulatedHost(argv[3]) as host:

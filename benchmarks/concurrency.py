@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 from .harness import ROOT, BenchError, CBuild, Group, Result, Series, Target
 
 KINDS = {
-    "rig": "1 MiB PV domains of a SimulatedHost, non-live save by xensr-save-helper",
+    "simhost": "1 MiB PV domains of a SimulatedHost, non-live save by xensr-save-helper",
     "bench": "bench helper in mode hold (starting line, one suspend request, complete)",
 }
 
@@ -41,7 +41,7 @@ def run(build: CBuild, quick: bool, reps: int, kinds: List[str]) -> Result:
     res = Result("concurrency", "simultaneous operations in one thread (asyncio)",
                  params={"counts": counts, "reps": reps, "kinds": kinds})
     host = None
-    if "rig" in kinds:
+    if "simhost" in kinds:
         from xensr.testing import SimulatedHost
 
         # Created once and shared by every run: a non-live save leaves a
@@ -67,7 +67,7 @@ def run(build: CBuild, quick: bool, reps: int, kinds: List[str]) -> Result:
 def _measure(res: Result, counts: List[int], reps: int, kinds: List[str],
              helper: str, host: Optional[object]) -> None:
     for kind in kinds:
-        arg = str(host.state_dir) if kind == "rig" else helper  # type: ignore[union-attr]
+        arg = str(host.state_dir) if kind == "simhost" else helper  # type: ignore[union-attr]
         samples: Dict[int, Dict[str, List[float]]] = {
             n: {"wall": [], "rss": [], "fds": [], "after": [], "traced": []}
             for n in counts

@@ -78,7 +78,7 @@ def run(build: CBuild, quick: bool, reps: int) -> Result:
         raw = interleave(bench.variants(), reps)
     _add_figures(res, raw)
     res.notes.append(
-        "xensr rows run xensr's own helper against the test rig, and so do the "
+        "xensr rows run xensr's own helper against the simulated host, and so do the "
         "'C parent' rows, where the benchmark's C parent (poll + read, as the "
         "round-trip floor) serves the same helper: the floor for the parent's CPU; "
         "the dd rows copy "

@@ -7,7 +7,7 @@ Save:
   ``suspend() -> bool``
       Suspend the guest now (the last round follows).  True: suspended.
       Without one, xensr answers True and libxenguest checks the domain's
-      state itself (the test rig's domains suspend on that answer; on real
+      state itself (the simulated host's domains suspend on that answer; on real
       Xen the toolstack must have suspended the guest).
   ``switch_qemu_logdirty(domid: int, enable: bool) -> None | bool``
       HVM: turn QEMU's log-dirty tracking on/off.  None/True: done;

@@ -1,7 +1,7 @@
 """``xensr demo``: a live migration to a file and back, on a simulated host.
 
 The whole job of xensr on the embedded default: a simulated Xen host (the
-test rig shipped in the package), a guest of a few hundred MiB whose
+simulated host shipped in the package), a guest of a few hundred MiB whose
 workload dirties pages while it runs, a live save into an xl save file with
 a progress bar, a restore into a new domain, a byte-for-byte check of the
 guest memory, and a summary.  Exits 0 only when the memories match.

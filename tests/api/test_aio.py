@@ -14,14 +14,14 @@ import xensr
 import xensr.aio
 from xensr.errors import (Aborted, CallbackError, HelperExitError, HelperStartError,
                           HelperTimeout, ProtocolError, SaveRestoreError)
-from tests import fakehelper as fh
-from tests.fakehelper import Script
+from tests.support import fakehelper as fh
+from tests.support.fakehelper import Script
 
 MIB = 1
 
 
 @pytest.fixture(params=["xensr", "debian"])
-def helper(request, rig):
+def helper(request, simhost_libs):
     if request.param == "xensr":
         return xensr.helper_path()
     return str(request.getfixturevalue("debian_helper"))
@@ -291,7 +291,7 @@ def test_fds_and_children_return_to_where_they_started(simulated_host, fake, tmp
         xensr.save_domain(base, f, env=host.env)
 
     def env_with(fault):
-        return dict(host.env, XENSR_SIM_FAULT=fault) if fault else host.env
+        return dict(host.env, XENSR_SIMHOST_FAULT=fault) if fault else host.env
 
     class Raises:
         def suspend(self):
@@ -419,9 +419,9 @@ def test_fds_and_children_return_to_where_they_started(simulated_host, fake, tmp
         assert fh.children() == kids, what
         return len(jobs)
 
-    # Every kind on the rig with both helpers, twice.
+    # Every kind on the simulated host with both helpers, twice.
     for rnd in range(2):
-        count += run_batch([k for h in helpers for k in kinds(h, rnd)], f"rig round {rnd}")
+        count += run_batch([k for h in helpers for k in kinds(h, rnd)], f"simulated host round {rnd}")
     # And the fake helper's kinds, fourteen times each, all at once.
     count += run_batch([(f"fake-{i}", factory, expected)
                         for _ in range(14)

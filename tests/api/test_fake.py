@@ -18,8 +18,8 @@ from xensr import _constants as C
 from xensr import _xc
 from xensr.errors import (Aborted, CallbackError, HelperExitError, HelperTimeout,
                           SaveRestoreError)
-from tests import fakehelper as fh
-from tests.fakehelper import Script
+from tests.support import fakehelper as fh
+from tests.support.fakehelper import Script
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
-"""The public API against the test rig, with xensr's helper and with
+"""The public API against the simulated host, with xensr's helper and with
 Debian's unmodified libxl-save-helper: save then restore gives the same
-memory, every rig fault gives its typed error, threads, and fd/child
+memory, every simulated host fault gives its typed error, threads, and fd/child
 accounting."""
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import pytest
 import xensr
 from xensr.errors import (HelperExitError, HelperTimeout, ProtocolError,
                           SaveRestoreError, UnknownMessageError)
-from tests import fakehelper as fh
+from tests.support import fakehelper as fh
 
 MIB = 4
 
 
 @pytest.fixture(params=["xensr", "debian"])
-def helper(request, rig):
+def helper(request, simhost_libs):
     if request.param == "xensr":
         return xensr.helper_path()
     return str(request.getfixturevalue("debian_helper"))
@@ -147,7 +147,7 @@ def test_precopy_policy_decides_when_to_stop(host, stream):
     assert seen[0].iteration == 0
     assert seen[-1].iteration == 3
     assert all(isinstance(s, xensr.PrecopyStats) for s in seen)
-    # The rig's own policy would have gone on to 5 iterations.
+    # The simulated host's own policy would have gone on to 5 iterations.
     assert host.domain_state(src)["save_iterations"] == 4
     dst, _ = restore(host, xensr.helper_path(), stream)
     assert host.memory_digest(dst) == host.memory_digest(src)
@@ -204,7 +204,7 @@ def test_callback_error_with_a_real_helper(host, helper, stream):
 
 
 # ----------------------------------------------------------------------
-# Every rig fault gives its typed error.
+# Every simulated host fault gives its typed error.
 
 def check_status_255(e, helper):
     assert isinstance(e, HelperExitError) and e.status == 255
@@ -406,7 +406,7 @@ def test_a_running_helper_holds_none_of_another_operations_fds(host, helper, tmp
 
     a_dom = host.create_domain(MIB, kind="pv")
     b_dom = host.create_domain(MIB, kind="pv")
-    env_a = dict(host.env, XENSR_SIM_FAULT="hang-at:suspend")
+    env_a = dict(host.env, XENSR_SIMHOST_FAULT="hang-at:suspend")
     fds, kids = fh.open_fds(), fh.children()
     fa = open(tmp_path / "a", "w+b")
     fb = open(tmp_path / "b", "w+b")

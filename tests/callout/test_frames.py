@@ -17,8 +17,8 @@ from xensr.errors import (EmptyStringError, RuntFrameError, ProtocolError,
                           TruncatedFrameError, UnexpectedCallbackError,
                           UnknownMessageError, UnterminatedStringError,
                           WrongDirectionError)
-from tests import fakehelper as fh
-from tests.fakehelper import Script
+from tests.support import fakehelper as fh
+from tests.support.fakehelper import Script
 
 SAVE_FLAGS = C.CBFLAG_SUSPEND | C.CBFLAG_SWITCH_QEMU_LOGDIRTY | C.CBFLAG_PRECOPY_POLICY
 RESTORE_FLAGS = C.CBFLAG_STATIC_DATA_DONE | C.CBFLAG_RESTORE_RESULTS

@@ -16,8 +16,8 @@ from xensr import _constants as C
 from xensr import _xc
 from xensr.callbacks import DEFERRED, PrecopyStats
 from xensr.errors import CallbackError, UnterminatedStringError, ShortFrameError
-from tests import fakehelper as fh
-from tests.fakehelper import Script
+from tests.support import fakehelper as fh
+from tests.support.fakehelper import Script
 
 SAVE_FLAGS = C.CBFLAG_SUSPEND | C.CBFLAG_SWITCH_QEMU_LOGDIRTY | C.CBFLAG_PRECOPY_POLICY
 

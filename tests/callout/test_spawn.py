@@ -16,8 +16,8 @@ import pytest
 import xensr
 from xensr import _xc
 from xensr.errors import HelperExitError, HelperStartError
-from tests import fakehelper as fh
-from tests.fakehelper import Script
+from tests.support import fakehelper as fh
+from tests.support.fakehelper import Script
 
 
 @pytest.fixture

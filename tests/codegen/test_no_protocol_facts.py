@@ -26,9 +26,9 @@ SCANNED_DIRS = {
     os.path.join("benchmarks", "csrc"): (".c", ".h"),
     "tests": (".c", ".h"),
 }
-# Not the parent's or the helper's protocol: the simulated hypervisor
+# Not the parent's or the helper's protocol: the simulated host
 # (libxc stream facts) and the real-Xen tier's guest programs.
-SKIPPED_DIRS = ("simxen", "realxen")
+SKIPPED_DIRS = ("simhost", "realxen")
 
 NUMBERS = {m.number for m in TABLE}
 CBFLAG_BITS = {m.number for m in TABLE if m.cbflag}
@@ -105,11 +105,11 @@ def test_the_scan_covers_the_hand_written_sources():
     files = hand_written_sources()
     for expected in ("xensr/_xc.pyx", "xensr/_wire.pxi", "xensr/api.py", "xensr/callbacks.py",
                      "xensr/xlfile.py", "helper_c/xensr-save-helper.c", "helper_c/frame.c",
-                     "benchmarks/csrc/cparent.c", "tests/fakehelper/fakehelper.c"):
+                     "benchmarks/csrc/cparent.c", "tests/support/fakehelper/fakehelper.c"):
         assert expected in files
     for generated in ("xensr/_msgs.pxi", "xensr/_constants.py", "helper_c/xensr_msgs.c"):
         assert generated not in files
-    assert not [f for f in files if "simxen" in f]
+    assert not [f for f in files if "simhost" in f.split(os.sep)]
 
 
 @pytest.mark.parametrize("line,caught", [

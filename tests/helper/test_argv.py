@@ -148,7 +148,7 @@ GOOD = [
 @pytest.mark.parametrize("argv", [g[1] for g in GOOD], ids=[g[0] for g in GOOD])
 def test_good_argv_gets_past_parsing(helper, argv):
     # One zero reply is enough for `complete` if the interface opens (the
-    # rig's libraries on LD_LIBRARY_PATH); with the host's libraries and no
+    # simulated host's libraries on LD_LIBRARY_PATH); with the host's libraries and no
     # hypervisor, xc_interface_open fails and the status is 255.
     r = run(helper, argv, stdin=struct.pack("=i", 0))
     assert r.returncode not in (EX_USAGE,) and r.returncode >= 0, r.stderr

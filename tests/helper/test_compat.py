@@ -26,7 +26,7 @@ from tests.support.parent import (
     CBFLAGS_RESTORE_COLO, CBFLAGS_SAVE_COLO, Replies, Transcript, restore_args, run_helper,
     save_args,
 )
-from tests.support.rigops import (
+from tests.support.simhost import (
     XCFLAGS_DEBUG, XCFLAGS_LIVE, assert_completed, restore_from_file, save_to_file,
 )
 from xensr import _constants as C
@@ -38,7 +38,7 @@ IDLE = 1.0          # seconds of silence after which a hung helper is given up
 
 
 @pytest.fixture(scope="module")
-def ours(rig) -> Path:
+def ours(simhost_libs) -> Path:
     assert os.access(OURS, os.X_OK), f"{OURS} is not built"
     return OURS
 
@@ -135,7 +135,7 @@ def colo(kind):
                 c.helper, "save", save_args(dom, XCFLAGS_LIVE, CBFLAGS_SAVE_COLO, 2),
                 io_fd=io_w, back_fd=back_r, env=env, timeout=60,
                 replies=Replies({"checkpoint": 1, "wait_checkpoint": [1, 1, 0]}),
-                close_after_spawn=(io_w, back_r))
+                close_after_spawn=(io_w,))
 
         def secondary():
             out["restore"] = run_helper(
@@ -149,6 +149,10 @@ def colo(kind):
             th.start()
         for th in threads:
             th.join()
+        # The back channel's read end is kept until both helpers are done:
+        # the secondary's last dirty-pfn list may come after the primary
+        # exited, and with no reader left that write is a SIGPIPE.
+        os.close(back_r)
         assert_completed(out["save"])
         assert_completed(out["restore"])
         assert out["save"].calls.count("wait_checkpoint") == 3

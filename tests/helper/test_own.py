@@ -1,7 +1,7 @@
 """xensr-save-helper where it goes beyond, or deliberately differs from,
 Debian's libxl-save-helper: the precopy_policy extension, over-long log
 lines, SIGTERM while a reply is awaited, the parent's signal state, and
-memory safety (valgrind, AddressSanitizer + UBSan builds) on the rig."""
+memory safety (valgrind, AddressSanitizer + UBSan builds) on the simulated host."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from tests.support.parent import (
     CBFLAGS_RESTORE_PLAIN, CBFLAGS_SAVE_PLAIN, MessageSpec, restore_args, restore_argv,
     run_helper, save_args, save_argv,
 )
-from tests.support.rigops import assert_completed, restore_from_file, save_to_file
+from tests.support.simhost import assert_completed, restore_from_file, save_to_file
 from xensr import _constants as C
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +40,7 @@ MAX_XC_TEXT = C.FRAME_BODY_MAX - 2 - 4 - 4 - (4 + 3) - (4 + 1)
 
 
 @pytest.fixture(scope="module")
-def ours(rig) -> Path:
+def ours(simhost_libs) -> Path:
     assert os.access(OURS, os.X_OK), f"{OURS} is not built"
     return OURS
 
@@ -285,10 +285,10 @@ def test_closed_stdout_is_status_255(ours):
 
 
 # ---------------------------------------------------------------------------
-# Memory safety on the rig: valgrind, and an ASan + UBSan build
+# Memory safety on the simulated host: valgrind, and an ASan + UBSan build
 
 def exercise(helper, host, tmp, argv_prefix=(), env=None):
-    """A live HVM save with every save callback the rig uses, a restore of
+    """A live HVM save with every save callback the simulated host uses, a restore of
     it, and a save with an over-long log line; returns the transcripts."""
     env = dict(host.env if env is None else env)
     out = []
@@ -312,7 +312,7 @@ def exercise(helper, host, tmp, argv_prefix=(), env=None):
     target = host.create_empty_domain()
     run("restore", restore_args(target), tmp / "s", os.O_RDONLY)
     assert host.memory_digest(target) == host.memory_digest(dom)
-    env["XENSR_SIM_FAULT"] = "log-flood:1:100000,fail-at-page:100"
+    env["XENSR_SIMHOST_FAULT"] = "log-flood:1:100000,fail-at-page:100"
     run("save", save_args(dom, 0, CBFLAGS_SAVE_PLAIN, 0), tmp / "f", wr)
     return out
 
@@ -339,7 +339,7 @@ def sanitized(tmp_path_factory):
     return out
 
 
-def test_asan_ubsan_clean(sanitized, rig, simulated_host, tmp_path):
+def test_asan_ubsan_clean(sanitized, simhost_libs, simulated_host, tmp_path):
     env = dict(simulated_host.env,
                ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:exitcode=97",
                UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1")

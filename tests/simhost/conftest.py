@@ -8,12 +8,6 @@ from tests.simhost.cbuild import build_driver
 
 
 @pytest.fixture(scope="session")
-def simhost_libs(rig):
-    """The directory of the simulated libraries (fails when not built)."""
-    return rig
-
-
-@pytest.fixture(scope="session")
 def driver(simhost_libs, tmp_path_factory):
     """tests/simhost/driver.c, built against the simulated libraries."""
     return build_driver(simhost_libs, tmp_path_factory.mktemp("driver") / "driver")

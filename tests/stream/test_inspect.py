@@ -238,9 +238,9 @@ def test_python_m_xensr_inspect_reads_standard_input(xl_file):
 
 
 def test_inspect_a_stream_the_rig_saved_through_debian_helper(tmp_path, simulated_host, debian_helper):
-    """A libxc stream written by xc_domain_save (the rig) via Debian's
+    """A libxc stream written by xc_domain_save (the simulated host) via Debian's
     unmodified libxl-save-helper, as a bare stream and wrapped by xlfile."""
-    from tests.support.rigops import assert_completed, save_to_file
+    from tests.support.simhost import assert_completed, save_to_file
     from xensr import xlfile
 
     host = simulated_host
@@ -255,7 +255,7 @@ def test_inspect_a_stream_the_rig_saved_through_debian_helper(tmp_path, simulate
     assert doc["vcpus"]["count"] == 3
     assert doc["pages"]["distinct_pfns"] == host.domain_state(dom)["nr_pages"]
     wrapped = tmp_path / "wrapped.xl"
-    wrapped.write_bytes(xlfile.preamble_bytes({"c_info": {"name": "rig"}}) + data + xlfile.trailer_bytes())
+    wrapped.write_bytes(xlfile.preamble_bytes({"c_info": {"name": "guest"}}) + data + xlfile.trailer_bytes())
     res = python_m("inspect", "--json", str(wrapped))
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["pages"] == doc["pages"]

@@ -402,7 +402,7 @@ def test_debian_verifier_accepts_xlfile_output(tmp_path, verify_stream, hvm):
 
 
 @pytest.fixture(params=["xensr", "debian"])
-def helper(request, rig):
+def helper(request, simhost_libs):
     import xensr
 
     if request.param == "xensr":

@@ -14,7 +14,7 @@ from xensr.testing import (  # noqa: F401
 )
 
 __all__ = [
-    "ROOT", "DEBIAN_ROOT", "DEBIAN_BIN", "simulated_host", "rig", "debian_helper",
+    "ROOT", "DEBIAN_ROOT", "DEBIAN_BIN", "simulated_host", "simhost_libs", "debian_helper",
     "verify_stream", "run_verify_stream", "fake", "iofd",
 ]
 
@@ -24,7 +24,7 @@ DEBIAN_BIN = DEBIAN_ROOT / "usr" / "lib" / "xen-4.17" / "bin"
 
 
 @pytest.fixture(scope="session")
-def rig() -> Path:
+def simhost_libs() -> Path:
     """The simulated host's library directory; fails (not skips) when it is
     not built."""
     if not simhost_available():
@@ -34,7 +34,7 @@ def rig() -> Path:
 
 
 @pytest.fixture(scope="session")
-def debian_helper(rig) -> Path:
+def debian_helper(simhost_libs) -> Path:
     """Debian's unmodified libxl-save-helper (skips if not unpacked)."""
     helper = DEBIAN_BIN / "libxl-save-helper"
     if not helper.is_file():
@@ -63,8 +63,8 @@ def verify_stream():
 
 @pytest.fixture(scope="session")
 def fake(tmp_path_factory):
-    """The fake helper of tests/fakehelper, built once per session."""
-    from tests import fakehelper as fh
+    """The fake helper of tests/support/fakehelper, built once per session."""
+    from tests.support import fakehelper as fh
 
     d = tmp_path_factory.mktemp("fakehelper")
     return fh.Fake(fh.build(d), d)

@@ -1,7 +1,7 @@
 """A strict reader of libxc migration streams (v2/v3) for the tests.
 
-Independent of xensr's own stream code: the rig's tests check the records
-the rig writes with this, and it knows the layouts the rig promises
+Independent of xensr's own stream code: the simulated host's tests check the records
+it writes with this, and it knows the layouts it promises
 (start_info, HVM context, HVM params).
 """
 
