@@ -1,6 +1,12 @@
 """xensr: save, restore and migrate Xen domains from Python without blocking."""
 
-from typing import TYPE_CHECKING, Any
+import logging as _logging
+from typing import TYPE_CHECKING, Any, List
+
+# A library's records reach the application's handlers or nowhere: without
+# this, Python's last-resort handler prints the helper's errors to stderr in
+# programs that never configured logging.
+_logging.getLogger("xensr").addHandler(_logging.NullHandler())
 
 from .errors import *  # noqa: F401,F403
 from .errors import __all__ as _errors_all
@@ -24,6 +30,7 @@ from ._constants import (  # noqa: E402
 # use so that xensr.errors, xensr.testing, xensr.xlfile and the CLI's file
 # commands work without it.
 _API_NAMES = (
+    "DEFAULT_FRAME_TIMEOUT",
     "DEFAULT_KILL_GRACE",
     "EVENT_READ",
     "EVENT_WRITE",
@@ -41,6 +48,7 @@ _API_NAMES = (
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import (
+        DEFAULT_FRAME_TIMEOUT,
         DEFAULT_KILL_GRACE,
         EVENT_READ,
         EVENT_WRITE,
@@ -72,6 +80,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'xensr' has no attribute {name!r}")
 
 
+def __dir__() -> List[str]:
+    # The lazily loaded names too: dir(), help() and completion show them.
+    return sorted(set(globals()) | set(_API_NAMES) | set(_XLFILE_NAMES))
+
+
 from .callbacks import (  # noqa: E402
     DEFERRED,
     Callbacks,
@@ -96,6 +109,7 @@ __all__ = [
     "EVENT_READ",
     "EVENT_WRITE",
     "DEFAULT_KILL_GRACE",
+    "DEFAULT_FRAME_TIMEOUT",
     "helper_path",
     "resolve_helper",
     "Callbacks",

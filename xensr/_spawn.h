@@ -24,8 +24,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
+#include <time.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -167,6 +169,42 @@ static int
 xensr_pidfd_send_signal(int pidfd, int sig)
 {
     return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+/*
+ * write() to the reply pipe such that a helper gone away is EPIPE and
+ * never SIGPIPE, whatever the process's SIGPIPE disposition (CLI tools
+ * often reset it to the default action, which would kill the toolstack
+ * with its helper).  Pipes have no MSG_NOSIGNAL: SIGPIPE is blocked in
+ * this thread around the write, and the one the write queued is taken
+ * back (sigtimedwait, no wait) before the old mask returns.  If the
+ * caller had SIGPIPE blocked already, a SIGPIPE pending before the write
+ * is the caller's and stays.
+ */
+static ssize_t
+xensr_write_nosigpipe(int fd, const void *buf, size_t n)
+{
+    static const struct timespec no_wait = { 0, 0 };
+    sigset_t pipe_set, old, pending;
+    int keep_pending = 0, err;
+    ssize_t r;
+
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    if (pthread_sigmask(SIG_BLOCK, &pipe_set, &old) != 0)
+        return write(fd, buf, n);
+    if (sigismember(&old, SIGPIPE) && sigpending(&pending) == 0)
+        keep_pending = sigismember(&pending, SIGPIPE);
+    r = write(fd, buf, n);
+    err = errno;
+    if (r < 0 && err == EPIPE && !keep_pending) {
+        while (sigtimedwait(&pipe_set, NULL, &no_wait) < 0 && errno == EINTR)
+            ;
+    }
+    if (!sigismember(&old, SIGPIPE))
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    errno = err;
+    return r;
 }
 
 #endif /* XENSR_SPAWN_H */

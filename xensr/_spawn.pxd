@@ -22,3 +22,4 @@ cdef extern from "_spawn.h" nogil:
     pid_t xensr_spawn(const xensr_spawn_t *sp)
     int xensr_pidfd_open(pid_t pid)
     int xensr_pidfd_send_signal(int pidfd, int sig)
+    ssize_t xensr_write_nosigpipe(int fd, const void *buf, size_t n)

@@ -39,6 +39,9 @@ cdef class Callout:
     cdef readonly int direction
     cdef readonly unsigned cbflags
     cdef readonly pid_t pid
+    # The process that spawned the helper: the only one that may signal,
+    # reap or hand back the io fd's flags (a forked child has copies).
+    cdef pid_t _owner
     cdef int _pidfd
     cdef int _stdin_w
     cdef int _stdout_r
@@ -50,10 +53,13 @@ cdef class Callout:
     cdef bint _reading
     cdef bint _in_parse
     cdef bint _closed
-    # The io and back-channel fds and the flags to give back at close().
-    cdef int _io_fd
+    # Duplicates of the io and back-channel fds whose O_NONBLOCK was
+    # cleared (-1: untouched) and the flags to give back at close(): set
+    # through a duplicate, they reach the same open file even if the
+    # caller closed its fd and the number was reused.
+    cdef int _io_dup
     cdef int _io_flags
-    cdef int _back_fd
+    cdef int _back_dup
     cdef int _back_flags
     cdef LogRing _ring
     # The handler's class and its msg_<name> functions by message type.
@@ -96,14 +102,20 @@ cdef class Callout:
     cdef readonly bint stdin_broken
     cdef readonly unsigned long long frames
     cdef readonly unsigned long long log_lines
+    #: precopy_policy frames with a dirty count (not -1): the rounds.
+    cdef readonly unsigned long long precopy_rounds
+    #: time.monotonic() when the first bytes of the frame still incomplete
+    #: in the buffer arrived (0.0: no incomplete frame).
+    cdef readonly double partial_since
 
     # Spawn
     cdef int _take_fds(self, int io_fd, int io_flags, int back_fd,
                        int back_flags) except -1
+    cdef bint _owned(self) noexcept
     # Frames
     cdef bint _read_loop(self, handler, int max_reads, bint until_empty) except? True
     cdef int _at_eof(self) except -1
-    cdef int _parse(self, handler) except -1
+    cdef Py_ssize_t _parse(self, handler, Py_ssize_t fresh) except -1
     cdef int _frame(self, handler, const unsigned char *body, Py_ssize_t n) except -1
     cdef int _log_frame(self, handler, int t, const unsigned char *body,
                         Py_ssize_t n) except -1
@@ -116,6 +128,7 @@ cdef class Callout:
     cdef object _call_direct(self, handler, int t, fn, tuple args)
     # Replies, exit, teardown
     cdef bint _flush(self) except? False
+    cdef Py_ssize_t _write_reply(self, const char *p, Py_ssize_t n) noexcept
     cdef void _set_status(self, siginfo_t *info)
     cdef void _restore_flags(self)
     cdef void _close_fds(self)

@@ -31,6 +31,8 @@ class Callout:
     stdin_broken: bool
     frames: int
     log_lines: int
+    precopy_rounds: int
+    partial_since: float
     log_levels: int
     progress_wanted: bool
     last_read_at: float
@@ -48,6 +50,8 @@ class Callout:
     def on_readable(self, handler: object) -> bool: ...
     def drain(self, handler: object) -> None: ...
     def feed(self, handler: object, data: bytes, eof: bool = ...) -> None: ...
+    @property
+    def partial_length(self) -> int: ...
     @property
     def log_tail(self) -> Tuple[str, ...]: ...
     @property

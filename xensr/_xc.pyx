@@ -34,7 +34,7 @@ from libc.string cimport memchr, memcpy, memmove
 from posix.fcntl cimport F_DUPFD_CLOEXEC, F_GETFL, F_SETFL, O_CLOEXEC, O_NONBLOCK, fcntl
 from posix.signal cimport siginfo_t
 from posix.types cimport pid_t
-from posix.unistd cimport close, read, write
+from posix.unistd cimport close, getpid, read, write
 from posix.wait cimport P_PID, WEXITED, WNOHANG, waitid
 
 from cpython.exc cimport PyErr_CheckSignals
@@ -65,6 +65,7 @@ from ._spawn cimport (
     xensr_pidfd_send_signal,
     xensr_spawn,
     xensr_spawn_t,
+    xensr_write_nosigpipe,
 )
 
 import os
@@ -106,11 +107,17 @@ def format_log_line(level, errnoval, context, formatted):
     else:
         name = f"level{level}"
     line = f"{name}: {context}: {formatted}"
-    if errnoval and errnoval != 0xFFFFFFFF:
+    # The wire's errno is a u32; xentoollog's is an int (-1: none).  A
+    # helper may send any value (-EINVAL as 0xFFFFFFEA): each must format.
+    if errnoval >= 0x80000000:
+        errnoval -= 0x100000000
+    if errnoval > 0:
         try:
             line += f": {os.strerror(errnoval)}"
-        except ValueError:
+        except (ValueError, OverflowError):
             line += f": errno {errnoval}"
+    elif errnoval < -1:
+        line += f": errno {errnoval}"
     return line
 
 
@@ -134,7 +141,7 @@ cdef int _bad_frame(const unsigned char *body, Py_ssize_t n, int direction) exce
 cdef enum:
     REPLY_REFUSED = 0   # the message's mapping does not take the value
     REPLY_OK = 1        # the reply is in *out
-    REPLY_WIDE = 2      # an int passed as is, too wide for a C int
+    REPLY_WIDE = 2      # an int too wide for a C int (refused, said so)
 
 
 cdef int _map_value(int msgtype, object value, int *out) except -1:
@@ -177,9 +184,10 @@ def map_reply(int msgtype, value):
     cdef int r = _map_value(msgtype, value, &reply)
     if r == REPLY_OK:
         return reply
-    if r == REPLY_WIDE:
-        return int(value)   # as the callback gave it; encoding it will fail
     name = _name_of(msgtype)
+    if r == REPLY_WIDE:
+        raise ValueError(f"{name}() returned {value!r}, which does not fit "
+                         "the helper's reply (a C int)")
     kind = _reply_map(msgtype)
     if kind == MAP_BOOL:
         raise TypeError(f"{name}() must return a bool, not {type(value).__name__}")
@@ -519,9 +527,9 @@ cdef class Callout:
         self._pidfd = -1
         self._stdin_w = -1
         self._stdout_r = -1
-        self._io_fd = -1
+        self._io_dup = -1
         self._io_flags = -1
-        self._back_fd = -1
+        self._back_dup = -1
         self._back_flags = -1
         self._wbuf = b""
         self._buf = <unsigned char *>malloc(BUF_SIZE)
@@ -582,10 +590,17 @@ cdef class Callout:
             back_flags = _getfl(back_fd, "back-channel fd")
 
         _plan_init(&plan)
+        self._owner = getpid()
         try:
             # The bytes argv/envp point into: alive until the exec is done.
-            keep = _plan_prepare(&plan, bpath, bmode, io_fd, back_fd, args, env)
-            self._take_fds(io_fd, io_flags, back_fd, back_flags)
+            try:
+                keep = _plan_prepare(&plan, bpath, bmode, io_fd, back_fd, args, env)
+                self._take_fds(io_fd, io_flags, back_fd, back_flags)
+            except HelperStartError:
+                raise
+            except OSError as exc:   # out of fds (EMFILE/ENFILE), mostly
+                raise HelperStartError(
+                    exc.errno, f"cannot start the helper: {exc.strerror}", path) from exc
             pid = _fork_exec(&plan, bpath, path)
             _read_report(&plan, pid, path)
             self._pidfd = _open_pidfd(pid, path)
@@ -606,17 +621,24 @@ cdef class Callout:
     cdef int _take_fds(self, int io_fd, int io_flags, int back_fd,
                        int back_flags) except -1:
         """libxenguest does blocking I/O on the io and back-channel fds:
-        clear O_NONBLOCK on them; close() gives their flags back."""
-        self._io_fd = io_fd
-        self._io_flags = io_flags
+        clear O_NONBLOCK on them; close() gives their flags back, through
+        a duplicate kept meanwhile (the caller's fd number may by then
+        name another file)."""
         if io_flags & O_NONBLOCK:
+            self._io_dup = _dup_high(io_fd)
+            self._io_flags = io_flags
             fcntl(io_fd, F_SETFL, io_flags & ~O_NONBLOCK)
-        if back_fd >= 0:
-            self._back_fd = back_fd
+        if back_fd >= 0 and back_flags & O_NONBLOCK:
+            self._back_dup = _dup_high(back_fd)
             self._back_flags = back_flags
-            if back_flags & O_NONBLOCK:
-                fcntl(back_fd, F_SETFL, back_flags & ~O_NONBLOCK)
+            fcntl(back_fd, F_SETFL, back_flags & ~O_NONBLOCK)
         return 0
+
+    cdef bint _owned(self) noexcept:
+        """True in the process that spawned the helper.  A child forked
+        meanwhile holds copies of the fds and the pidfd, but the helper
+        and the open files' flags are its parent's business."""
+        return self._owner == getpid()
 
     # ------------------------------------------------------------------
     # Frames
@@ -663,7 +685,7 @@ cdef class Callout:
                 self._at_eof()
                 return False
             self._len += r
-            self._parse(handler)
+            self._parse(handler, r)
             if not self._reading:
                 return False
             if until_empty:
@@ -685,7 +707,7 @@ cdef class Callout:
             memcpy(self._buf + self._len, &view[off], chunk)
             self._len += chunk
             off += chunk
-            self._parse(handler)
+            self._parse(handler, chunk)
         if eof and self._reading:
             self._at_eof()
 
@@ -704,8 +726,11 @@ cdef class Callout:
                 f"({self._len - 2} of {blen} body bytes)", offset=self._len - 2)
         return 0
 
-    cdef int _parse(self, handler) except -1:
+    cdef Py_ssize_t _parse(self, handler, Py_ssize_t fresh) except -1:
+        """Dispatch the whole frames in the buffer (its last ``fresh`` bytes
+        just arrived); keep the rest and note when it began to arrive."""
         cdef Py_ssize_t pos = 0, avail
+        cdef bint was_empty = self._len == fresh
         cdef uint16_t blen
         self._in_parse = True
         try:
@@ -730,7 +755,13 @@ cdef class Callout:
             if pos:
                 memmove(self._buf, self._buf + pos, self._len - pos)
                 self._len -= pos
-        return 0
+            # An incomplete frame whose first bytes came now starts the
+            # clock of the frame timeout; one still growing keeps its start.
+            if self._len == 0:
+                self.partial_since = 0.0
+            elif was_empty or pos:
+                self.partial_since = _monotonic()
+        return pos
 
     cdef int _frame(self, handler, const unsigned char *body, Py_ssize_t n) except -1:
         cdef uint16_t t16
@@ -751,6 +782,10 @@ cdef class Callout:
         self._check_expected(t, kind)
         self.frames += 1
         self._counts[t] += 1
+        # libxenguest asks twice per precopy round, the second time with
+        # dirty_count (argument 2) -1: a round is a question with a count.
+        if t == MSG_PRECOPY_POLICY and args[2] != -1:
+            self.precopy_rounds += 1
         if role == ROLE_COMPLETE:
             # As libxl: nothing after complete is read.
             self.completed = True
@@ -922,6 +957,11 @@ cdef class Callout:
         return tuple(self._counts[i] for i in range(MSG_SLOTS))
 
     @property
+    def partial_length(self):
+        """Bytes of an incomplete frame waiting in the buffer."""
+        return self._len
+
+    @property
     def log_tail(self):
         """The helper's last log lines, oldest first, as text."""
         cdef Py_ssize_t k
@@ -1022,7 +1062,7 @@ cdef class Callout:
         cdef const char *p
         while self._wbuf:
             p = self._wbuf
-            r = write(self._stdin_w, p, len(self._wbuf))
+            r = self._write_reply(p, len(self._wbuf))
             if r < 0:
                 err = errno
                 if err == EINTR:
@@ -1035,6 +1075,11 @@ cdef class Callout:
                 return False
             self._wbuf = self._wbuf[r:]
         return True
+
+    cdef Py_ssize_t _write_reply(self, const char *p, Py_ssize_t n) noexcept:
+        """write() that turns a vanished reader into EPIPE, never SIGPIPE
+        (_spawn.h)."""
+        return xensr_write_nosigpipe(self._stdin_w, p, n)
 
     # ------------------------------------------------------------------
     # Exit and signals
@@ -1075,8 +1120,9 @@ cdef class Callout:
             self.status_lost = True
 
     def send_signal(self, int sig):
-        """Send sig through the pidfd; False if the helper is already gone."""
-        if self.pid < 0 or self.reaped or self._pidfd < 0:
+        """Send sig through the pidfd; False if the helper is already gone
+        (or this is a forked child of the process that spawned it)."""
+        if self.pid < 0 or self.reaped or self._pidfd < 0 or not self._owned():
             return False
         if xensr_pidfd_send_signal(self._pidfd, sig) < 0:
             err = errno
@@ -1092,7 +1138,7 @@ cdef class Callout:
         cdef siginfo_t info
         cdef pid_t pid = self.pid
         cdef int r
-        if pid < 0 or self.reaped:
+        if pid < 0 or self.reaped or not self._owned():
             return
         self.send_signal(_signal.SIGKILL)
         with nogil:
@@ -1140,11 +1186,19 @@ cdef class Callout:
         return self._closed
 
     cdef void _restore_flags(self):
-        if self._io_fd >= 0 and self._io_flags >= 0:
-            fcntl(self._io_fd, F_SETFL, self._io_flags)
-        if self._back_fd >= 0 and self._back_flags >= 0:
-            fcntl(self._back_fd, F_SETFL, self._back_flags)
-        self._io_fd = self._back_fd = -1
+        """Give the io and back-channel files their O_NONBLOCK back (only
+        in the spawning process: a forked child's close must not change
+        files its parent's helper is using) and drop the duplicates."""
+        cdef bint owned = self._owned()
+        if self._io_dup >= 0:
+            if owned:
+                fcntl(self._io_dup, F_SETFL, self._io_flags)
+            close(self._io_dup)
+        if self._back_dup >= 0:
+            if owned:
+                fcntl(self._back_dup, F_SETFL, self._back_flags)
+            close(self._back_dup)
+        self._io_dup = self._back_dup = -1
         self._io_flags = self._back_flags = -1
 
     cdef void _close_fds(self):
@@ -1163,11 +1217,13 @@ cdef class Callout:
     def close(self):
         """Release the pipes and the pidfd and restore the io fd's flags.
 
-        A helper still running is killed (SIGKILL) and reaped first.
+        A helper still running is killed (SIGKILL) and reaped first, but
+        only by the process that spawned it: in a child forked meanwhile,
+        close() (and dropping the Callout) only closes the child's copies.
         """
         if self._closed:
             return
-        if self.pid >= 0 and not self.reaped:
+        if self.pid >= 0 and not self.reaped and self._owned():
             self.kill_and_reap()
         self._close_fds()
         self._restore_flags()
@@ -1176,7 +1232,7 @@ cdef class Callout:
     def __dealloc__(self):
         cdef pid_t pid = self.pid
         cdef Py_ssize_t i
-        if pid >= 0 and not self.reaped:
+        if pid >= 0 and not self.reaped and self._owned():
             if self._pidfd >= 0:
                 xensr_pidfd_send_signal(self._pidfd, SIGKILL)
             with nogil:

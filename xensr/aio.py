@@ -135,7 +135,12 @@ class _Driver:
                 # Still the request this task answers?  (Not if the
                 # operation was aborted and answered "failed" meanwhile.)
                 if self.op.pending_request == name:
-                    self.op.reply(value)
+                    try:
+                        self.op.reply(value)
+                    except (TypeError, ValueError) as exc:
+                        # A value the request cannot take: the operation
+                        # fails (CallbackError), not this task.
+                        self.op.reply_error(exc, name)
         self.sync()
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import errno as _errno
 import inspect
 import logging
+import numbers
 import os
 import re
 import shutil
@@ -39,7 +40,7 @@ from . import callbacks as _cb
 from .callbacks import DEFERRED
 from .errors import (Aborted, CallbackError, HelperExitError,
                      HelperStartError, HelperTimeout, ProtocolError,
-                     SaveRestoreError, XensrError)
+                     SaveRestoreError, StalledFrameError, XensrError)
 
 __all__ = [
     "EVENT_READ",
@@ -67,6 +68,11 @@ EVENT_WRITE = 2
 
 #: Default seconds between SIGTERM and SIGKILL when stopping a helper.
 DEFAULT_KILL_GRACE = 5.0
+
+#: Default seconds a frame the helper started may take to arrive whole.
+#: A healthy helper writes each frame at once; one that stops in the
+#: middle of a frame would otherwise leave both sides waiting forever.
+DEFAULT_FRAME_TIMEOUT = 10.0
 
 FileDescriptor = Union[int, Any]  # an int or an object with fileno()
 
@@ -126,6 +132,9 @@ class HelperOptions(TypedDict, total=False):
     idle_timeout: Optional[float]
     #: Seconds between SIGTERM and SIGKILL when stopping the helper.
     kill_grace: float
+    #: Seconds a frame the helper started may take to arrive whole; then
+    #: the helper is killed and StalledFrameError raised.  None: no limit.
+    frame_timeout: Optional[float]
 
 
 class SaveFileOptions(HelperOptions, total=False):
@@ -179,7 +188,8 @@ class RestoreOperationOptions(RestoreOptions, total=False):
 
 _DEFAULTS: Dict[str, Any] = {
     "helper": None, "env": None, "timeout": None, "idle_timeout": None,
-    "kill_grace": DEFAULT_KILL_GRACE, "log_tail": 20, "stream_type": C.XC_STREAM_PLAIN,
+    "kill_grace": DEFAULT_KILL_GRACE, "frame_timeout": DEFAULT_FRAME_TIMEOUT,
+    "log_tail": 20, "stream_type": C.XC_STREAM_PLAIN,
     "live": False, "debug": False, "recv_fd": None,
     "store_domid": 0, "console_domid": 0, "send_back_fd": None,
 }
@@ -260,7 +270,9 @@ class OperationResult:
 
 @dataclass(frozen=True)
 class SaveResult(OperationResult):
-    #: Precopy rounds the precopy_policy callback saw (0 without one).
+    #: Precopy rounds the precopy_policy callback was asked about (0
+    #: without one): libxenguest asks twice per round, the second time
+    #: with ``dirty_count`` -1, and that counts once.
     precopy_iterations: int = 0
 
 
@@ -299,6 +311,10 @@ def _uint(what: str, value: int, bits: int) -> int:
 def _seconds(what: str, value: Optional[float]) -> Optional[float]:
     if value is None:
         return None
+    # A str would convert, but is a caller's mistake (timeout="3").
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{what} must be seconds (int or float) or None, "
+                        f"not {type(value).__name__}")
     value = float(value)
     if not value > 0:
         raise ValueError(f"{what} must be positive seconds or None, not {value}")
@@ -323,6 +339,15 @@ def _env_list(env: Optional[Mapping[str, str]]) -> Optional[List[bytes]]:
     entries = [os.fsencode(k) + b"=" + os.fsencode(v) for k, v in env.items()]
     _env_cache = (dict(env), entries)
     return entries
+
+
+def _strerror(err: int) -> str:
+    """os.strerror, for any int a helper may send (os.strerror raises
+    OverflowError beyond a C int, ValueError on some platforms)."""
+    try:
+        return os.strerror(err)
+    except (ValueError, OverflowError):
+        return f"errno {err}"
 
 
 # ----------------------------------------------------------------------
@@ -365,18 +390,17 @@ def exit_error(ex: HelperExit) -> Optional[XensrError]:
         return HelperExitError(f"{what} died due to fatal signal {name}{core}",
                                pid=ex.pid, signal=-rc,
                                core_dumped=ex.core_dumped, reason="signal")
+    # Exited 0 (or reaped by someone else after completing) from here on.
+    status = None if ex.status_lost else rc
     if ex.results_missing:
         return HelperExitError(f"{what} exited without providing results",
-                               pid=ex.pid, reason="no-results")
+                               pid=ex.pid, status=status, reason="no-results")
     if not ex.completed:
         return HelperExitError(f"{what} exited without signalling completion",
-                               pid=ex.pid, reason="no-completion")
+                               pid=ex.pid, status=status, reason="no-completion")
     if ex.retval != 0:
         e = ex.errnoval
-        try:
-            text = os.strerror(e) if e > 0 else "no errno"
-        except ValueError:
-            text = f"errno {e}"
+        text = _strerror(e) if e > 0 else "no errno"
         return SaveRestoreError(
             f"{ex.failed_call} returned {ex.retval} (errno {e}: {text})",
             retval=ex.retval, errno=e)
@@ -406,7 +430,7 @@ class Operation:
                  helper: Union[str, "os.PathLike[str]", None],
                  env: Optional[Mapping[str, str]],
                  timeout: Optional[float], idle_timeout: Optional[float],
-                 kill_grace: float, log_tail: int):
+                 kill_grace: float, frame_timeout: Optional[float], log_tail: int):
         self.domid = _uint("domid", domid, 32)
         self.fd = _fileno("fd", fd)
         self._fd_objects = [o for o in (fd, back_fd) if not isinstance(o, int) and o is not None]
@@ -414,12 +438,14 @@ class Operation:
         if stream_type not in (C.XC_STREAM_PLAIN, C.XC_STREAM_REMUS, C.XC_STREAM_COLO):
             raise ValueError(f"stream_type must be XC_STREAM_PLAIN, _REMUS or _COLO, not {stream_type!r}")
         self.stream_type = int(stream_type)
+        _cb.check(callbacks)
         self.callbacks = callbacks
         self.timeout = _seconds("timeout", timeout)
         self.idle_timeout = _seconds("idle_timeout", idle_timeout)
         grace = _seconds("kill_grace", kill_grace)
         assert grace is not None
         self.kill_grace = grace
+        self.frame_timeout = _seconds("frame_timeout", frame_timeout)
         if log_tail < 1:
             raise ValueError("log_tail must be at least 1")
         self._helper_arg = helper
@@ -617,7 +643,17 @@ class Operation:
                 d = self._last_frame + self.idle_timeout
                 if when is None or d < when:
                     when = d
+            d = self._frame_deadline()
+            if d is not None and (when is None or d < when):
+                when = d
         return when
+
+    def _frame_deadline(self) -> Optional[float]:
+        """When the frame the helper started must have arrived whole."""
+        since = self._callout.partial_since
+        if self.frame_timeout is None or since <= 0.0:
+            return None
+        return since + self.frame_timeout
 
     def handle_timeout(self, now: Optional[float] = None) -> None:
         """Act on deadlines that have passed (timeouts, the kill grace)."""
@@ -639,6 +675,21 @@ class Operation:
             self._stop(HelperTimeout(
                 f"{self._what()} sent nothing for {self.idle_timeout:g} s",
                 kind="idle", seconds=self.idle_timeout))
+        else:
+            self._check_frame_timeout(now)
+
+    def _check_frame_timeout(self, now: float) -> None:
+        """A frame begun but not finished in time: the stream is broken
+        (the helper stopped, or what it sent was not a frame) and each side
+        may be waiting for the other, so give up on the helper at once."""
+        d = self._frame_deadline()
+        if d is None or now < d:
+            return
+        co = self._callout
+        self._fail(StalledFrameError(
+            f"{self._what()} began a frame and did not finish it within "
+            f"{self.frame_timeout:g} s ({co.partial_length} bytes of it received)",
+            offset=co.partial_length, seconds=self.frame_timeout or 0.0))
 
     # -- stopping ---------------------------------------------------------
 
@@ -673,12 +724,19 @@ class Operation:
         self._kill_at = time.monotonic() + self.kill_grace
         self._callout.wake()
         self._callout.send_signal(_signal.SIGTERM)
-        if self._pending is not None:
-            # The helper is blocked waiting for us: answer "failed" so that
-            # libxenguest unwinds instead of waiting for the SIGKILL.
-            name = self._pending
-            self._clear_pending()
-            self._callout.send_reply(_cb.failure_reply(name))
+        self._answer_failed()
+
+    def _answer_failed(self) -> None:
+        """The helper is blocked waiting for us (a deferred reply, or a
+        callback that raised or was interrupted): answer "failed" so that
+        libxenguest unwinds instead of waiting for the SIGKILL."""
+        co = self._callout
+        name = self._pending
+        if name is None and co.awaiting:
+            name = C.MESSAGES_BY_NUMBER[co.awaiting].name
+        self._clear_pending()
+        if name is not None and co.awaiting:
+            co.send_reply(_cb.failure_reply(name))
 
     def _fail(self, err: XensrError) -> None:
         """Hard stop (protocol or callback error): SIGKILL at once."""
@@ -845,7 +903,8 @@ class Operation:
     def reply(self, value: Any) -> None:
         """Answer the request a callback deferred (it returned DEFERRED), with
         what the callback would have returned.  Ignored once the operation
-        is stopping or done."""
+        is stopping or done.  A value the callback could not return raises
+        TypeError or ValueError and leaves the request pending."""
         if self._state != "running" or self._error is not None:
             self._pending = None
             self._pending_task = None
@@ -853,13 +912,11 @@ class Operation:
         name = self._pending
         if name is None:
             raise RuntimeError("no callback is waiting for a reply")
+        # Checked before anything changes: a value the callback could not
+        # have returned leaves the request pending, to be answered again.
+        v = _cb.reply_value(name, value)
         self._pending = None
         self._pending_task = None
-        try:
-            v = _cb.reply_value(name, value)
-        except (TypeError, ValueError) as exc:
-            self._callback_failed(name, exc)
-            return
         self._last_frame = time.monotonic()
         self._callout.send_reply(v)
         self._changed()
@@ -895,11 +952,14 @@ class Operation:
         self._runner = runner
 
     def _callback_failed(self, name: str, exc: BaseException) -> None:
+        """A callback raised or returned what its request cannot take: stop
+        as abort() does (the failure reply, SIGTERM, SIGKILL only after the
+        grace), so that libxenguest unwinds and puts the guest back."""
         err = CallbackError(
             f"domain {self.domid} {self.kind}: callback {name}() failed: "
             f"{type(exc).__name__}: {exc}", callback=name)
         err.__cause__ = exc
-        self._fail(err)
+        self._stop(err)
 
 
 class _Messages:
@@ -978,13 +1038,7 @@ class _Messages:
         if not helper_log.isEnabledFor(pylevel):
             return
         err = errnoval - (1 << 32) if errnoval >= (1 << 31) else errnoval
-        if err > 0:
-            try:
-                suffix = f": {os.strerror(err)}"
-            except ValueError:
-                suffix = f": errno {err}"
-        else:
-            suffix = ""
+        suffix = f": {_strerror(err)}" if err > 0 else ""
         helper_log.log(pylevel, "[domain %d] %s: %s%s", op.domid, context,
                        formatted, suffix,
                        extra={"domid": op.domid, "xtl_context": context,
@@ -1033,7 +1087,8 @@ class SaveOperation(Operation):
         super().__init__(domid, fd, callbacks, back_fd=o["recv_fd"],
                          stream_type=o["stream_type"], helper=o["helper"], env=o["env"],
                          timeout=o["timeout"], idle_timeout=o["idle_timeout"],
-                         kill_grace=o["kill_grace"], log_tail=o["log_tail"])
+                         kill_grace=o["kill_grace"], frame_timeout=o["frame_timeout"],
+                         log_tail=o["log_tail"])
         if self.stream_type == C.XC_STREAM_COLO:
             self._require("checkpoint", "postcopy", "wait_checkpoint")
         elif self.stream_type == C.XC_STREAM_REMUS:
@@ -1043,7 +1098,7 @@ class SaveOperation(Operation):
         return [self.domid, self.xcflags, self.cbflags, self.stream_type]
 
     def _make_result(self) -> SaveResult:
-        return SaveResult(precopy_iterations=self._callout.type_counts[C.MSG_PRECOPY_POLICY],
+        return SaveResult(precopy_iterations=self._callout.precopy_rounds,
                           **self._result_fields())
 
 
@@ -1070,7 +1125,8 @@ class RestoreOperation(Operation):
         super().__init__(domid, fd, callbacks, back_fd=o["send_back_fd"],
                          stream_type=o["stream_type"], helper=o["helper"], env=o["env"],
                          timeout=o["timeout"], idle_timeout=o["idle_timeout"],
-                         kill_grace=o["kill_grace"], log_tail=o["log_tail"])
+                         kill_grace=o["kill_grace"], frame_timeout=o["frame_timeout"],
+                         log_tail=o["log_tail"])
         if self.stream_type == C.XC_STREAM_COLO:
             self._require("checkpoint", "suspend", "postcopy", "wait_checkpoint")
         elif self.stream_type == C.XC_STREAM_REMUS:

@@ -33,8 +33,17 @@ Both:
   ``progress(context: str, doing_what: str, done: int, total: int)``
       libxenguest's progress reports (no reply).
 
-A method may raise: the operation then fails with :class:`CallbackError`
-chained to the exception, and the helper is killed.  With :mod:`xensr.aio`
+A method may raise, or return what its request cannot take (the wrong
+type, an int beyond a C int): the operation then stops as
+:meth:`~xensr.Operation.abort` does -- the helper gets the failure reply,
+libxenguest unwinds (a save turns log-dirty off and resumes the guest),
+SIGKILL follows only after ``kill_grace`` -- and fails with
+:class:`CallbackError` chained to the exception.
+
+An attribute named like a callback must be callable or None (None: no
+callback); anything else is a TypeError when the operation is created.
+A callable attribute whose name is a callback's misspelled (``suspnd``)
+gets a :class:`~xensr.CallbackWarning`: it is not called.  With :mod:`xensr.aio`
 any method may be a coroutine function; with an :class:`~xensr.Operation`
 driven by another loop a method may return :data:`DEFERRED` and answer
 later with :meth:`~xensr.Operation.reply`.
@@ -42,8 +51,10 @@ later with :meth:`~xensr.Operation.reply`.
 
 from __future__ import annotations
 
+import difflib
 import enum
-from typing import Any, Callable, Optional
+import warnings
+from typing import Any, Callable, Dict, FrozenSet, Optional, Tuple
 
 from . import _constants as C
 
@@ -132,6 +143,63 @@ def reply_value(name: str, value: Any) -> int:
 def failure_reply(name: str) -> int:
     """The reply that makes libxenguest give up (from the message table)."""
     return C.FAILURE_REPLY[name]
+
+
+_KNOWN = frozenset(C.CALLBACKS_SAVE) | frozenset(C.CALLBACKS_RESTORE)
+
+# Attribute names of a class -> those that look like misspelled callbacks.
+_misspelled_cache: Dict[Tuple[type, FrozenSet[str]], Tuple[Tuple[str, str], ...]] = {}
+
+
+def _near_miss(attr: str) -> Optional[str]:
+    """The callback name attr looks like a misspelling of, or None.
+
+    Names that extend a callback's (``suspended``, ``pre_suspend``) are
+    taken as deliberate."""
+    if attr.startswith("_") or attr in _KNOWN:
+        return None
+    for name in difflib.get_close_matches(attr, _KNOWN, n=1, cutoff=0.8):
+        if name not in attr:
+            return name
+    return None
+
+
+def _misspelled(names: FrozenSet[str]) -> Tuple[Tuple[str, str], ...]:
+    out = []
+    for attr in sorted(names):
+        name = _near_miss(attr)
+        if name is not None:
+            out.append((attr, name))
+    return tuple(out)
+
+
+def check(callbacks: Optional[object]) -> None:
+    """Refuse a callbacks object whose callback-named attribute is neither
+    callable nor None (TypeError); warn (CallbackWarning) about callable
+    attributes that look like misspelled callbacks."""
+    if callbacks is None:
+        return
+    for name in sorted(_KNOWN):
+        fn = getattr(callbacks, name, None)
+        if fn is not None and not callable(fn):
+            raise TypeError(
+                f"callback {name!r} of {type(callbacks).__name__} is not callable "
+                f"(it is a {type(fn).__name__}; None means no callback)")
+    tp = type(callbacks)
+    inst = frozenset(getattr(callbacks, "__dict__", ()))
+    key = (tp, inst)
+    found = _misspelled_cache.get(key)
+    if found is None:
+        found = _misspelled(frozenset(dir(tp)) | inst)
+        if len(_misspelled_cache) < 256:
+            _misspelled_cache[key] = found
+    from .errors import CallbackWarning
+    for attr, name in found:
+        if callable(getattr(callbacks, attr, None)):
+            warnings.warn(
+                f"{type(callbacks).__name__}.{attr} looks like a misspelled "
+                f"callback {name!r}; it will not be called", CallbackWarning,
+                stacklevel=4)
 
 
 def find(callbacks: Optional[object], name: str) -> Optional[Callable[..., Any]]:

@@ -3,6 +3,7 @@
 Every error xensr raises is a :class:`XensrError`.  The classes below it say
 what went wrong; their attributes carry the details a toolstack needs
 (domid, helper pid, exit status, errno, the helper's last log lines).
+:class:`CallbackWarning` is the one warning it gives.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ __all__ = [
     "RuntFrameError",
     "UnexpectedCallbackError",
     "TruncatedFrameError",
+    "StalledFrameError",
     "CallbackError",
     "Aborted",
     "HelperTimeout",
     "SaveRestoreError",
     "StreamFormatError",
+    "CallbackWarning",
 ]
 
 
@@ -69,9 +72,11 @@ class HelperStartError(XensrError, OSError):
 class HelperExitError(XensrError):
     """The helper ended badly: non-zero status, a signal, or too early.
 
-    Exactly one of ``status`` / ``signal`` is set when the helper exited with a
-    failure; both are None (and ``reason`` says which) when it exited 0
-    without signalling completion or without providing restore results.
+    ``signal`` is set when a signal ended it, else ``status`` is its exit
+    status when known: non-zero (``reason`` "status"), or 0 when it exited
+    without signalling completion (``reason`` "no-completion") or without
+    providing restore results ("no-results").  Both are None when someone
+    else reaped it (``reason`` "lost").
     """
 
     def __init__(
@@ -160,6 +165,17 @@ class TruncatedFrameError(ProtocolError):
     """The helper's stdout ended in the middle of a frame."""
 
 
+class StalledFrameError(ProtocolError):
+    """The helper began a frame and did not finish it within the
+    operation's ``frame_timeout`` (``seconds``); ``offset`` is how many
+    bytes of it arrived."""
+
+    def __init__(self, message: str, *, offset: Optional[int] = None,
+                 seconds: float = 0.0):
+        super().__init__(message, offset=offset)
+        self.seconds = seconds
+
+
 class CallbackError(XensrError):
     """A callback raised; the exception is chained as ``__cause__``."""
 
@@ -195,7 +211,12 @@ class SaveRestoreError(XensrError):
 
     @property
     def strerror(self) -> str:
-        return os.strerror(self.errno) if self.errno > 0 else "unknown error"
+        if self.errno <= 0:
+            return "unknown error"
+        try:
+            return os.strerror(self.errno)
+        except (ValueError, OverflowError):   # beyond a C int
+            return f"errno {self.errno}"
 
     @property
     def errno_name(self) -> str:
@@ -212,3 +233,8 @@ class StreamFormatError(XensrError, ValueError):
         super().__init__(f"offset {offset}: {message}")
         self.offset = offset
         self.reason = reason or message
+
+
+class CallbackWarning(UserWarning):
+    """A callbacks object has an attribute that looks like a misspelled
+    callback (``suspnd``): it is not called."""

@@ -142,36 +142,55 @@ def test_restore_checkpoint_reply(fake, iofd):
 @pytest.mark.parametrize("name,frame,value", [
     ("suspend", fh.SUSPEND, None),
     ("suspend", fh.SUSPEND, "yes"),
+    ("suspend", fh.SUSPEND, 1 << 40),
     ("switch_qemu_logdirty", fh.logdirty(1, 1), "ok"),
+    ("switch_qemu_logdirty", fh.logdirty(1, 1), -(1 << 31) - 1),
     ("precopy_policy", fh.precopy(1, 1, 1), True),
     ("precopy_policy", fh.precopy(1, 1, 1), 7),
 ])
 def test_bad_return_value_is_a_callback_error(fake, iofd, counts, name, frame, value):
-    op = save_op(fake, Script().request(frame).save_ok(), iofd, Returns(**{name: value}))
+    """The request gets its failure reply, so that libxenguest unwinds; the
+    helper finishes on its own (no SIGKILL)."""
+    script = Script().ignore_term().request(frame).write(fh.complete(-1, errno.EINVAL)).exit(0)
+    op = save_op(fake, script, iofd, Returns(**{name: value}), kill_grace=60)
     with pytest.raises(CallbackError) as info:
         op.run()
     assert info.value.callback == name
     assert isinstance(info.value.__cause__, (TypeError, ValueError))
-    assert op.returncode == fh.SIGKILLED
-    assert fake.report().replies == []
+    assert op.returncode == 0
+    assert fake.report().replies == [C.FAILURE_REPLY[name]]
 
 
-def test_raising_callback_fails_the_operation_and_kills_the_helper(fake, iofd, counts):
+def test_raising_callback_answers_failure_and_lets_the_helper_unwind(fake, iofd, counts):
     boom = RuntimeError("the guest would not suspend")
 
     class CB:
         def suspend(self):
             raise boom
-    script = Script().write(fh.log(1, 0, b"libxl-save-helper", b"starting save"))
-    script.request(fh.SUSPEND).save_ok()
-    op = save_op(fake, script, iofd, CB())
+    script = Script().ignore_term().write(fh.log(1, 0, b"libxl-save-helper", b"starting save"))
+    script.request(fh.SUSPEND).write(fh.complete(-1, errno.EINVAL)).exit(0)
+    op = save_op(fake, script, iofd, CB(), kill_grace=60)
     with pytest.raises(CallbackError) as info:
         op.run()
     assert info.value.__cause__ is boom
     assert info.value.callback == "suspend"
     assert "the guest would not suspend" in str(info.value)
-    assert op.returncode == fh.SIGKILLED
+    assert op.returncode == 0
+    assert fake.report().replies == [0]
     assert info.value.log_tail == ("debug: libxl-save-helper: starting save",)
+
+
+def test_raising_callback_sigkills_only_after_the_grace(fake, iofd, counts):
+    """A helper that neither unwinds nor exits is killed after kill_grace."""
+    class CB:
+        def suspend(self):
+            raise RuntimeError("no")
+    script = Script().ignore_term().request(fh.SUSPEND).hang()
+    op = save_op(fake, script, iofd, CB(), kill_grace=0.2)
+    with pytest.raises(CallbackError):
+        op.run()
+    assert op.returncode == fh.SIGKILLED
+    assert fake.report().replies == [0]
 
 
 def test_raising_progress_callback(fake, iofd):
@@ -268,7 +287,7 @@ def test_exit_without_complete(fake, iofd):
     e = op.exception()
     assert isinstance(e, HelperExitError) and e.reason == "no-completion"
     assert "exited without signalling completion" in str(e)
-    assert (e.status, e.signal) == (None, None)
+    assert (e.status, e.signal) == (0, None)
 
 
 def test_stdout_closed_early(fake, iofd):

@@ -143,9 +143,12 @@ def test_precopy_policy_decides_when_to_stop(host, stream):
             return xensr.XGS_POLICY_CONTINUE_PRECOPY
 
     res = xensr.save_domain(src, stream, Policy(), live=True, env=host.env)
-    assert res.precopy_iterations == len(seen) > 0
-    assert seen[0].iteration == 0
-    assert seen[-1].iteration == 3
+    # Asked twice per round (the second time with dirty_count -1): rounds
+    # 1, 2, 3 while the guest ran, asked about before each; it said stop
+    # after the third.
+    assert [(s.iteration, s.dirty_count == -1) for s in seen] == [
+        (0, False), (1, True), (1, False), (2, True), (2, False), (3, True)]
+    assert res.precopy_iterations == 3
     assert all(isinstance(s, xensr.PrecopyStats) for s in seen)
     # The simulated host's own policy would have gone on to 5 iterations.
     assert host.domain_state(src)["save_iterations"] == 4

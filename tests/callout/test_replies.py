@@ -16,8 +16,7 @@ from xensr import callbacks as cb
     ("static_data_done", None, 0),
     ("precopy_policy", xensr.PrecopyDecision.STOP_AND_COPY, 1),
     ("precopy_policy", -1, -1),
-    # An int too wide for a C int passes as given (encoding it then fails).
-    ("suspend", 1 << 40, 1 << 40),
+    ("suspend", (1 << 31) - 1, (1 << 31) - 1), ("suspend", -(1 << 31), -(1 << 31)),
 ])
 def test_mapped_values(name, value, reply):
     assert _xc.map_reply(C.MESSAGES_BY_NAME[name].number, value) == reply
@@ -32,6 +31,10 @@ def test_mapped_values(name, value, reply):
     ("precopy_policy", None, TypeError, "must return an XGS_POLICY_* int"),
     ("precopy_policy", 2, ValueError, "returned 2, not an XGS_POLICY_* value"),
     ("precopy_policy", 1 << 70, ValueError, "not an XGS_POLICY_* value"),
+    # An int beyond a C int is refused before anything is sent.
+    ("suspend", 1 << 40, ValueError, "does not fit the helper's reply"),
+    ("suspend", 1 << 31, ValueError, "does not fit the helper's reply"),
+    ("switch_qemu_logdirty", -(1 << 31) - 1, ValueError, "does not fit"),
     ("complete", 0, ValueError, "takes no reply"),
 ])
 def test_refused_values(name, value, error, text):
