@@ -13,8 +13,9 @@ Save:
       HVM: turn QEMU's log-dirty tracking on/off.  None/True: done;
       False or an exception: failure.  Without one, xensr answers "done".
   ``precopy_policy(stats: PrecopyStats) -> int``
-      Live saves, xensr's helper only: after each precopy round, return a
-      :class:`PrecopyDecision` (``XGS_POLICY_*``).
+      Live saves, xensr's helper only: before the first precopy round and
+      twice after each (the first time with ``stats.dirty_count`` -1),
+      return a :class:`PrecopyDecision` (``XGS_POLICY_*``).
   ``postcopy() -> bool``, ``checkpoint() -> bool``, ``wait_checkpoint()
   -> bool``
       Checkpointed streams (Remus/COLO): resume the guest after a
@@ -69,10 +70,22 @@ __all__ = [
 ]
 
 
-#: libxenguest's ``struct precopy_stats`` after a precopy round
-#: (``iteration``, ``total_written``, ``dirty_count``): what
-#: ``precopy_policy`` receives.  Generated from the message table.
+#: libxenguest's ``struct precopy_stats``: what ``precopy_policy``
+#: receives.  Generated from the message table.
 PrecopyStats = C.PrecopyStats
+PrecopyStats.__doc__ = """libxenguest's ``struct precopy_stats``: what ``precopy_policy`` gets.
+
+``iteration``: precopy rounds sent so far; ``total_written``: pages
+written so far; ``dirty_count``: pages dirtied since the last round.
+
+libxenguest asks the policy before the first round (``iteration`` 0,
+``dirty_count`` all pages), then twice after each round: first right after
+it with ``dirty_count`` -1 (the count is not known yet), then, unless told
+to stop, with the count.  A policy comparing ``dirty_count`` with a
+threshold must let -1 through (``dirty_count < 50`` would stop after the
+first round).  Rounds, not calls, are counted in
+:attr:`xensr.SaveResult.precopy_iterations`.
+"""
 
 
 class PrecopyDecision(enum.IntEnum):
