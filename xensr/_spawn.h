@@ -181,6 +181,16 @@ xensr_pidfd_send_signal(int pidfd, int sig)
  * caller had SIGPIPE blocked already, a SIGPIPE pending before the write
  * is the caller's and stays.
  */
+/* SIGPIPE is ignored now (Python's default): a plain write() is safe. */
+static int
+xensr_sigpipe_ignored(void)
+{
+    struct sigaction sa;
+
+    return sigaction(SIGPIPE, NULL, &sa) == 0 && !(sa.sa_flags & SA_SIGINFO)
+        && sa.sa_handler == SIG_IGN;
+}
+
 static ssize_t
 xensr_write_nosigpipe(int fd, const void *buf, size_t n)
 {

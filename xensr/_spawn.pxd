@@ -23,3 +23,4 @@ cdef extern from "_spawn.h" nogil:
     int xensr_pidfd_open(pid_t pid)
     int xensr_pidfd_send_signal(int pidfd, int sig)
     ssize_t xensr_write_nosigpipe(int fd, const void *buf, size_t n)
+    int xensr_sigpipe_ignored()

@@ -64,6 +64,7 @@ from ._spawn cimport (
     xensr_pidfd_open,
     xensr_pidfd_send_signal,
     xensr_spawn,
+    xensr_sigpipe_ignored,
     xensr_spawn_t,
     xensr_write_nosigpipe,
 )
@@ -591,6 +592,7 @@ cdef class Callout:
 
         _plan_init(&plan)
         self._owner = getpid()
+        self._sigpipe_ignored = xensr_sigpipe_ignored()
         try:
             # The bytes argv/envp point into: alive until the exec is done.
             try:
@@ -1078,7 +1080,9 @@ cdef class Callout:
 
     cdef Py_ssize_t _write_reply(self, const char *p, Py_ssize_t n) noexcept:
         """write() that turns a vanished reader into EPIPE, never SIGPIPE
-        (_spawn.h)."""
+        (_spawn.h); a plain write() if SIGPIPE was ignored at spawn."""
+        if self._sigpipe_ignored:
+            return write(self._stdin_w, p, n)
         return xensr_write_nosigpipe(self._stdin_w, p, n)
 
     # ------------------------------------------------------------------
