@@ -26,7 +26,7 @@ there for why).
 """
 
 cimport cython
-from libc.errno cimport EAGAIN, EBADF, ECHILD, EINTR, ESRCH, errno
+from libc.errno cimport EAGAIN, EBADF, ECHILD, EINTR, ENOSYS, ESRCH, errno
 from libc.signal cimport SIGKILL
 from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
@@ -395,8 +395,8 @@ cdef int _open_pidfd(pid_t pid, path) except -1:
         os.kill(pid, _signal.SIGKILL)
         with nogil:
             _reap_blocking(pid)
-        raise HelperStartError(
-            err, f"pidfd_open failed (Linux >= 5.3 needed): {os.strerror(err)}", path)
+        need = " (Linux >= 5.3 needed)" if err == ENOSYS else ""
+        raise HelperStartError(err, f"pidfd_open failed{need}: {os.strerror(err)}", path)
     return pidfd
 
 

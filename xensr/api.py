@@ -695,8 +695,10 @@ class Operation:
 
     def abort(self) -> None:
         """Stop the operation: SIGTERM (the helper unwinds; a save resumes
-        the guest), SIGKILL after ``kill_grace`` seconds.  The result is
-        :class:`Aborted` unless the operation had already failed."""
+        the guest) or, if the helper is waiting for a callback's answer,
+        the failure reply (libxenguest unwinds on it); SIGKILL after
+        ``kill_grace`` seconds.  The result is :class:`Aborted` unless the
+        operation had already failed."""
         if self._state == "new":
             self._state = "done"
             self._error = Aborted(f"domain {self.domid} {self.kind} aborted before it started")
@@ -715,7 +717,8 @@ class Operation:
         self._changed()
 
     def _stop(self, err: XensrError) -> None:
-        """Graceful stop: SIGTERM now, SIGKILL after the grace period."""
+        """Graceful stop: the failure reply if the helper waits for one,
+        else SIGTERM; SIGKILL after the grace period."""
         if self._state != "running" or self._error is not None:
             return
         self._error = err
@@ -723,20 +726,25 @@ class Operation:
         self._stop_callbacks()
         self._kill_at = time.monotonic() + self.kill_grace
         self._callout.wake()
-        self._callout.send_signal(_signal.SIGTERM)
-        self._answer_failed()
+        if not self._answer_failed():
+            self._callout.send_signal(_signal.SIGTERM)
 
-    def _answer_failed(self) -> None:
+    def _answer_failed(self) -> bool:
         """The helper is blocked waiting for us (a deferred reply, or a
         callback that raised or was interrupted): answer "failed" so that
-        libxenguest unwinds instead of waiting for the SIGKILL."""
+        libxenguest unwinds instead of waiting for the SIGKILL.  No SIGTERM
+        then: it would interrupt the helper's read of that reply (libxl's
+        helper exits 254 on it, leaving the guest as it was).  True if a
+        request was answered."""
         co = self._callout
         name = self._pending
         if name is None and co.awaiting:
             name = C.MESSAGES_BY_NUMBER[co.awaiting].name
         self._clear_pending()
-        if name is not None and co.awaiting:
-            co.send_reply(_cb.failure_reply(name))
+        if name is None or not co.awaiting:
+            return False
+        co.send_reply(_cb.failure_reply(name))
+        return True
 
     def _fail(self, err: XensrError) -> None:
         """Hard stop (protocol or callback error): SIGKILL at once."""
