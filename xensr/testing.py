@@ -63,9 +63,14 @@ __all__ = [
     "rig_available",
     "parse_fault_spec",
     "PAGE_SIZE",
+    "MAX_MEMORY_MIB",
+    "MAX_VCPUS",
 ]
 
 PAGE_SIZE = 4096
+#: The largest guest :meth:`SimulatedHost.create_domain` makes.
+MAX_MEMORY_MIB = 1 << 20
+MAX_VCPUS = 128
 _PAGES_PER_MIB = (1 << 20) // PAGE_SIZE
 _DOMID_FIRST_RESERVED = 0x7ff0       # xen/include/public/xen.h
 _DEFAULT_MAX_MIB = 16 * 1024          # restore targets: 16 GiB
@@ -435,8 +440,8 @@ class SimulatedHost:
         live save; ``seed`` seeds both its initial memory and that workload
         (default: distinct per domain of this host, deterministic).
         """
-        memory_mib = _check_int("memory_mib", memory_mib, 1, 1 << 20)
-        vcpus = _check_int("vcpus", vcpus, 1, 128)
+        memory_mib = _check_int("memory_mib", memory_mib, 1, MAX_MEMORY_MIB)
+        vcpus = _check_int("vcpus", vcpus, 1, MAX_VCPUS)
         dirty_pages = _check_int("dirty_pages", dirty_pages, 0, 1 << 30)
         tsc_khz = _check_int("tsc_khz", tsc_khz, 1, 0xffffffff)
         if kind not in ("pv", "hvm"):
@@ -494,8 +499,8 @@ class SimulatedHost:
         """
         if kind not in (None, "pv", "hvm"):
             raise ValueError(f"kind must be None, 'pv' or 'hvm', not {kind!r}")
-        vcpus = 0 if vcpus is None else _check_int("vcpus", vcpus, 1, 128)
-        max_mib = _check_int("max_mib", max_mib, 1, 1 << 20)
+        vcpus = 0 if vcpus is None else _check_int("vcpus", vcpus, 1, MAX_VCPUS)
+        max_mib = _check_int("max_mib", max_mib, 1, MAX_MEMORY_MIB)
         dirty_pages = _check_int("dirty_pages", dirty_pages, 0, 1 << 30)
         self._created += 1
         if seed is None:
