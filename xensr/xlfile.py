@@ -44,6 +44,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, List, Mapping, Op
 from . import _constants as C
 from . import stream as _s
 from .errors import StreamFormatError
+from .stream.xl import parse_json_config
 from .stream import (
     EmulatorId,
     LibxcHeaders,
@@ -123,6 +124,9 @@ class EmulatorRecord:
 # --------------------------------------------------------------------------
 # Byte builders
 
+#: Where the configuration starts in an xl save file.
+_CONFIG_OFFSET = _s.XL_HEADER.size + 4
+
 
 def _config_bytes(config: Config, config_format: str) -> bytes:
     if config is None:
@@ -132,7 +136,10 @@ def _config_bytes(config: Config, config_format: str) -> bytes:
     if isinstance(config, Mapping):
         if config_format != "json":
             raise ValueError("a mapping configuration can only be stored as JSON")
-        data = _json.dumps(config, indent=4, sort_keys=False).encode("utf-8")
+        try:
+            data = _json.dumps(config, indent=4, sort_keys=False).encode("utf-8")
+        except RecursionError:
+            raise ValueError("the configuration mapping is nested too deeply to store as JSON") from None
     elif isinstance(config, str):
         data = config.encode("utf-8")
     elif isinstance(config, (bytes, bytearray, memoryview)):
@@ -146,9 +153,14 @@ def _config_bytes(config: Config, config_format: str) -> bytes:
         if b"\0" in body:
             raise ValueError("JSON configuration contains a NUL byte")
         try:
-            _json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise ValueError(f"configuration is not valid JSON: {e}") from None
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise StreamFormatError(
+                "JSON domain configuration is not UTF-8", offset=_CONFIG_OFFSET + e.start,
+                reason="configuration not UTF-8",
+            ) from None
+        # What a reader of the file will make of it, offsets as in the file.
+        parse_json_config(text, _CONFIG_OFFSET)
         data = body + b"\0"  # libxl_domain_config_to_json() text, NUL included
     return data
 
