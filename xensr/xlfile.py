@@ -37,13 +37,14 @@ from __future__ import annotations
 
 import json as _json
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _constants as C
 from . import stream as _s
-from .errors import StreamFormatError
+from .errors import SaveRestoreError, StreamFormatError
 from .stream.xl import parse_json_config
 from .stream import (
     EmulatorId,
@@ -220,12 +221,33 @@ def trailer_bytes(emulator_records: Sequence[EmulatorRecord] = (), *, end_type: 
 
 
 def _fileno(f: FdLike) -> int:
+    """The fd of ``f``, a file object flushed first, whose position must be
+    its fd's: reading it through a buffer reads ahead, and whoever reads
+    the fd next (a helper, this module) would start past the bytes the
+    buffer took, and fail much later on what looks like a corrupt stream."""
     if isinstance(f, int):
         return f
     flush = getattr(f, "flush", None)
     if flush is not None:
         flush()
-    return f.fileno()
+    fd = f.fileno()
+    _check_position(f, fd)
+    return fd
+
+
+def _check_position(f: IO[Any], fd: int) -> None:
+    try:
+        if not f.seekable():
+            return  # a pipe: no position to compare (read it unbuffered)
+        pos, fd_pos = f.tell(), os.lseek(fd, 0, os.SEEK_CUR)
+    except (AttributeError, OSError, ValueError):
+        return
+    if pos != fd_pos:
+        raise ValueError(
+            f"the file object is at offset {pos} but its fd at {fd_pos}: it has read ahead "
+            "into a buffer; pass the fd (or a file opened with buffering=0), positioned "
+            "where the stream starts"
+        )
 
 
 def _write_all(fd: int, data: bytes) -> int:
@@ -505,8 +527,12 @@ def save_domain_to_file(
     checkpoint the emulator records and CHECKPOINT_END are written before
     the caller's ``checkpoint()`` callback (required) decides whether to
     take another; the file then ends after the last checkpoint, as a Remus
-    stream does.  On failure the partial file is removed unless
-    ``keep_partial``.  The other keyword options (:class:`xensr.api.SaveFileOptions`)
+    stream does.  On failure (unless ``keep_partial``) the partial stream
+    goes: a file this call created is removed, an existing regular file
+    is emptied; a FIFO, a device or what a symlink points to is written
+    as it is and never removed.  A write to the file that fails (ENOSPC
+    on a full device...) is a :class:`~xensr.SaveRestoreError` with its
+    ``errno``.  The other keyword options (:class:`xensr.api.SaveFileOptions`)
     go to :func:`xensr.save_domain`.  Returns its :class:`~xensr.SaveResult`.
     """
     from .api import SaveFileOptions, _options, save_domain
@@ -516,10 +542,10 @@ def save_domain_to_file(
     if stream_type not in (C.XC_STREAM_PLAIN, C.XC_STREAM_REMUS):
         raise ValueError("save_domain_to_file supports XC_STREAM_PLAIN and XC_STREAM_REMUS")
     preamble = preamble_bytes(config, config_format=config_format)  # validate before creating the file
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    fd, created = _open_for_save(path, mode)
     ok = False
     try:
-        _write_all(fd, preamble)
+        _writing(_write_all, fd, preamble)
         cbs: Optional[object] = callbacks
         if stream_type == C.XC_STREAM_REMUS:
             user_checkpoint = find(callbacks, "checkpoint")
@@ -527,24 +553,77 @@ def save_domain_to_file(
                 raise ValueError("a checkpointed save needs a checkpoint() callback")
 
             def checkpoint() -> Any:
-                write_checkpoint_end(fd, _emulator_records(emulator_records))
+                _writing(write_checkpoint_end, fd, _emulator_records(emulator_records))
                 return user_checkpoint()
 
             cbs = _WrappedCallbacks(callbacks, SAVE_CALLBACKS, checkpoint=checkpoint)
         result = save_domain(domid, fd, cbs, stream_type=stream_type, **save_kw)
         if stream_type == C.XC_STREAM_PLAIN:
-            write_trailer(fd, _emulator_records(emulator_records))
+            _writing(write_trailer, fd, _emulator_records(emulator_records))
         if fsync:
-            os.fsync(fd)
+            _writing(os.fsync, fd)
         ok = True
-        return result
     finally:
+        _close_after_save(fd, path, ok=ok, created=created, keep_partial=keep_partial)
+    return result
+
+
+def _open_for_save(path: Union[str, "os.PathLike[str]"], mode: int) -> Tuple[int, bool]:
+    """Opens ``path`` for writing a save; returns the fd and whether this
+    call created the file.  Whatever is already there (a regular file, a
+    FIFO, a device, a symlink and what it points to) is written as it is."""
+    flags = os.O_WRONLY | os.O_CLOEXEC
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL, mode), True
+    except FileExistsError:
+        pass
+    fd = os.open(path, flags | os.O_CREAT, mode)
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.ftruncate(fd, 0)
+    except BaseException:
         os.close(fd)
-        if not ok and not keep_partial:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        raise
+    return fd, False
+
+
+def _close_after_save(fd: int, path: Union[str, "os.PathLike[str]"], *, ok: bool, created: bool,
+                      keep_partial: bool) -> None:
+    """Closes the save's fd.  After a failure (unless ``keep_partial``) the
+    partial stream goes: a file this call created is removed, an existing
+    regular file is emptied, anything else (a FIFO, a device) is left as
+    it is.  A failing close of a completed save is an error of the save."""
+    if ok:
+        _writing(os.close, fd)
+        return
+    discard = not keep_partial
+    try:
+        if discard and not created and stat.S_ISREG(os.fstat(fd).st_mode):
+            os.ftruncate(fd, 0)
+    except OSError:
+        pass  # the save's own error is the one to report
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    if discard and created:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _writing(write: Callable[..., Any], *args: Any) -> Any:
+    """Runs a write to the save file: an OSError there (ENOSPC from a full
+    device, EIO...) fails the save with a :class:`SaveRestoreError`
+    carrying its errno."""
+    try:
+        return write(*args)
+    except OSError as e:
+        err = e.errno or 0
+        raise SaveRestoreError(
+            f"writing the save file failed: {e.strerror or e}", retval=-1, errno=err
+        ) from e
 
 
 @dataclass(frozen=True)
