@@ -44,7 +44,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, List, Mapping, Op
 
 from . import _constants as C
 from . import stream as _s
-from .errors import SaveRestoreError, StreamFormatError
+from .errors import SaveRestoreError, StreamFormatError, XensrError
 from .stream.xl import parse_json_config
 from .stream import (
     EmulatorId,
@@ -686,6 +686,7 @@ def restore_domain_from_file(
     with SaveFileReader.open(path, max_record=max_record) as f:
         cbs: Optional[object] = callbacks
         last: List[EmulatorRecord] = []
+        malformed: List[StreamFormatError] = []
         if stream_type == C.XC_STREAM_REMUS:
             user_checkpoint = find(callbacks, "checkpoint")
 
@@ -697,17 +698,28 @@ def restore_domain_from_file(
                         # The sender stopped inside this checkpoint: keep
                         # the last complete one (libxl's failover).
                         return C.XGR_CHECKPOINT_FAILOVER
-                    raise
+                    # The file is malformed: libxenguest gives up (an
+                    # error reply, so that it unwinds), and the caller
+                    # gets this error, not the restore's.
+                    malformed.append(e)
+                    return C.XGR_CHECKPOINT_ERROR
                 last[:] = records
                 if user_checkpoint is not None:
                     return user_checkpoint()
                 return C.XGR_CHECKPOINT_SUCCESS
 
             cbs = _WrappedCallbacks(callbacks, RESTORE_CALLBACKS, checkpoint=checkpoint)
-        result = restore_domain(
-            domid, f.fd, cbs, store_evtchn=store_evtchn, console_evtchn=console_evtchn,
-            stream_type=stream_type, **restore_kw
-        )
+        try:
+            result = restore_domain(
+                domid, f.fd, cbs, store_evtchn=store_evtchn, console_evtchn=console_evtchn,
+                stream_type=stream_type, **restore_kw
+            )
+        except XensrError as e:
+            if malformed:
+                raise malformed[0] from e
+            raise
+        if malformed:
+            raise malformed[0]
         f._resync()
         ended = "END"
         if stream_type == C.XC_STREAM_REMUS and f.checkpoints and f._reader.at_eof():

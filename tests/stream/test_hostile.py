@@ -203,3 +203,45 @@ def test_reader_refuses_a_file_object_that_read_ahead(tmp_path):
     with open(p, "rb") as f:  # untouched buffered object: nothing read ahead yet
         with xlfile.SaveFileReader(f) as r:
             assert r.libxc_offset == os.lseek(f.fileno(), 0, os.SEEK_CUR)
+
+
+# --------------------------------------------------------------------------
+# A checkpointed stream with a malformed checkpoint
+
+
+def test_remus_restore_of_a_malformed_checkpoint_is_a_stream_format_error(tmp_path, simulated_host):
+    import xensr
+
+    host = simulated_host
+    src = host.create_domain(4, kind="hvm", dirty_pages=16)
+    p = tmp_path / "remus.xl"
+    taken = []
+
+    class Primary:
+        def suspend(self):
+            return True
+
+        def postcopy(self):
+            return True
+
+        def checkpoint(self):
+            taken.append(1)
+            return len(taken) < 3
+
+    xlfile.save_domain_to_file(src, p, Primary(), config={"c_info": {"name": "g"}},
+                               emulator_records=[xlfile.EmulatorRecord.context(b"qemu")],
+                               live=True, stream_type=xensr.XC_STREAM_REMUS,
+                               helper=xensr.helper_path(), env=host.env)
+    ends = [r for r in stream.scan_file(str(p)).libxl_records if r.type == 4]
+    bad = ends[1].offset  # the second checkpoint's CHECKPOINT_END
+    data = bytearray(p.read_bytes())
+    data[bad] = 0x77  # an unknown libxl record type
+    p.write_bytes(bytes(data))
+    dst = host.create_empty_domain()
+    fds = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(StreamFormatError) as ei:
+        xlfile.restore_domain_from_file(dst, p, store_evtchn=1, console_evtchn=2,
+                                        stream_type=xensr.XC_STREAM_REMUS,
+                                        helper=xensr.helper_path(), env=host.env)
+    assert ei.value.offset == bad
+    assert len(os.listdir("/proc/self/fd")) == fds
