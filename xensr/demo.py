@@ -163,15 +163,20 @@ class ProgressBar:
 
 
 class DemoCallbacks:
-    """What a toolstack answers during the save; here: suspend, progress."""
+    """What a toolstack answers during the save; here: suspend, progress.
 
-    def __init__(self, bar: ProgressBar, log: TextIO):
+    ``suspend_guest`` suspends the guest, as a toolstack asks a real one
+    (xenstore's control/shutdown) and waits for it."""
+
+    def __init__(self, bar: ProgressBar, log: TextIO, suspend_guest: Callable[[], None]):
         self.bar = bar
         self.log = log
+        self.suspend_guest = suspend_guest
 
     def suspend(self) -> bool:
         self.bar.end()
-        return True  # the simulated guest suspends when asked
+        self.suspend_guest()
+        return True
 
     def switch_qemu_logdirty(self, domid: int, enable: bool) -> None:
         return None  # no device model on the simulated host
@@ -249,7 +254,7 @@ def _migrate(args: argparse.Namespace, helper: Optional[str], bar: ProgressBar,
                   "b_info": {"max_vcpus": args.vcpus, "max_memkb": args.memory * 1024}}
         say(f"{'live ' if args.live else ''}save to {path} "
             f"with {'xensr-save-helper' if helper is None else helper}")
-        callbacks = DemoCallbacks(bar, out)
+        callbacks = DemoCallbacks(bar, out, lambda: host.suspend(src))
         t0 = time.monotonic()
         saved = save_domain_to_file(src, path, callbacks, config=json.dumps(config),
                                     live=args.live, helper=helper, env=host.env)
