@@ -158,6 +158,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except XensrError as e:
         _error(f"{args.command}: {e}")
         return EXIT_FAILURE
+    except OSError as e:  # a file the command could not create, read or write
+        _error(f"{args.command}: {e}")
+        return EXIT_FAILURE
     return int(status)
 
 

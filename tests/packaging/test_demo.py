@@ -116,6 +116,13 @@ def test_demo_dirty_pages_beyond_the_guest_is_refused(capsys):
                        ["--dirty-pages", "2049", "2048"])
 
 
+def test_demo_that_cannot_create_its_file_fails_in_one_line(capsys):
+    # The directory exists (no usage error) but no file can be made in it.
+    status, report, err = run_json(capsys, "--memory", "8", "--keep", "/proc/xensr-demo")
+    assert status == 1 and report is None
+    assert err.count("\n") == 1 and err.startswith("xensr: demo: ") and "/proc/xensr-demo" in err
+
+
 def test_demo_dirty_pages_equal_to_the_guest_is_accepted(capsys):
     status, report, err = run_json(capsys, "--memory", "8", "--dirty-pages", "2048", "--no-live")
     assert status == 0, err
