@@ -94,8 +94,19 @@ def test_empty_records_cost_a_step_per_buffer_not_per_record(tmp_path, monkeypat
     assert records.calls <= 2 * (8 * n // READ_CHUNK + 1) + 4
 
 
+def test_empty_records_of_differing_types_cost_a_step_per_block(tmp_path, monkeypatch):
+    n = 1 << 19
+    records = Counter(monkeypatch, libxc.LibxcParser, "_dispatch")
+    s = scan(tmp_path, hvm_stream((rec(VERIFY) + rec(OPTIONAL) + rec(OPTIONAL + 1)) * n))
+    assert s.libxc_by_type["VERIFY"].count == n
+    assert s.libxc_by_type[f"0x{OPTIONAL + 1:08x}"].count == n
+    assert s.optional_records_skipped == 2 * n
+    assert records.calls <= 4
+
+
 @pytest.mark.parametrize("shape", [
     "verify", "optional", "page data", "page data with data", "tsc", "params", "mixed", "checkpoints",
+    "empty mixed", "many optional types",
 ])
 def test_runs_of_records_summarise_as_one_by_one(tmp_path, shape):
     """A scan that consumes runs of identical records at once finds what a
@@ -112,6 +123,10 @@ def test_runs_of_records_summarise_as_one_by_one(tmp_path, shape):
         "params": rec(HVM_PARAMS, params) * 4000,
         "mixed": (rec(VERIFY) * 3 + rec(OPTIONAL) + rec(PAGE_DATA, small)) * 500,
         "checkpoints": (rec(PAGE_DATA, page_data([(5, XTAB)])) * 700 + rec(CHECKPOINT)) * 3,
+        "empty mixed": (rec(VERIFY) * 2 + rec(OPTIONAL) + rec(VERIFY) + rec(OPTIONAL + 7)) * 3000
+        + rec(TSC_INFO, tsc) + rec(VERIFY) * 10,
+        # More optional types than the summary names one by one ("other").
+        "many optional types": b"".join(rec(OPTIONAL + i % 100) for i in range(20000)),
     }[shape]
     data = hvm_stream(body, end=shape != "checkpoints")
     fast = scan(tmp_path, data)

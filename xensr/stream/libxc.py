@@ -9,6 +9,7 @@ be, and what the summary learns from them), then its padding.
 
 from __future__ import annotations
 
+import collections
 import sys
 from array import array
 from dataclasses import dataclass
@@ -206,6 +207,8 @@ class LibxcParser(Layer):
         if eof_ok and self.r.at_eof():
             return "eof"
         while True:
+            if self._empty_records():
+                continue
             unit = self._peek_small_record()
             rec = self._record_header()
             self._dispatch(rec, hdr)
@@ -221,6 +224,43 @@ class LibxcParser(Layer):
                 times = self.r.repeats(unit)
                 if times:
                     self._repeated(rec, times)
+
+    def _empty_records(self) -> int:
+        """Consumes the empty VERIFY and optional records that come next in
+        the read-ahead buffer (up to ``_EMPTY_BLOCK`` bytes) at once, with
+        whole-block byte operations, and counts them; returns how many.
+        Any other record stops the block and is parsed as usual."""
+        r = self.r
+        if not r.readahead or r.peek(RECORD_HEADER.size)[RECORD_OFF_LENGTH:] != _ZERO_LENGTH:
+            return 0
+        block = r.buffered(_EMPTY_BLOCK)
+        n = len(block) // RECORD_HEADER.size
+        if not n:
+            return 0
+        # Per record a flag byte, 0 when it may go: an empty body, and
+        # VERIFY or an optional type (high bit of its type's last byte).
+        lengths = _flags(block[4::8][:n], block[5::8][:n], block[6::8][:n], block[7::8][:n])
+        not_verify = (int.from_bytes(block[0::8][:n].translate(_NOT_VERIFY), "little")
+                      | _flags(block[1::8][:n], block[2::8][:n], block[3::8][:n]))
+        mandatory = int.from_bytes(block[3::8][:n].translate(_MANDATORY), "little")
+        stop = (lengths | (not_verify & mandatory)).to_bytes(n, "little")
+        k = n - len(stop.lstrip(b"\0"))
+        if not k:
+            return 0
+        verify = k - _count_set(not_verify, k)
+        if verify:
+            self.s.count_libxc_record("VERIFY", RECORD_HEADER.size, verify)
+        if verify < k:
+            types = array("I")
+            types.frombytes(block[:RECORD_HEADER.size * k])
+            if sys.byteorder != "little":  # pragma: no cover
+                types.byteswap()
+            for rtype, times in collections.Counter(types[0::2]).items():
+                if rtype != LibxcRecordType.VERIFY:
+                    self.s.count_libxc_record(libxc_record_name(rtype), RECORD_HEADER.size, times)
+            self.s.optional_records_skipped += k - verify
+        r.consume(RECORD_HEADER.size * k)
+        return k
 
     def _peek_small_record(self) -> bytes:
         """The bytes of the next record when it is small and a read-ahead
@@ -510,6 +550,31 @@ class LibxcParser(Layer):
                 if seen == n:
                     break
         return with_data
+
+
+# Empty records taken as a block (see LibxcParser._empty_records).
+_EMPTY_BLOCK = 64 * 1024
+_ZERO_LENGTH = bytes(4)
+#: First byte of a type word -> 1 unless it is VERIFY's (0x0D).
+_NOT_VERIFY = bytes(0 if b == LibxcRecordType.VERIFY else 1 for b in range(256))
+#: Last byte of a type word -> 1 when the type is mandatory (high bit clear).
+_MANDATORY = bytes(0 if b & 0x80 else 1 for b in range(256))
+#: Byte -> 1 when not zero.
+_NONZERO = bytes(1 if b else 0 for b in range(256))
+
+
+def _flags(*columns: bytes) -> int:
+    """The bytes of ``columns`` reduced to one flag byte each (1: some
+    column is non-zero there), as a little-endian integer."""
+    out = 0
+    for column in columns:
+        out |= int.from_bytes(column.translate(_NONZERO), "little")
+    return out
+
+
+def _count_set(flags: int, k: int) -> int:
+    """How many of the first ``k`` flag bytes of ``flags`` are 1."""
+    return flags.to_bytes(max(k, (flags.bit_length() + 7) // 8), "little")[:k].count(1)
 
 
 # Byte tables for the pfn words (see _pfn_chunk).

@@ -140,6 +140,17 @@ class StreamReader:
                 raise self._truncated(what, done, n)
             done += len(chunk)
 
+    def buffered(self, limit: int) -> bytes:
+        """Up to ``limit`` bytes already in the read-ahead buffer, not
+        consumed (b"" without read-ahead or when the buffer is empty)."""
+        return self._buf[self._pos:self._pos + limit]
+
+    def consume(self, n: int) -> None:
+        """Consumes ``n`` bytes that :meth:`buffered` returned."""
+        assert 0 <= n <= len(self._buf) - self._pos
+        self._pos += n
+        self.offset += n
+
     def repeats(self, unit: bytes) -> int:
         """Consumes the copies of ``unit`` that follow at once in the
         read-ahead buffer, and returns how many there were (0 without
