@@ -136,3 +136,15 @@ def test_runs_of_records_summarise_as_one_by_one(tmp_path, shape):
         slow = stream.StreamParser(reader, stream.Summary(path=str(p), size=len(data))).scan("libxc")
     assert fast.to_dict() == slow.to_dict()
     assert fast.libxc_bytes == len(data)
+
+
+def test_the_inspect_benchmark_reports_every_shape():
+    """Runs (no timing asserted): every shape measured, each ratio given."""
+    from benchmarks import inspectspeed
+
+    res = inspectspeed.run(quick=True, reps=1)
+    (group,) = res.groups
+    assert [s.variant for s in group.series] == list(inspectspeed.SHAPES)
+    assert all(len(s.samples) == 1 and s.samples[0] > 0 for s in group.series)
+    assert {t.name.split(" / ")[0] for t in res.targets} == set(inspectspeed.SHAPES[1:])
+    assert all(t.value == t.value for t in res.targets)  # measured, not NaN
