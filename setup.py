@@ -82,9 +82,11 @@ def pkg_config(*args):
             "apt-get install pkg-config libxen-dev"
         )
     except subprocess.CalledProcessError as exc:
+        # Name the packages asked for, not pkg-config's own options.
+        pkgs = " ".join(a for a in args if not a.startswith("-"))
         sys.exit(
             "xensr: Xen development files not found by pkg-config "
-            f"({' '.join(args[1:])}): {exc.stderr.strip()}\n"
+            f"({pkgs}): {exc.stderr.strip()}\n"
             "On Debian 12 install them with: apt-get install libxen-dev"
         )
     return shlex.split(out)

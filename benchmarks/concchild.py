@@ -136,7 +136,7 @@ def main(argv: List[str]) -> int:
     if kind == "simhost":
         from xensr.testing import SimulatedHost
 
-        with SimulatedHost(argv[3]) as host:
+        with SimulatedHost(argv[3], auto_suspend=True) as host:
             domids = sorted(host.domain_ids())[:n + 1]
             if len(domids) < n + 1:
                 raise SystemExit(f"{argv[3]} holds {len(domids)} domains, "

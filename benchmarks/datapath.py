@@ -70,7 +70,7 @@ def run(build: CBuild, quick: bool, reps: int) -> Result:
     scratch = _scratch()
     res.params["scratch_dir"] = scratch or tempfile.gettempdir()
     with tempfile.TemporaryDirectory(prefix="xensr-bench-data-", dir=scratch) as tmp, \
-            SimulatedHost(os.path.join(tmp, "host")) as host:
+            SimulatedHost(os.path.join(tmp, "host"), auto_suspend=True) as host:
         domid = host.create_domain(mib)
         bench = _Copies(tmp, dict(host.env), domid, cparent, helper)
         res.params["stream_bytes"] = bench.save_reference()

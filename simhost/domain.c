@@ -387,6 +387,11 @@ static int read_meta_locked(struct sim_domain *d)
     return rc;
 }
 
+int sim_domain_reload(struct sim_domain *d)
+{
+    return read_meta_locked(d);
+}
+
 /* Open and map dom<N>/memory.  A restore target may grow up to max_pages
  * (an empty target without max_pages up to SIM_DEFAULT_MAX_PAGES), so the
  * mapping covers that much; a domain with a kind has the size it has. */

@@ -536,6 +536,15 @@ static void guest_runs(struct save_ctx *ctx)
 /* ------------------------------------------------------------------ */
 /* Callbacks                                                           */
 
+/* XENSR_SIMHOST_AUTO_SUSPEND=1: guests suspend on a nonzero suspend reply
+ * by themselves (SimulatedHost(auto_suspend=True)). */
+static bool auto_suspend(void)
+{
+    const char *v = getenv("XENSR_SIMHOST_AUTO_SUSPEND");
+
+    return v && !strcmp(v, "1");
+}
+
 static int suspend_domain(struct save_ctx *ctx)
 {
     xc_interface *xch = ctx->xch;
@@ -549,23 +558,31 @@ static int suspend_domain(struct save_ctx *ctx)
         return -1;
     }
 
-    /* The toolstack asked the guest to suspend; the simulated guest obeys
-     * unless told otherwise. */
-    if (!sim_meta_get_ul(&ctx->d.meta, "ignore_suspend", 0)) {
+    /* With auto-suspend (a host's opt-in) the simulated guest obeys the
+     * toolstack's answer itself, unless told to ignore it.  Otherwise, as
+     * on real Xen, something must have suspended it by now (the
+     * toolstack's suspend callback, through SimulatedHost.suspend): look
+     * at the state as it is now. */
+    if (auto_suspend() && !sim_meta_get_ul(&ctx->d.meta, "ignore_suspend", 0)) {
         if (sim_domain_update(&ctx->d, "state", "suspended", NULL)) {
             SIM_PERROR("Unable to refresh domain information");
             return -1;
         }
         ctx->suspended_by_us = true;
-        ctx->guest_running = false;
+    } else if (sim_domain_reload(&ctx->d)) {
+        SIM_PERROR("Unable to refresh domain information");
+        return -1;
     }
 
     if (strcmp(sim_meta_get(&ctx->d.meta, "state") ?: "", "suspended")) {
-        SIM_ERROR("Domain has not been suspended: shutdown %d, reason %d",
-                  0, 0);
+        SIM_ERROR("Domain has not been suspended: shutdown %d, reason %d%s",
+                  0, 0, auto_suspend() ? "" : " (the simulated host suspends"
+                  " a guest only when asked: SimulatedHost.suspend() from the"
+                  " suspend callback, or SimulatedHost(auto_suspend=True))");
         errno = EINVAL;
         return -1;
     }
+    ctx->guest_running = false;
 
     sim_progress_single(xch, "Domain now suspended");
     return 0;

@@ -196,6 +196,9 @@ int sim_domain_grow(struct sim_domain *d, unsigned long nr_pages);
 int sim_domain_update(struct sim_domain *d, ...) __attribute__((sentinel));
 int sim_domain_update_ul(struct sim_domain *d, const char *key,
                          unsigned long v);
+/* Re-read the on-disk meta into d->meta (another process may have changed
+ * it, e.g. the toolstack suspending the guest). */
+int sim_domain_reload(struct sim_domain *d);
 
 /* ---- The simulated guest's workload ---- */
 

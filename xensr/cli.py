@@ -5,7 +5,9 @@ Subcommands are registered in :data:`SUBCOMMANDS`: name -> "module" or
 
 * ``HELP``: a one-line description,
 * ``add_arguments(parser)``: adds its options to an argparse parser,
-* ``run(args) -> int``: does the work and returns the exit status.
+* ``run(args) -> int``: does the work and returns the exit status,
+* optionally ``check_args(args) -> str | None``: what is wrong with the
+  arguments taken together (a usage error, exit 2), checked before ``run``.
 
 Modules are imported only when their subcommand runs, so ``xensr inspect``
 does not load the extension module or anything else it does not need.
@@ -77,23 +79,26 @@ class _Inspect:
         try:
             summary = stream.scan_file(args.file, fmt=args.format)
         except StreamFormatError as e:
-            _error(f"inspect: {args.file}: {e}")
-            if args.json:
-                doc = {
-                    "file": args.file,
-                    "valid": False,
-                    "error": {"offset": e.offset, "reason": e.reason, "message": str(e)},
-                }
-                print(json.dumps(doc, indent=2))
-            return EXIT_FAILURE
+            error = {"offset": e.offset, "reason": e.reason, "message": str(e)}
+            return _Inspect.fail(args, str(e), error)
         except OSError as e:
-            _error(f"inspect: {args.file}: {e.strerror or e}")
-            return EXIT_FAILURE
+            # A missing file, a directory, unreadable: no offset to give.
+            message = e.strerror or str(e)
+            error = {"offset": None, "reason": "unreadable", "errno": e.errno, "message": message}
+            return _Inspect.fail(args, message, error)
         if args.json:
             print(json.dumps(summary.to_dict(), indent=2))
         else:
             sys.stdout.write(stream.format_summary(summary))
         return EXIT_OK
+
+    @staticmethod
+    def fail(args: argparse.Namespace, message: str, error: Dict[str, Any]) -> int:
+        """One line on stderr; with ``--json`` also the document saying why."""
+        _error(f"inspect: {args.file}: {message}")
+        if args.json:
+            print(json.dumps({"file": args.file, "valid": False, "error": error}, indent=2))
+        return EXIT_FAILURE
 
 
 INSPECT = _Inspect()
@@ -117,8 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
         target = _load(SUBCOMMANDS[name])
         p = sub.add_parser(name, help=target.HELP, description=target.HELP)
         target.add_arguments(p)
-        p.set_defaults(_target=target)
+        p.set_defaults(_target=target, _parser=p)
     return parser
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """A subcommand's check of its arguments taken together; a problem is
+    reported as argparse reports a usage error (exits 2)."""
+    check = getattr(args._target, "check_args", None)
+    problem = check(args) if check is not None else None
+    if problem:
+        args._parser.error(problem)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -127,6 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(args_list)
+        _check_args(args)
     except SystemExit as e:  # argparse: 0 for --help/--version, 2 for usage
         return int(e.code) if isinstance(e.code, int) else EXIT_USAGE
     try:
@@ -141,6 +156,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         os.close(devnull)
         return EXIT_FAILURE
     except XensrError as e:
+        _error(f"{args.command}: {e}")
+        return EXIT_FAILURE
+    except OSError as e:  # a file the command could not create, read or write
         _error(f"{args.command}: {e}")
         return EXIT_FAILURE
     return int(status)

@@ -25,9 +25,9 @@ DEBIAN_HELPER = "/usr/lib/xen-4.17/bin/libxl-save-helper"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--memory", type=_positive, default=256, metavar="MIB",
+    p.add_argument("--memory", type=_memory, default=256, metavar="MIB",
                    help="guest memory in MiB (default 256)")
-    p.add_argument("--vcpus", type=_positive, default=2, help="guest vCPUs (default 2)")
+    p.add_argument("--vcpus", type=_vcpus, default=2, help="guest vCPUs (default 2)")
     p.add_argument("--kind", choices=("pv", "hvm"), default="pv",
                    help="guest type (default pv)")
     live = p.add_mutually_exclusive_group()
@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--helper", default="xensr", metavar="xensr|debian|PATH",
                    help="save/restore helper: xensr's (default), Debian's "
                         f"libxl-save-helper ({DEBIAN_HELPER}) or a path")
-    p.add_argument("--keep", metavar="FILE",
+    p.add_argument("--keep", metavar="FILE", type=_keep_path,
                    help="write the save file here and keep it (default: a temporary file)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -52,6 +52,48 @@ def _positive(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive: {text}")
     return value
+
+
+def _at_most(text: str, limit: int) -> int:
+    """A positive int within what the simulated host accepts."""
+    value = _positive(text)
+    if value > limit:
+        raise argparse.ArgumentTypeError(f"at most {limit} on the simulated host: {text}")
+    return value
+
+
+def _memory(text: str) -> int:
+    from .testing import MAX_MEMORY_MIB
+
+    return _at_most(text, MAX_MEMORY_MIB)
+
+
+def _vcpus(text: str) -> int:
+    from .testing import MAX_VCPUS
+
+    return _at_most(text, MAX_VCPUS)
+
+
+def _keep_path(text: str) -> str:
+    """Where to keep the save file: its directory must exist (checked now,
+    not after a minute of saving)."""
+    if os.path.isdir(text):
+        raise argparse.ArgumentTypeError(f"is a directory: {text}")
+    parent = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"no such directory: {parent}")
+    return text
+
+
+def check_args(args: argparse.Namespace) -> Optional[str]:
+    """What is wrong with the arguments taken together (a usage error), or None."""
+    from .testing import PAGE_SIZE
+
+    pages = args.memory * ((1 << 20) // PAGE_SIZE)
+    if args.dirty_pages > pages:
+        return (f"argument --dirty-pages: {args.dirty_pages} is more than the "
+                f"guest's {pages} pages (--memory {args.memory})")
+    return None
 
 
 def _nonnegative(text: str) -> int:
@@ -121,15 +163,20 @@ class ProgressBar:
 
 
 class DemoCallbacks:
-    """What a toolstack answers during the save; here: suspend, progress."""
+    """What a toolstack answers during the save; here: suspend, progress.
 
-    def __init__(self, bar: ProgressBar, log: TextIO):
+    ``suspend_guest`` suspends the guest, as a toolstack asks a real one
+    (xenstore's control/shutdown) and waits for it."""
+
+    def __init__(self, bar: ProgressBar, log: TextIO, suspend_guest: Callable[[], None]):
         self.bar = bar
         self.log = log
+        self.suspend_guest = suspend_guest
 
     def suspend(self) -> bool:
         self.bar.end()
-        return True  # the simulated guest suspends when asked
+        self.suspend_guest()
+        return True
 
     def switch_qemu_logdirty(self, domid: int, enable: bool) -> None:
         return None  # no device model on the simulated host
@@ -207,7 +254,7 @@ def _migrate(args: argparse.Namespace, helper: Optional[str], bar: ProgressBar,
                   "b_info": {"max_vcpus": args.vcpus, "max_memkb": args.memory * 1024}}
         say(f"{'live ' if args.live else ''}save to {path} "
             f"with {'xensr-save-helper' if helper is None else helper}")
-        callbacks = DemoCallbacks(bar, out)
+        callbacks = DemoCallbacks(bar, out, lambda: host.suspend(src))
         t0 = time.monotonic()
         saved = save_domain_to_file(src, path, callbacks, config=json.dumps(config),
                                     live=args.live, helper=helper, env=host.env)

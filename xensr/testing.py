@@ -63,9 +63,14 @@ __all__ = [
     "rig_available",
     "parse_fault_spec",
     "PAGE_SIZE",
+    "MAX_MEMORY_MIB",
+    "MAX_VCPUS",
 ]
 
 PAGE_SIZE = 4096
+#: The largest guest :meth:`SimulatedHost.create_domain` makes.
+MAX_MEMORY_MIB = 1 << 20
+MAX_VCPUS = 128
 _PAGES_PER_MIB = (1 << 20) // PAGE_SIZE
 _DOMID_FIRST_RESERVED = 0x7ff0       # xen/include/public/xen.h
 _DEFAULT_MAX_MIB = 16 * 1024          # restore targets: 16 GiB
@@ -75,6 +80,7 @@ _START_INFO_MAGIC = b"xen-3.0-x86_64"
 # The environment the libraries read (simhost/README.md, "Environment").
 _ENV_DIR = "XENSR_SIMHOST_DIR"
 _ENV_FAULT = "XENSR_SIMHOST_FAULT"
+_ENV_AUTO_SUSPEND = "XENSR_SIMHOST_AUTO_SUSPEND"
 _OLD_ENV = ("XENSR_SIM_DIR", "XENSR_SIM_FAULT")   # still read when the new are absent
 
 _STATES = ("running", "paused", "suspended", "shutdown")
@@ -293,10 +299,19 @@ class SimulatedHost:
     ``state_dir`` defaults to a new temporary directory, removed by
     :meth:`close` (or on leaving the ``with`` block) unless ``keep=True``.
     An existing directory passed in is used as is and never removed.
+
+    A save suspends a guest as on real Xen: the toolstack's ``suspend``
+    callback must suspend it (here with :meth:`suspend`); a save whose
+    guest nothing suspended fails ("Domain has not been suspended"), so
+    that a toolstack without a working suspend path cannot pass its tests
+    here.  ``auto_suspend=True`` makes guests suspend by themselves as soon
+    as the suspend request is answered (xensr answers it itself for a
+    callbacks object without ``suspend``).
     """
 
     def __init__(self, state_dir: Union[str, "os.PathLike[str]", None] = None, *,
-                 faults: Optional[str] = None, keep: bool = False):
+                 faults: Optional[str] = None, keep: bool = False,
+                 auto_suspend: bool = False):
         if state_dir is None:
             self._state_dir = Path(tempfile.mkdtemp(prefix="xensr-simhost-"))
             self._owned = not keep
@@ -308,6 +323,7 @@ class SimulatedHost:
         self._created = 0
         self._last_domid = 0            # the domid _install allocated last
         self._closed = False
+        self.auto_suspend = bool(auto_suspend)
         if faults:
             self.set_fault(faults)
 
@@ -354,6 +370,8 @@ class SimulatedHost:
         out = {"LD_LIBRARY_PATH": ld, _ENV_DIR: str(self._state_dir)}
         if self._faults:
             out[_ENV_FAULT] = self.fault_spec
+        if self.auto_suspend:
+            out[_ENV_AUTO_SUSPEND] = "1"
         return out
 
     @property
@@ -361,11 +379,13 @@ class SimulatedHost:
         """The environment for a helper: ``os.environ`` plus
         ``LD_LIBRARY_PATH`` (the simulated libraries first),
         ``XENSR_SIMHOST_DIR`` and, when faults are set,
-        ``XENSR_SIMHOST_FAULT``.  Inherited fault specs and the old names
-        (``XENSR_SIM_DIR``, ``XENSR_SIM_FAULT``) are dropped, so that only
-        this host's settings apply."""
+        ``XENSR_SIMHOST_FAULT`` (with ``auto_suspend``,
+        ``XENSR_SIMHOST_AUTO_SUSPEND=1``).  Inherited fault specs, auto
+        suspension and the old names (``XENSR_SIM_DIR``,
+        ``XENSR_SIM_FAULT``) are dropped, so that only this host's settings
+        apply."""
         env = dict(os.environ)
-        for name in (_ENV_FAULT, *_OLD_ENV):
+        for name in (_ENV_FAULT, _ENV_AUTO_SUSPEND, *_OLD_ENV):
             env.pop(name, None)
         env.update(self.env_vars)
         return env
@@ -435,8 +455,8 @@ class SimulatedHost:
         live save; ``seed`` seeds both its initial memory and that workload
         (default: distinct per domain of this host, deterministic).
         """
-        memory_mib = _check_int("memory_mib", memory_mib, 1, 1 << 20)
-        vcpus = _check_int("vcpus", vcpus, 1, 128)
+        memory_mib = _check_int("memory_mib", memory_mib, 1, MAX_MEMORY_MIB)
+        vcpus = _check_int("vcpus", vcpus, 1, MAX_VCPUS)
         dirty_pages = _check_int("dirty_pages", dirty_pages, 0, 1 << 30)
         tsc_khz = _check_int("tsc_khz", tsc_khz, 1, 0xffffffff)
         if kind not in ("pv", "hvm"):
@@ -494,8 +514,8 @@ class SimulatedHost:
         """
         if kind not in (None, "pv", "hvm"):
             raise ValueError(f"kind must be None, 'pv' or 'hvm', not {kind!r}")
-        vcpus = 0 if vcpus is None else _check_int("vcpus", vcpus, 1, 128)
-        max_mib = _check_int("max_mib", max_mib, 1, 1 << 20)
+        vcpus = 0 if vcpus is None else _check_int("vcpus", vcpus, 1, MAX_VCPUS)
+        max_mib = _check_int("max_mib", max_mib, 1, MAX_MEMORY_MIB)
         dirty_pages = _check_int("dirty_pages", dirty_pages, 0, 1 << 30)
         self._created += 1
         if seed is None:
@@ -555,6 +575,11 @@ class SimulatedHost:
 
     def pause(self, domid: int) -> None:
         self.update_domain(domid, state="paused")
+
+    def suspend(self, domid: int) -> None:
+        """Suspends the guest, as a toolstack's ``suspend`` callback does on
+        real Xen (asking the guest and waiting for it)."""
+        self.update_domain(domid, state="suspended")
 
     def unpause(self, domid: int) -> None:
         self.update_domain(domid, state="running")
@@ -652,7 +677,8 @@ def _make_fixture() -> Any:
 
     @pytest.fixture
     def simulated_host(tmp_path: Path) -> Iterator[SimulatedHost]:
-        """A :class:`SimulatedHost` in the test's ``tmp_path``."""
+        """A :class:`SimulatedHost` in the test's ``tmp_path`` (guests
+        suspend only when the toolstack suspends them)."""
         with SimulatedHost(tmp_path / "simhost") as host:
             yield host
 

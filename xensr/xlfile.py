@@ -37,13 +37,15 @@ from __future__ import annotations
 
 import json as _json
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 from . import _constants as C
 from . import stream as _s
-from .errors import StreamFormatError
+from .errors import SaveRestoreError, StreamFormatError, XensrError
+from .stream.xl import parse_json_config
 from .stream import (
     EmulatorId,
     LibxcHeaders,
@@ -123,6 +125,9 @@ class EmulatorRecord:
 # --------------------------------------------------------------------------
 # Byte builders
 
+#: Where the configuration starts in an xl save file.
+_CONFIG_OFFSET = _s.XL_HEADER.size + 4
+
 
 def _config_bytes(config: Config, config_format: str) -> bytes:
     if config is None:
@@ -132,7 +137,10 @@ def _config_bytes(config: Config, config_format: str) -> bytes:
     if isinstance(config, Mapping):
         if config_format != "json":
             raise ValueError("a mapping configuration can only be stored as JSON")
-        data = _json.dumps(config, indent=4, sort_keys=False).encode("utf-8")
+        try:
+            data = _json.dumps(config, indent=4, sort_keys=False).encode("utf-8")
+        except RecursionError:
+            raise ValueError("the configuration mapping is nested too deeply to store as JSON") from None
     elif isinstance(config, str):
         data = config.encode("utf-8")
     elif isinstance(config, (bytes, bytearray, memoryview)):
@@ -146,9 +154,14 @@ def _config_bytes(config: Config, config_format: str) -> bytes:
         if b"\0" in body:
             raise ValueError("JSON configuration contains a NUL byte")
         try:
-            _json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError) as e:
-            raise ValueError(f"configuration is not valid JSON: {e}") from None
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise StreamFormatError(
+                "JSON domain configuration is not UTF-8", offset=_CONFIG_OFFSET + e.start,
+                reason="configuration not UTF-8",
+            ) from None
+        # What a reader of the file will make of it, offsets as in the file.
+        parse_json_config(text, _CONFIG_OFFSET)
         data = body + b"\0"  # libxl_domain_config_to_json() text, NUL included
     return data
 
@@ -208,12 +221,33 @@ def trailer_bytes(emulator_records: Sequence[EmulatorRecord] = (), *, end_type: 
 
 
 def _fileno(f: FdLike) -> int:
+    """The fd of ``f``, a file object flushed first, whose position must be
+    its fd's: reading it through a buffer reads ahead, and whoever reads
+    the fd next (a helper, this module) would start past the bytes the
+    buffer took, and fail much later on what looks like a corrupt stream."""
     if isinstance(f, int):
         return f
     flush = getattr(f, "flush", None)
     if flush is not None:
         flush()
-    return f.fileno()
+    fd = f.fileno()
+    _check_position(f, fd)
+    return fd
+
+
+def _check_position(f: IO[Any], fd: int) -> None:
+    try:
+        if not f.seekable():
+            return  # a pipe: no position to compare (read it unbuffered)
+        pos, fd_pos = f.tell(), os.lseek(fd, 0, os.SEEK_CUR)
+    except (AttributeError, OSError, ValueError):
+        return
+    if pos != fd_pos:
+        raise ValueError(
+            f"the file object is at offset {pos} but its fd at {fd_pos}: it has read ahead "
+            "into a buffer; pass the fd (or a file opened with buffering=0), positioned "
+            "where the stream starts"
+        )
 
 
 def _write_all(fd: int, data: bytes) -> int:
@@ -493,8 +527,12 @@ def save_domain_to_file(
     checkpoint the emulator records and CHECKPOINT_END are written before
     the caller's ``checkpoint()`` callback (required) decides whether to
     take another; the file then ends after the last checkpoint, as a Remus
-    stream does.  On failure the partial file is removed unless
-    ``keep_partial``.  The other keyword options (:class:`xensr.api.SaveFileOptions`)
+    stream does.  On failure (unless ``keep_partial``) the partial stream
+    goes: a file this call created is removed, an existing regular file
+    is emptied; a FIFO, a device or what a symlink points to is written
+    as it is and never removed.  A write to the file that fails (ENOSPC
+    on a full device...) is a :class:`~xensr.SaveRestoreError` with its
+    ``errno``.  The other keyword options (:class:`xensr.api.SaveFileOptions`)
     go to :func:`xensr.save_domain`.  Returns its :class:`~xensr.SaveResult`.
     """
     from .api import SaveFileOptions, _options, save_domain
@@ -504,10 +542,10 @@ def save_domain_to_file(
     if stream_type not in (C.XC_STREAM_PLAIN, C.XC_STREAM_REMUS):
         raise ValueError("save_domain_to_file supports XC_STREAM_PLAIN and XC_STREAM_REMUS")
     preamble = preamble_bytes(config, config_format=config_format)  # validate before creating the file
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    fd, created = _open_for_save(path, mode)
     ok = False
     try:
-        _write_all(fd, preamble)
+        _writing(_write_all, fd, preamble)
         cbs: Optional[object] = callbacks
         if stream_type == C.XC_STREAM_REMUS:
             user_checkpoint = find(callbacks, "checkpoint")
@@ -515,24 +553,77 @@ def save_domain_to_file(
                 raise ValueError("a checkpointed save needs a checkpoint() callback")
 
             def checkpoint() -> Any:
-                write_checkpoint_end(fd, _emulator_records(emulator_records))
+                _writing(write_checkpoint_end, fd, _emulator_records(emulator_records))
                 return user_checkpoint()
 
             cbs = _WrappedCallbacks(callbacks, SAVE_CALLBACKS, checkpoint=checkpoint)
         result = save_domain(domid, fd, cbs, stream_type=stream_type, **save_kw)
         if stream_type == C.XC_STREAM_PLAIN:
-            write_trailer(fd, _emulator_records(emulator_records))
+            _writing(write_trailer, fd, _emulator_records(emulator_records))
         if fsync:
-            os.fsync(fd)
+            _writing(os.fsync, fd)
         ok = True
-        return result
     finally:
+        _close_after_save(fd, path, ok=ok, created=created, keep_partial=keep_partial)
+    return result
+
+
+def _open_for_save(path: Union[str, "os.PathLike[str]"], mode: int) -> Tuple[int, bool]:
+    """Opens ``path`` for writing a save; returns the fd and whether this
+    call created the file.  Whatever is already there (a regular file, a
+    FIFO, a device, a symlink and what it points to) is written as it is."""
+    flags = os.O_WRONLY | os.O_CLOEXEC
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL, mode), True
+    except FileExistsError:
+        pass
+    fd = os.open(path, flags | os.O_CREAT, mode)
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            os.ftruncate(fd, 0)
+    except BaseException:
         os.close(fd)
-        if not ok and not keep_partial:
-            try:
-                os.unlink(path)
-            except OSError:
-                pass
+        raise
+    return fd, False
+
+
+def _close_after_save(fd: int, path: Union[str, "os.PathLike[str]"], *, ok: bool, created: bool,
+                      keep_partial: bool) -> None:
+    """Closes the save's fd.  After a failure (unless ``keep_partial``) the
+    partial stream goes: a file this call created is removed, an existing
+    regular file is emptied, anything else (a FIFO, a device) is left as
+    it is.  A failing close of a completed save is an error of the save."""
+    if ok:
+        _writing(os.close, fd)
+        return
+    discard = not keep_partial
+    try:
+        if discard and not created and stat.S_ISREG(os.fstat(fd).st_mode):
+            os.ftruncate(fd, 0)
+    except OSError:
+        pass  # the save's own error is the one to report
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    if discard and created:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+def _writing(write: Callable[..., Any], *args: Any) -> Any:
+    """Runs a write to the save file: an OSError there (ENOSPC from a full
+    device, EIO...) fails the save with a :class:`SaveRestoreError`
+    carrying its errno."""
+    try:
+        return write(*args)
+    except OSError as e:
+        err = e.errno or 0
+        raise SaveRestoreError(
+            f"writing the save file failed: {e.strerror or e}", retval=-1, errno=err
+        ) from e
 
 
 @dataclass(frozen=True)
@@ -595,6 +686,7 @@ def restore_domain_from_file(
     with SaveFileReader.open(path, max_record=max_record) as f:
         cbs: Optional[object] = callbacks
         last: List[EmulatorRecord] = []
+        malformed: List[StreamFormatError] = []
         if stream_type == C.XC_STREAM_REMUS:
             user_checkpoint = find(callbacks, "checkpoint")
 
@@ -606,17 +698,28 @@ def restore_domain_from_file(
                         # The sender stopped inside this checkpoint: keep
                         # the last complete one (libxl's failover).
                         return C.XGR_CHECKPOINT_FAILOVER
-                    raise
+                    # The file is malformed: libxenguest gives up (an
+                    # error reply, so that it unwinds), and the caller
+                    # gets this error, not the restore's.
+                    malformed.append(e)
+                    return C.XGR_CHECKPOINT_ERROR
                 last[:] = records
                 if user_checkpoint is not None:
                     return user_checkpoint()
                 return C.XGR_CHECKPOINT_SUCCESS
 
             cbs = _WrappedCallbacks(callbacks, RESTORE_CALLBACKS, checkpoint=checkpoint)
-        result = restore_domain(
-            domid, f.fd, cbs, store_evtchn=store_evtchn, console_evtchn=console_evtchn,
-            stream_type=stream_type, **restore_kw
-        )
+        try:
+            result = restore_domain(
+                domid, f.fd, cbs, store_evtchn=store_evtchn, console_evtchn=console_evtchn,
+                stream_type=stream_type, **restore_kw
+            )
+        except XensrError as e:
+            if malformed:
+                raise malformed[0] from e
+            raise
+        if malformed:
+            raise malformed[0]
         f._resync()
         ended = "END"
         if stream_type == C.XC_STREAM_REMUS and f.checkpoints and f._reader.at_eof():

@@ -372,7 +372,7 @@ SCENARIOS: Dict[str, Callable[[Ctx], None]] = {
 
 def run_scenario(scenario, helper: Path, tmp: Path) -> Outcome:
     tmp.mkdir()
-    with SimulatedHost(tmp / "host") as host:
+    with SimulatedHost(tmp / "host", auto_suspend=True) as host:
         ctx = Ctx(helper, host, tmp)
         scenario(ctx)
         snapshot(ctx)

@@ -16,6 +16,9 @@ def test_missing_libxen_dev_names_the_package(tmp_path):
     assert r.returncode != 0
     assert "apt-get install libxen-dev" in r.stderr
     assert "xencontrol" in r.stderr
+    # The message names the packages; pkg-config's own options stay out of it.
+    assert "--print-errors" not in r.stderr
+    assert "--exists" not in r.stderr
     assert not (tmp_path / "b").exists()  # nothing was built
 
 

@@ -84,6 +84,51 @@ def test_demo_rejects_bad_sizes():
     assert cli.main(["demo", "--dirty-pages", "-1"]) == 2
 
 
+def assert_usage_error(capsys, argv, words):
+    """Exit 2 before anything runs: argparse's usage, then one error line."""
+    assert cli.main(["demo", "--no-progress", *argv]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and "Traceback" not in out.err
+    errors = [line for line in out.err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("xensr demo: error:"), out.err
+    for word in words:
+        assert word in errors[0], out.err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--vcpus", "1000"], ["--vcpus", "128", "1000"]),
+    (["--memory", "99999999"], ["--memory", "99999999"]),
+    (["--keep", "/nonexistent/dir/x"], ["--keep", "/nonexistent/dir"]),
+])
+def test_demo_values_the_simulated_host_refuses_are_usage_errors(capsys, argv, words):
+    assert_usage_error(capsys, argv, words)
+
+
+def test_demo_keep_naming_a_directory_is_a_usage_error(capsys, tmp_path):
+    assert_usage_error(capsys, ["--keep", str(tmp_path)], ["--keep", "directory"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_dirty_pages_beyond_the_guest_is_refused(capsys):
+    # 8 MiB is 2048 pages: dirtying more per round than the guest has is
+    # refused before a host or a guest is made.
+    assert_usage_error(capsys, ["--memory", "8", "--dirty-pages", "2049"],
+                       ["--dirty-pages", "2049", "2048"])
+
+
+def test_demo_that_cannot_create_its_file_fails_in_one_line(capsys):
+    # The directory exists (no usage error) but no file can be made in it.
+    status, report, err = run_json(capsys, "--memory", "8", "--keep", "/proc/xensr-demo")
+    assert status == 1 and report is None
+    assert err.count("\n") == 1 and err.startswith("xensr: demo: ") and "/proc/xensr-demo" in err
+
+
+def test_demo_dirty_pages_equal_to_the_guest_is_accepted(capsys):
+    status, report, err = run_json(capsys, "--memory", "8", "--dirty-pages", "2048", "--no-live")
+    assert status == 0, err
+    assert report["guest"]["dirty_pages_per_round"] == 2048
+
+
 def test_progress_bar_on_a_terminal():
     import io
 

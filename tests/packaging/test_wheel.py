@@ -104,7 +104,7 @@ SCRIPT = textwrap.dedent("""
     from xensr.testing import SimulatedHost
     assert xensr.__file__.startswith(sys.prefix), xensr.__file__
     assert xensr.helper_path().startswith(sys.prefix)
-    with SimulatedHost() as host, tempfile.TemporaryDirectory() as tmp:
+    with SimulatedHost(auto_suspend=True) as host, tempfile.TemporaryDirectory() as tmp:
         src = host.create_domain(16, kind="hvm")
         path = os.path.join(tmp, "f")
         with open(path, "wb") as f:

@@ -21,7 +21,7 @@ def streams(debian_helper, tmp_path_factory):
     from xensr.testing import SimulatedHost
     d = tmp_path_factory.mktemp("streams")
     out = {}
-    with SimulatedHost(d / "sim") as host:
+    with SimulatedHost(d / "sim", auto_suspend=True) as host:
         for kind in ("pv", "hvm"):
             dom = host.create_domain(1, vcpus=2, kind=kind)
             t, data = save_to_file(debian_helper, host, dom, d / kind)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import struct
@@ -156,6 +157,19 @@ def test_not_a_stream_and_unreadable(capsys, tmp_path):
     rc, out, err = run(capsys, "inspect", str(tmp_path))
     assert rc == 1
     assert_one_line_error(err, tmp_path)
+
+
+@pytest.mark.parametrize("what", ["missing", "directory"])
+def test_json_on_an_unreadable_path_prints_an_error_document(capsys, tmp_path, what):
+    path = tmp_path / "missing" if what == "missing" else tmp_path
+    rc, out, err = run(capsys, "inspect", "--json", str(path))
+    assert rc == 1
+    assert_one_line_error(err, path)
+    doc = json.loads(out)
+    assert doc["file"] == str(path) and doc["valid"] is False
+    assert doc["error"]["offset"] is None and doc["error"]["reason"] == "unreadable"
+    assert doc["error"]["errno"] == (errno.ENOENT if what == "missing" else errno.EISDIR)
+    assert doc["error"]["message"] in err
 
 
 def test_forced_format(capsys, xl_file):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from xensr.testing import (  # noqa: F401
-    SimulatedHost, simhost_available, simhost_lib_dir, simulated_host,
+    SimulatedHost, simhost_available, simhost_lib_dir,
 )
 
 __all__ = [
@@ -21,6 +21,15 @@ __all__ = [
 ROOT = Path(__file__).resolve().parents[2]
 DEBIAN_ROOT = ROOT / ".cache" / "debian" / "root"
 DEBIAN_BIN = DEBIAN_ROOT / "usr" / "lib" / "xen-4.17" / "bin"
+
+
+@pytest.fixture
+def simulated_host(tmp_path):
+    """xensr.testing's fixture, but guests suspend by themselves when the
+    suspend request is answered (auto_suspend): xensr's tests answer it
+    without suspending anything, to test xensr, not a toolstack."""
+    with SimulatedHost(tmp_path / "simhost", auto_suspend=True) as host:
+        yield host
 
 
 @pytest.fixture(scope="session")

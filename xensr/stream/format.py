@@ -215,18 +215,19 @@ EMULATOR_NAMES: Mapping[int, str] = {
 }
 
 
+#: Record type number -> name (a dict: parsers look a name up per record).
+_LIBXL_NAMES: Mapping[int, str] = {int(t): t.name for t in LibxlRecordType}
+_LIBXC_NAMES: Mapping[int, str] = {int(t): t.name for t in LibxcRecordType}
+
+
 def libxl_record_name(rtype: int) -> str:
-    try:
-        return LibxlRecordType(rtype).name
-    except ValueError:
-        return f"0x{rtype:08x}"
+    name = _LIBXL_NAMES.get(rtype)
+    return name if name is not None else f"0x{rtype:08x}"
 
 
 def libxc_record_name(rtype: int) -> str:
-    try:
-        return LibxcRecordType(rtype).name
-    except ValueError:
-        return f"0x{rtype:08x}"
+    name = _LIBXC_NAMES.get(rtype)
+    return name if name is not None else f"0x{rtype:08x}"
 
 
 # --------------------------------------------------------------------------

@@ -9,6 +9,7 @@ be, and what the summary learns from them), then its padding.
 
 from __future__ import annotations
 
+import collections
 import sys
 from array import array
 from dataclasses import dataclass
@@ -77,6 +78,13 @@ from .summary import Summary
 # Bounds on what one record makes the parser hold or walk.
 _PFN_CHUNK = 64 * 1024  # bytes of pfn array read at a time
 _MAX_HVM_DESCRIPTORS = 1 << 16
+#: Records up to this size (header and padding included) that repeat are
+#: consumed as a run (see LibxcParser._repeated).
+_MAX_REPEATED_WIRE = 4096 + 64
+#: Records whose copy is not what the original was: a second one is an
+#: error (X86_PV_INFO, STATIC_DATA_END), or the section ends (END,
+#: CHECKPOINT: never reached here).
+_ONCE = frozenset({LibxcRecordType.X86_PV_INFO, LibxcRecordType.STATIC_DATA_END})
 
 
 @dataclass
@@ -112,6 +120,11 @@ class LibxcParser(Layer):
         self._seen_static_data_end = False
         self._seen_pv_info = False
         self._pages_since_checkpoint = 0
+        # The last PAGE_DATA record: pfns, pages with data, pages by type
+        # (what a copy of it adds; see _repeated).
+        self._last_page_data: Tuple[int, int, Dict[str, int]] = (0, 0, {})
+        self._record_types: Dict[str, int] = {}
+        self._last_types: Dict[str, int] = {}
 
     # ------------------------------------------------------------ headers
 
@@ -194,6 +207,9 @@ class LibxcParser(Layer):
         if eof_ok and self.r.at_eof():
             return "eof"
         while True:
+            if self._empty_records():
+                continue
+            unit = self._peek_small_record()
             rec = self._record_header()
             self._dispatch(rec, hdr)
             self.check_padding(rec.length, rec.name)
@@ -204,6 +220,88 @@ class LibxcParser(Layer):
                 self.s.add_checkpoint(self._pages_since_checkpoint)
                 self._pages_since_checkpoint = 0
                 return "checkpoint"
+            if unit and rec.type not in _ONCE:
+                times = self.r.repeats(unit)
+                if times:
+                    self._repeated(rec, times)
+
+    def _empty_records(self) -> int:
+        """Consumes the empty VERIFY and optional records that come next in
+        the read-ahead buffer (up to ``_EMPTY_BLOCK`` bytes) at once, with
+        whole-block byte operations, and counts them; returns how many.
+        Any other record stops the block and is parsed as usual."""
+        r = self.r
+        if not r.readahead or r.peek(RECORD_HEADER.size)[RECORD_OFF_LENGTH:] != _ZERO_LENGTH:
+            return 0
+        block = r.buffered(_EMPTY_BLOCK)
+        n = len(block) // RECORD_HEADER.size
+        if not n:
+            return 0
+        # Per record a flag byte, 0 when it may go: an empty body, and
+        # VERIFY or an optional type (high bit of its type's last byte).
+        lengths = _flags(block[4::8][:n], block[5::8][:n], block[6::8][:n], block[7::8][:n])
+        not_verify = (int.from_bytes(block[0::8][:n].translate(_NOT_VERIFY), "little")
+                      | _flags(block[1::8][:n], block[2::8][:n], block[3::8][:n]))
+        mandatory = int.from_bytes(block[3::8][:n].translate(_MANDATORY), "little")
+        stop = (lengths | (not_verify & mandatory)).to_bytes(n, "little")
+        k = n - len(stop.lstrip(b"\0"))
+        if not k:
+            return 0
+        verify = k - _count_set(not_verify, k)
+        if verify:
+            self.s.count_libxc_record("VERIFY", RECORD_HEADER.size, verify)
+        if verify < k:
+            types = array("I")
+            types.frombytes(block[:RECORD_HEADER.size * k])
+            if sys.byteorder != "little":  # pragma: no cover
+                types.byteswap()
+            for rtype, times in collections.Counter(types[0::2]).items():
+                if rtype != LibxcRecordType.VERIFY:
+                    self.s.count_libxc_record(libxc_record_name(rtype), RECORD_HEADER.size, times)
+            self.s.optional_records_skipped += k - verify
+        r.consume(RECORD_HEADER.size * k)
+        return k
+
+    def _peek_small_record(self) -> bytes:
+        """The bytes of the next record when it is small and a read-ahead
+        reader holds it, else b"" (see :meth:`_repeated`)."""
+        r = self.r
+        if not r.readahead:
+            return b""
+        head = r.peek(RECORD_HEADER.size)
+        if len(head) < RECORD_HEADER.size:
+            return b""
+        length = RECORD_HEADER.unpack(head)[1]
+        if not length:
+            return head
+        wire = record_wire_size(length)
+        if wire > _MAX_REPEATED_WIRE:
+            return b""
+        unit = r.peek(wire)
+        return unit if len(unit) == wire else b""
+
+    def _repeated(self, rec: _Record, times: int) -> None:
+        """``times`` more copies of the record just parsed followed it, and
+        were consumed at once: the summary learns what parsing each would
+        have taught it.  A copy passes every check its original passed
+        (the checks depend on the record and on order state that only
+        _ONCE records change), so a stream of tiny identical records costs
+        what reading it does."""
+        if not times:
+            return
+        s = self.s
+        s.count_libxc_record(rec.name, record_wire_size(rec.length), times)
+        if rec.type == LibxcRecordType.PAGE_DATA:
+            count, with_data, types = self._last_page_data
+            s.page_records += times
+            s.pages += count * times
+            s.pages_with_data += with_data * times
+            for name, c in types.items():
+                s.page_types[name] += c * times
+            s.pfns.allowance += with_data * times
+            self._pages_since_checkpoint += count * times
+        elif rec.type not in LIBXC_RECORDS:
+            s.optional_records_skipped += times
 
     def _record_header(self) -> _Record:
         start = self.r.offset
@@ -387,33 +485,133 @@ class LibxcParser(Layer):
         s.pages += count
         s.pages_with_data += with_data
         self._pages_since_checkpoint += count
+        self._last_page_data = (count, with_data, self._last_types)
 
     def _pfn_words(self, count: int) -> int:
         """Reads and checks ``count`` pfn words, a chunk at a time, into the
-        summary; returns how many of them carry a page of data."""
+        summary; returns how many of them carry a page of data.
+
+        The words of a chunk are checked and counted with whole-chunk byte
+        operations (a few per chunk, whatever its length), never a Python
+        step per word: a record of 16M pfns costs what reading it does."""
         r = self.r
-        types = self.s.page_types
-        pfns = self.s.pfns
         with_data = 0
         idx = 0
         while idx < count:
             n = min(count - idx, _PFN_CHUNK // PFN_WORD_SIZE)
             chunk_off = r.offset
-            arr = array("Q")
-            arr.frombytes(r.read_exact(PFN_WORD_SIZE * n, "the PAGE_DATA pfn array"))
-            if sys.byteorder != "little":  # pragma: no cover
-                arr.byteswap()
-            for j, word in enumerate(arr):
-                ptype = word >> PFN_TYPE_SHIFT
-                if word & PFN_RESERVED_MASK or ptype not in VALID_PAGE_TYPES:
-                    raise _bad_pfn_word(word, ptype, chunk_off + PFN_WORD_SIZE * j, idx + j)
-                tname = PAGE_TYPE_NAMES[ptype]
-                types[tname] = types.get(tname, 0) + 1
-                if ptype in PAGE_TYPES_WITH_DATA:
-                    with_data += 1
-                pfns.add(word & PFN_MASK)
+            raw = r.read_exact(PFN_WORD_SIZE * n, "the PAGE_DATA pfn array")
+            with_data += self._pfn_chunk(raw, n, chunk_off, idx)
             idx += n
+        self._last_types = self._record_types
+        self._record_types = {}
         return with_data
+
+    def _pfn_chunk(self, raw: bytes, n: int, offset: int, index: int) -> int:
+        """One chunk of ``n`` little-endian pfn words (the first at stream
+        ``offset``, word ``index`` of its record); returns the pages with data."""
+        # Byte 7 of a word holds the type (high nibble) and reserved bits
+        # 56-59; byte 6's high nibble holds reserved bits 52-55.
+        top, sixth = raw[7::8], raw[6::8]
+        if (top.translate(_BAD_TOP).count(0) != n
+                or sixth.translate(_HIGH_NIBBLE).count(0) != n):
+            _raise_first_bad_word(raw, offset, index)
+        with_data = self._count_types(top.translate(_TYPE_OF), n)
+        # The pfns: the words with their top 12 bits cleared.
+        masked = bytearray(raw)
+        masked[7::8] = bytes(n)
+        masked[6::8] = sixth.translate(_LOW_NIBBLE)
+        pfns = array("Q")
+        pfns.frombytes(masked)
+        if sys.byteorder != "little":  # pragma: no cover
+            pfns.byteswap()
+        # One run of consecutive pfns?  As integers of 64n bits, the chunk
+        # is then first * (1 + 2^64 + 2^128 ...) + (0 + 1 * 2^64 + 2 * 2^128 ...).
+        repunit, iota = _run_terms(PFN_WORD_SIZE * n)
+        run = int.from_bytes(masked, "little") == pfns[0] * repunit + iota
+        self.s.pfns.add_chunk(pfns, with_data, run=run)
+        return with_data
+
+    def _count_types(self, types: bytes, n: int) -> int:
+        """Counts the page types of a chunk (one byte each) into the
+        summary; returns how many carry data.  The usual types first: a
+        chunk of one type costs one pass."""
+        counts = self.s.page_types
+        record = self._record_types
+        with_data = seen = 0
+        for ptype, name in _TYPES_BY_LIKELIHOOD:
+            c = types.count(ptype)
+            if c:
+                counts[name] = counts.get(name, 0) + c
+                record[name] = record.get(name, 0) + c
+                if ptype in PAGE_TYPES_WITH_DATA:
+                    with_data += c
+                seen += c
+                if seen == n:
+                    break
+        return with_data
+
+
+# Empty records taken as a block (see LibxcParser._empty_records).
+_EMPTY_BLOCK = 64 * 1024
+_ZERO_LENGTH = bytes(4)
+#: First byte of a type word -> 1 unless it is VERIFY's (0x0D).
+_NOT_VERIFY = bytes(0 if b == LibxcRecordType.VERIFY else 1 for b in range(256))
+#: Last byte of a type word -> 1 when the type is mandatory (high bit clear).
+_MANDATORY = bytes(0 if b & 0x80 else 1 for b in range(256))
+#: Byte -> 1 when not zero.
+_NONZERO = bytes(1 if b else 0 for b in range(256))
+
+
+def _flags(*columns: bytes) -> int:
+    """The bytes of ``columns`` reduced to one flag byte each (1: some
+    column is non-zero there), as a little-endian integer."""
+    out = 0
+    for column in columns:
+        out |= int.from_bytes(column.translate(_NONZERO), "little")
+    return out
+
+
+def _count_set(flags: int, k: int) -> int:
+    """How many of the first ``k`` flag bytes of ``flags`` are 1."""
+    return flags.to_bytes(max(k, (flags.bit_length() + 7) // 8), "little")[:k].count(1)
+
+
+# Byte tables for the pfn words (see _pfn_chunk).
+_TYPE_OF = bytes(b >> 4 for b in range(256))  # the type: bits 60-63, byte 7's high nibble
+_LOW_NIBBLE = bytes(b & 0x0F for b in range(256))
+_HIGH_NIBBLE = bytes(b & 0xF0 for b in range(256))
+#: Page types, the ones streams are made of first (see _count_types).
+_TYPES_BY_LIKELIHOOD = sorted(PAGE_TYPE_NAMES.items(), key=lambda item: (item[0] not in (0, 15), item[0]))
+#: The pfn words 1, 1, 1... and 0, 1, 2... of a whole chunk, little-endian.
+_REPUNIT = b"\1\0\0\0\0\0\0\0" * (_PFN_CHUNK // PFN_WORD_SIZE)
+_IOTA = b"".join(i.to_bytes(PFN_WORD_SIZE, "little") for i in range(_PFN_CHUNK // PFN_WORD_SIZE))
+_FULL_RUN_TERMS = (int.from_bytes(_REPUNIT, "little"), int.from_bytes(_IOTA, "little"))
+
+
+def _run_terms(size: int) -> Tuple[int, int]:
+    """The repunit and the 0, 1, 2... of ``size`` bytes of pfn words, as
+    integers (those of a whole chunk computed once)."""
+    if size == len(_REPUNIT):
+        return _FULL_RUN_TERMS
+    return int.from_bytes(_REPUNIT[:size], "little"), int.from_bytes(_IOTA[:size], "little")
+
+
+#: Top byte -> 0 when its type is valid and its reserved bits are clear.
+_BAD_TOP = bytes(0 if (b >> 4) in VALID_PAGE_TYPES and not b & 0x0F else 1 for b in range(256))
+
+
+def _raise_first_bad_word(raw: bytes, offset: int, index: int) -> None:
+    """Finds the first word of a chunk that is wrong and raises its error."""
+    arr = array("Q")
+    arr.frombytes(raw)
+    if sys.byteorder != "little":  # pragma: no cover
+        arr.byteswap()
+    for j, word in enumerate(arr):
+        ptype = word >> PFN_TYPE_SHIFT
+        if word & PFN_RESERVED_MASK or ptype not in VALID_PAGE_TYPES:
+            raise _bad_pfn_word(word, ptype, offset + PFN_WORD_SIZE * j, index + j)
+    raise AssertionError("a chunk flagged as bad has no bad word")  # pragma: no cover
 
 
 def _either(values: Tuple[int, ...]) -> str:

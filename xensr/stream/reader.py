@@ -7,11 +7,10 @@ asks for, and skips bodies without holding them.
 
 from __future__ import annotations
 
-import io
 import os
 import select as _select
 import stat
-from typing import List, Optional, cast
+from typing import List, Optional
 
 from ..errors import StreamFormatError
 
@@ -27,8 +26,9 @@ class StreamReader:
     exactly the bytes asked for and never consumes more, so the fd is left
     positioned precisely after the last byte parsed: a helper process
     inheriting the fd continues from there (also on pipes and sockets).
-    With ``readahead=True`` it reads through a 1 MiB buffer, which is what
-    ``inspect`` wants; the fd position is then unspecified.
+    With ``readahead=True`` it reads 1 MiB at a time into its own buffer,
+    which is what ``inspect`` wants: small reads and :meth:`peek` cost a
+    slice of that buffer; the fd position is then unspecified.
 
     ``offset`` is the absolute offset of the next byte.  For a seekable fd it
     starts at the fd's current position; for a pipe at the ``offset``
@@ -50,56 +50,72 @@ class StreamReader:
             self.offset = pos
         else:
             self.offset = offset if offset is not None else 0
-        self._file: Optional[io.BufferedReader] = None
-        if readahead:
-            self._file = cast(io.BufferedReader, open(fd, "rb", buffering=READ_CHUNK, closefd=False))
-        self._pushback = b""
+        self.readahead = readahead
+        # Read-ahead buffer: bytes _buf[_pos:] are read but not consumed.
+        # Without read-ahead it holds at most one byte pushed back by at_eof().
+        self._buf = b""
+        self._pos = 0
 
     def close(self) -> None:
         """Drops the read-ahead buffer (the fd itself stays open)."""
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        self._buf = b""
+        self._pos = 0
 
     # -- raw reading
 
-    def _raw_read(self, n: int) -> bytes:
+    def _os_read(self, n: int) -> bytes:
         while True:
             try:
-                data = self._file.read(n) if self._file is not None else os.read(self.fd, n)
+                return os.read(self.fd, n)
             except BlockingIOError:
-                data = None
-            if data is not None:
-                return data
+                pass
             # A non-blocking fd with nothing to read yet: wait for it.
             poller = _select.poll()
             poller.register(self.fd, _select.POLLIN)
             poller.poll()
 
+    @property
+    def _buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def _take(self, n: int) -> bytes:
+        """Up to ``n`` bytes from the buffer, refilled first (read-ahead
+        readers) when empty; b"" only at end of stream."""
+        if not self._buffered:
+            if not self.readahead:
+                return self._os_read(n)
+            self._buf, self._pos = self._os_read(READ_CHUNK), 0
+        data = self._buf[self._pos:self._pos + n]
+        self._pos += len(data)
+        return data
+
     def peek(self, n: int) -> bytes:
-        """Up to ``n`` next bytes, not consumed (read-ahead readers only)."""
-        if self._file is None:
+        """Up to ``n`` next bytes, not consumed (read-ahead readers only);
+        fewer only at end of stream."""
+        if not self.readahead:
             raise RuntimeError("peek() needs a reader made with readahead=True")
-        return self._file.peek(n)[:n]
+        while len(self._buf) - self._pos < n:
+            more = self._os_read(max(READ_CHUNK, n - self._buffered))
+            if not more:
+                break
+            self._buf, self._pos = self._buf[self._pos:] + more, 0
+        return self._buf[self._pos:self._pos + n]
 
     def read(self, n: int) -> bytes:
         """Reads up to ``n`` bytes; fewer only at end of stream."""
         if n <= 0:
             return b""
-        parts: List[bytes] = []
-        got = 0
-        if self._pushback:
-            take = self._pushback[:n]
-            self._pushback = self._pushback[n:]
-            parts.append(take)
-            got = len(take)
-        while got < n:
-            chunk = self._raw_read(n - got)
-            if not chunk:
-                break
-            parts.append(chunk)
-            got += len(chunk)
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        data = self._take(n)
+        if len(data) < n and data:
+            parts: List[bytes] = [data]
+            got = len(data)
+            while got < n:
+                chunk = self._take(n - got)
+                if not chunk:
+                    break
+                parts.append(chunk)
+                got += len(chunk)
+            data = b"".join(parts)
         self.offset += len(data)
         return data
 
@@ -114,7 +130,7 @@ class StreamReader:
         """Consumes exactly ``n`` bytes without keeping them."""
         if n <= 0:
             return
-        if self.seekable and not self._pushback:
+        if self.seekable:
             self._seek_past(n, what)
             return
         done = 0
@@ -124,6 +140,50 @@ class StreamReader:
                 raise self._truncated(what, done, n)
             done += len(chunk)
 
+    def buffered(self, limit: int) -> bytes:
+        """Up to ``limit`` bytes already in the read-ahead buffer, not
+        consumed (b"" without read-ahead or when the buffer is empty)."""
+        return self._buf[self._pos:self._pos + limit]
+
+    def consume(self, n: int) -> None:
+        """Consumes ``n`` bytes that :meth:`buffered` returned."""
+        assert 0 <= n <= len(self._buf) - self._pos
+        self._pos += n
+        self.offset += n
+
+    def repeats(self, unit: bytes) -> int:
+        """Consumes the copies of ``unit`` that follow at once in the
+        read-ahead buffer, and returns how many there were (0 without
+        read-ahead).  A run of identical records costs a few comparisons
+        of buffered bytes, not a parse each."""
+        w = len(unit)
+        buf, pos = self._buf, self._pos
+        if not self.readahead or not w or buf[pos:pos + w] != unit:
+            return 0
+        most = (len(buf) - pos) // w
+
+        def copies(have: int, want: int) -> bool:
+            """Given ``have`` copies, are there ``want``?  (Compares only
+            the bytes in between.)"""
+            return buf[pos + have * w:pos + want * w] == unit * (want - have)
+
+        # Doubling, then halving, each step comparing only bytes not yet
+        # known to match: the work is proportional to the bytes consumed,
+        # never to the buffer's size.
+        lo, hi = 1, 2
+        while hi <= most and copies(lo, hi):
+            lo, hi = hi, hi * 2
+        hi = min(hi - 1, most)
+        while lo < hi:  # lo copies match, more than hi do not
+            mid = (lo + hi + 1) // 2
+            if copies(lo, mid):
+                lo = mid
+            else:
+                hi = mid - 1
+        self._pos += lo * w
+        self.offset += lo * w
+        return lo
+
     def _seek_past(self, n: int, what: str) -> None:
         remaining = self._remaining()
         if remaining < n:
@@ -131,10 +191,10 @@ class StreamReader:
             self._size = os.fstat(self.fd).st_size
             remaining = self._remaining()
         take = min(n, remaining)
-        if self._file is not None:
-            self._file.seek(take, os.SEEK_CUR)
-        else:
-            os.lseek(self.fd, take, os.SEEK_CUR)
+        in_buffer = min(take, self._buffered)
+        self._pos += in_buffer
+        if take > in_buffer:
+            os.lseek(self.fd, take - in_buffer, os.SEEK_CUR)
         self.offset += take
         if take != n:
             raise self._truncated(what, take, n)
@@ -145,19 +205,17 @@ class StreamReader:
 
     def at_eof(self) -> bool:
         """True when no byte follows.  May read one byte ahead (kept)."""
-        if self._pushback:
+        if self._buffered:
             return False
         if self.seekable:
             self._size = os.fstat(self.fd).st_size
-            if self._file is None:
-                return self._remaining() == 0
-        if self._file is not None:
-            return not self._file.peek(1)
-        byte = self._raw_read(1)
-        if not byte:
-            return True
-        self._pushback = byte
-        return False
+            if self._remaining() and not self.readahead:
+                return False
+            if not self._remaining():
+                return True
+        data = self._os_read(READ_CHUNK if self.readahead else 1)
+        self._buf, self._pos = data, 0
+        return not data
 
     def _truncated(self, what: str, got: int, wanted: int) -> StreamFormatError:
         if got == 0:

@@ -4,10 +4,13 @@ and the ``inspect --json`` document made from it."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Set
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Set
 
 from .format import EMULATOR_NAMES
 from .records import LibxcHeaders, LibxlHeader, LibxlRecord, XlHeader
+
+if TYPE_CHECKING:  # pragma: no cover
+    from array import array
 
 # Bounds on what a scan remembers, so that memory stays small whatever the
 # stream holds.
@@ -16,33 +19,116 @@ _BITMAP_MAX_LEAVES = 8192  # 32 MiB of bitmap at most
 _MAX_VCPU_IDS = 65536
 _MAX_LISTED = 1000
 _MAX_TYPE_NAMES = 64
+_LEAF_MASK = (1 << _BITMAP_LEAF_BITS) - 1
+#: Scattered pfns a scan counts one by one before any page of data pays.
+_SCATTERED_ALLOWANCE = 1 << 16
+#: Byte -> how many of its bits are set.
+_POPCOUNT = bytes(bin(b).count("1") for b in range(256))
 
 
 class _PfnSet:
-    """Distinct pfns seen, as a sparse bitmap of 4 KiB leaves (bounded)."""
+    """Distinct pfns seen, as a sparse bitmap of 4 KiB leaves (bounded).
+
+    Pfns come a chunk at a time.  A chunk that is one run of consecutive
+    pfns (what libxenguest sends, holes included) is set a byte at a time;
+    other pfns go one by one, which costs a Python step each, so they are
+    counted only while the stream pays for them: each page of data earns
+    one, plus ``_SCATTERED_ALLOWANCE`` to start.  Past that (a stream of
+    scattered pfns without data) the count gives up (``overflowed``), so
+    that a scan's work stays linear in the bytes read."""
 
     def __init__(self) -> None:
         self._leaves: Dict[int, bytearray] = {}
         self.count = 0
         self.max_pfn: Optional[int] = None
         self.overflowed = False
+        self.allowance = _SCATTERED_ALLOWANCE
+        #: Pfns added one by one (what the allowance bounds).
+        self.one_by_one = 0
 
     def add(self, pfn: int) -> None:
         if self.max_pfn is None or pfn > self.max_pfn:
             self.max_pfn = pfn
-        key = pfn >> _BITMAP_LEAF_BITS
-        leaf = self._leaves.get(key)
+        leaf = self._leaf(pfn >> _BITMAP_LEAF_BITS)
         if leaf is None:
-            if len(self._leaves) >= _BITMAP_MAX_LEAVES:
-                self.overflowed = True
-                return
-            leaf = self._leaves[key] = bytearray(1 << (_BITMAP_LEAF_BITS - 3))
-        bit = pfn & ((1 << _BITMAP_LEAF_BITS) - 1)
+            return
+        bit = pfn & _LEAF_MASK
         mask = 1 << (bit & 7)
         idx = bit >> 3
         if not leaf[idx] & mask:
             leaf[idx] |= mask
             self.count += 1
+
+    def add_chunk(self, pfns: "array[int]", with_data: int, *, run: bool) -> None:
+        """Adds the pfns of a chunk of a PAGE_DATA record, ``with_data`` of
+        which carry a page; ``run``: they are consecutive."""
+        self.allowance += with_data
+        n = len(pfns)
+        if run:
+            self.add_run(pfns[0], n)
+            return
+        high = max(pfns)
+        if self.max_pfn is None or high > self.max_pfn:
+            self.max_pfn = high
+        if self.overflowed:
+            return
+        if n > self.allowance:
+            self.overflowed = True  # scattered pfns without data: stop counting
+            return
+        self.allowance -= n
+        self.one_by_one += n
+        for pfn in pfns:
+            self.add(pfn)
+
+    def add_run(self, first: int, n: int) -> None:
+        """Adds pfns first .. first + n - 1."""
+        end = first + n
+        if self.max_pfn is None or end - 1 > self.max_pfn:
+            self.max_pfn = end - 1
+        pfn = first
+        while pfn < end:
+            leaf = self._leaf(pfn >> _BITMAP_LEAF_BITS)
+            lo = pfn & _LEAF_MASK
+            hi = min(_LEAF_MASK + 1, lo + end - pfn)
+            if leaf is None:
+                return
+            self.count += _set_bits(leaf, lo, hi)
+            pfn += hi - lo
+
+    def _leaf(self, key: int) -> Optional[bytearray]:
+        leaf = self._leaves.get(key)
+        if leaf is None:
+            if len(self._leaves) >= _BITMAP_MAX_LEAVES:
+                self.overflowed = True
+                return None
+            leaf = self._leaves[key] = bytearray(1 << (_BITMAP_LEAF_BITS - 3))
+        return leaf
+
+
+def _set_bits(leaf: bytearray, lo: int, hi: int) -> int:
+    """Sets bits lo .. hi - 1 of ``leaf``; returns how many were clear."""
+    new = 0
+    while lo < hi and lo & 7:  # the partial byte at the start
+        new += _set_bit(leaf, lo)
+        lo += 1
+    whole_end = hi & ~7
+    if lo < whole_end:
+        a, b = lo >> 3, whole_end >> 3
+        new += (b - a) * 8 - sum(leaf[a:b].translate(_POPCOUNT))
+        leaf[a:b] = b"\xff" * (b - a)
+        lo = whole_end
+    while lo < hi:  # the partial byte at the end
+        new += _set_bit(leaf, lo)
+        lo += 1
+    return new
+
+
+def _set_bit(leaf: bytearray, bit: int) -> int:
+    mask = 1 << (bit & 7)
+    if leaf[bit >> 3] & mask:
+        return 0
+    leaf[bit >> 3] |= mask
+    return 1
 
 
 @dataclass
@@ -110,11 +196,12 @@ class Summary:
             )
         self._count(self.libxl_by_type, rec.name, rec.wire_size)
 
-    def count_libxc_record(self, name: str, wire: int) -> None:
-        self.libxc_bytes += wire
-        self._count(self.libxc_by_type, name, wire)
+    def count_libxc_record(self, name: str, wire: int, times: int = 1) -> None:
+        """``times`` libxc records of type ``name``, ``wire`` bytes each."""
+        self.libxc_bytes += wire * times
+        self._count(self.libxc_by_type, name, wire, times)
 
-    def _count(self, table: Dict[str, _TypeStat], name: str, wire: int) -> None:
+    def _count(self, table: Dict[str, _TypeStat], name: str, wire: int, times: int = 1) -> None:
         st = table.get(name)
         if st is None:
             if name.startswith("0x") and len(table) >= _MAX_TYPE_NAMES:
@@ -122,8 +209,8 @@ class Summary:
                 st = table.get(name)
             if st is None:
                 st = table[name] = _TypeStat()
-        st.count += 1
-        st.bytes += wire
+        st.count += times
+        st.bytes += wire * times
 
     def add_vcpu_id(self, vcpu_id: int) -> None:
         if len(self.vcpu_ids) < _MAX_VCPU_IDS:

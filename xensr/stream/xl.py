@@ -4,6 +4,7 @@ holding the domain configuration."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Optional
 
 from .base import Layer, fail
@@ -140,8 +141,49 @@ def _check_json_config(config: bytes, offset: int) -> Optional[Any]:
         text = body.decode("utf-8")
     except UnicodeDecodeError as e:
         raise fail(offset + e.start, "JSON domain configuration is not UTF-8", "configuration not UTF-8")
+    return parse_json_config(text, offset)
+
+
+def parse_json_config(text: str, offset: int) -> Any:
+    """``text`` parsed as JSON; anything it cannot be turned into, including
+    valid JSON that Python's parser refuses (nesting deeper than its
+    recursion allows, integers longer than its digit limit), is a
+    :class:`StreamFormatError` at ``offset`` plus where in ``text`` it is."""
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        pos = len(text[: e.pos].encode("utf-8"))
-        raise fail(offset + pos, f"JSON domain configuration does not parse: {e.msg}", "configuration not JSON")
+        where, message = e.pos, f"does not parse: {e.msg}"
+    except RecursionError:
+        where, message = _deepest_bracket(text), "is nested deeper than Python's JSON parser can go"
+    except ValueError as e:  # an integer beyond Python's digit limit
+        where, message = _longest_number(text), f"holds a number Python cannot convert: {e}"
+    pos = len(text[:where].encode("utf-8"))
+    raise fail(offset + pos, f"JSON domain configuration {message}", "configuration not JSON")
+
+
+#: JSON's tokens that matter for locating a problem: a whole string (its
+#: brackets and digits are text), a bracket, a run of digits.
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[{]|[\]}]|[0-9]+')
+
+
+def _deepest_bracket(text: str) -> int:
+    """Where the first bracket at the greatest nesting depth opens."""
+    depth = deepest = where = 0
+    for m in _TOKENS.finditer(text):
+        c = m.group()[0]
+        if c in "[{":
+            depth += 1
+            if depth > deepest:
+                deepest, where = depth, m.start()
+        elif c in "]}":
+            depth -= 1
+    return where
+
+
+def _longest_number(text: str) -> int:
+    """Where the longest run of digits outside strings starts."""
+    longest = where = 0
+    for m in _TOKENS.finditer(text):
+        if m.group()[0].isdigit() and len(m.group()) > longest:
+            longest, where = len(m.group()), m.start()
+    return where
