@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from typing_extensions import Unpack
 from . import callbacks as _cb
 from .callbacks import DEFERRED
+from .xlfile import check_file_position
 from .errors import (Aborted, CallbackError, HelperExitError,
                      HelperStartError, HelperTimeout, ProtocolError,
                      SaveRestoreError, StalledFrameError, XensrError)
@@ -564,11 +565,14 @@ class Operation:
         if self._state != "new":
             raise RuntimeError(f"{self!r} was already started")
         try:
-            # A file object's buffered writes go before the helper's.
+            # A file object's buffered writes go before the helper's, and
+            # one that has read ahead would hand the helper a stream that
+            # starts past its first bytes.
             for obj in self._fd_objects:
                 flush = getattr(obj, "flush", None)
                 if flush is not None and not getattr(obj, "closed", False):
                     flush()
+                    check_file_position(obj, obj.fileno())
             self.helper = resolve_helper(self._helper_arg)
             self._callout.spawn(self.helper, self._mode, self.fd, self.back_fd,
                                 self._args(), self._env)

@@ -7,8 +7,9 @@ Save:
   ``suspend() -> bool``
       Suspend the guest now (the last round follows).  True: suspended.
       Without one, xensr answers True and libxenguest checks the domain's
-      state itself (the simulated host's domains suspend on that answer; on real
-      Xen the toolstack must have suspended the guest).
+      state itself: the toolstack must have suspended the guest (the
+      simulated host's guests suspend on that answer only when it was made
+      with ``auto_suspend=True``).
   ``switch_qemu_logdirty(domid: int, enable: bool) -> None | bool``
       HVM: turn QEMU's log-dirty tracking on/off.  None/True: done;
       False or an exception: failure.  Without one, xensr answers "done".

@@ -231,11 +231,13 @@ def _fileno(f: FdLike) -> int:
     if flush is not None:
         flush()
     fd = f.fileno()
-    _check_position(f, fd)
+    check_file_position(f, fd)
     return fd
 
 
-def _check_position(f: IO[Any], fd: int) -> None:
+def check_file_position(f: IO[Any], fd: int) -> None:
+    """Refuse a seekable file object whose position is not its fd's (it
+    has read ahead into its buffer, or holds writes not yet flushed)."""
     try:
         if not f.seekable():
             return  # a pipe: no position to compare (read it unbuffered)

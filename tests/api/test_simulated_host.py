@@ -319,6 +319,27 @@ def test_truncated_stream_fails_the_restore(host, helper, stream):
 # ----------------------------------------------------------------------
 # Threads, and the fds one helper holds while another runs.
 
+def test_restore_refuses_a_file_object_that_read_ahead(host, stream, tmp_path):
+    """A buffered file object that has been read from holds bytes the fd has
+    passed: the helper would start mid-stream and fail later on what looks
+    like a corrupt stream.  Refused before any helper runs (even after a
+    seek(0) that the buffer served without moving the fd); an untouched
+    file object restores."""
+    src = host.create_domain(MIB, kind="pv")
+    xensr.save_domain(src, stream, SaveCallbacks(), env=host.env)
+    with open(os.path.join(tmp_path, "stream"), "rb") as f:
+        f.read(8)
+        dst = host.create_empty_domain()
+        with pytest.raises(ValueError, match="read ahead"):
+            xensr.restore_domain(dst, f, store_evtchn=1, console_evtchn=2, env=host.env)
+        f.seek(0)
+        with pytest.raises(ValueError, match="read ahead"):
+            xensr.restore_domain(dst, f, store_evtchn=1, console_evtchn=2, env=host.env)
+    with open(os.path.join(tmp_path, "stream"), "rb") as f:
+        xensr.restore_domain(dst, f, store_evtchn=1, console_evtchn=2, env=host.env)
+    assert host.memory_digest(dst) == host.memory_digest(src)
+
+
 def test_8_threads_of_blocking_saves(host, helper, tmp_path):
     n, per = 8, 3
     doms = [host.create_domain(MIB, kind="hvm" if i % 2 else "pv") for i in range(n * per)]
