@@ -86,7 +86,8 @@ def asan_libs(tmp_path_factory):
     """The simulated libraries rebuilt with AddressSanitizer and UBSan."""
     import os
     import subprocess
-    from tests.simhost.cbuild import LIB_SOURCES, compiler, lib_command
+    from tests.simhost.cbuild import LIB_SOURCES, RELEASES, compiler, lib_command
+    from tests.support.fixtures import XEN_RELEASE
     cc = compiler()
     libasan = subprocess.run([cc, "-print-file-name=libasan.so"], capture_output=True,
                              text=True).stdout.strip()
@@ -94,7 +95,7 @@ def asan_libs(tmp_path_factory):
         pytest.skip("no libasan for this compiler")
     out = tmp_path_factory.mktemp("asanlibs")
     for lib in LIB_SOURCES:
-        subprocess.run(lib_command(cc, lib, out / lib, [
+        subprocess.run(lib_command(cc, lib, out / RELEASES.soname(lib, XEN_RELEASE), [
             "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
             "-fno-omit-frame-pointer", "-Wall", "-Wextra", "-Werror"]), check=True)
     return out, libasan
