@@ -21,13 +21,18 @@ EXPORTS = {
     "libxenguest": ("xc_domain_save", "xc_domain_restore"),
 }
 
-#: Release -> (libxenctrl's node, libxenguest's node).
+#: Release -> (libxenctrl's node, libxenguest's node, the size of the
+#: record header a COLO secondary writes on the back channel before its
+#: dirty pfn list).  That header was the 8-byte type + length up to 4.17;
+#: from 4.18 libxenguest writes its whole in-memory record instead, 16 bytes
+#: on x86-64 (type, length and a NULL data pointer), while the primary still
+#: reads 8: the zero pad is then read as the start of the next record.
 RELEASES = {
-    "4.17": ("VERS_4.17.0", "VERS_4.17.0"),
-    "4.18": ("libxenctrl_4.18.0", "libxenguest_4.18.0"),
-    "4.19": ("libxenctrl_4.19.0", "libxenguest_4.19.0"),
-    "4.20": ("libxenctrl_4.20.0", "libxenguest_4.20.0"),
-    "4.21": ("libxenctrl_4.21.0", "libxenguest_4.21.0"),
+    "4.17": ("VERS_4.17.0", "VERS_4.17.0", 8),
+    "4.18": ("libxenctrl_4.18.0", "libxenguest_4.18.0", 16),
+    "4.19": ("libxenctrl_4.19.0", "libxenguest_4.19.0", 16),
+    "4.20": ("libxenctrl_4.20.0", "libxenguest_4.20.0", 16),
+    "4.21": ("libxenctrl_4.21.0", "libxenguest_4.21.0", 16),
 }
 
 
@@ -51,6 +56,11 @@ def node(lib, release):
     return RELEASES[release][LIBRARIES.index(lib)]
 
 
+def colo_back_header(release):
+    """Bytes of record header before a COLO secondary's dirty pfn list."""
+    return RELEASES[release][2]
+
+
 def version_script(lib, release):
     """A linker version script exporting LIB's EXPORTS at its node in
     RELEASE, and nothing else."""
@@ -63,4 +73,5 @@ def version_script(lib, release):
 def c_defines(release):
     """The -D flags that tell simhost's C which release it simulates."""
     major, minor = release.split(".")
-    return [f"-DSIM_XEN_MAJOR={major}", f"-DSIM_XEN_MINOR={minor}"]
+    return [f"-DSIM_XEN_MAJOR={major}", f"-DSIM_XEN_MINOR={minor}",
+            f"-DSIM_COLO_BACK_HEADER={colo_back_header(release)}"]

@@ -41,8 +41,8 @@
 #define SIM_REC_LENGTH_MAX (128u << 20)     /* libxc's REC_LENGTH_MAX */
 /* The Xen release simulated (SIM_XEN_MAJOR.SIM_XEN_MINOR) comes from the
  * build (simhost/releases.py's c_defines): the same as the headers'. */
-#if !defined(SIM_XEN_MAJOR) || !defined(SIM_XEN_MINOR)
-#error "build simhost with -DSIM_XEN_MAJOR=... -DSIM_XEN_MINOR=... (see simhost/releases.py)"
+#if !defined(SIM_XEN_MAJOR) || !defined(SIM_XEN_MINOR) || !defined(SIM_COLO_BACK_HEADER)
+#error "build simhost with releases.py's c_defines (SIM_XEN_MAJOR, SIM_XEN_MINOR, SIM_COLO_BACK_HEADER)"
 #endif
 #define SIM_HANDLE_MAGIC 0x53494d48u        /* "SIMH" */
 #define SIM_MAX_FAULTS 16

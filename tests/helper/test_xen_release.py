@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import xensr
 from xensr import _xenlibs
-from tests.simhost.cbuild import fake_xen
+from tests.simhost.cbuild import build_for_release
 from tests.support import fakehelper as fh
 from tests.support.fixtures import ROOT, XEN_RELEASE
 
@@ -25,12 +23,7 @@ OTHER = "4.20" if XEN_RELEASE != "4.20" else "4.19"
 def other_build(tmp_path_factory):
     """xensr's helper built against another release's libraries (the
     simulated host's, built for that release), and their directory."""
-    d = tmp_path_factory.mktemp("other")
-    env = fake_xen(d, f"{OTHER}.0")
-    helper = d / "xensr-save-helper"
-    subprocess.run([sys.executable, "setup.py"], cwd=ROOT, check=True, capture_output=True,
-                   env=dict(env, XENSR_HELPER_ONLY=str(helper)), timeout=300)
-    return helper, d / "lib"
+    return build_for_release(tmp_path_factory.mktemp("other"), OTHER)
 
 
 @pytest.fixture

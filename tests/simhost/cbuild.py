@@ -7,9 +7,10 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import pytest
 
@@ -111,3 +112,13 @@ def fake_xen(tmp_path: Path, version: str) -> Dict[str, str]:
             f"Version: {version}\nCflags: {cflags}\n"
             f"Libs: -L{libdir} -l{lib[3:]}\nRequires.private: xentoollog\n")
     return dict(os.environ, PKG_CONFIG_PATH=str(pcdir))
+
+
+def build_for_release(d: Path, release: str) -> Tuple[Path, Path]:
+    """In D: the simulated libraries for RELEASE (D/lib) and xensr's helper
+    built against them as setup.py builds it against that Xen (D/helper)."""
+    env = fake_xen(d, f"{release}.0")
+    helper = d / "helper"
+    subprocess.run([sys.executable, "setup.py"], cwd=ROOT, check=True, capture_output=True,
+                   env=dict(env, XENSR_HELPER_ONLY=str(helper)), timeout=300)
+    return helper, d / "lib"
