@@ -12,6 +12,7 @@ from tests.support.parent import (
     CBFLAGS_RESTORE_REMUS, CBFLAGS_SAVE_REMUS, Replies, restore_args, restore_argv,
     run_helper, save_args, save_argv,
 )
+from tests.support.fixtures import valgrind_output
 from tests.support.simhost import assert_completed
 
 VALGRIND = shutil.which("valgrind")
@@ -25,7 +26,7 @@ def vg_run(helper, host, mode, args, fd, **kw):
     argv = VG + build(str(helper), fd, -1, args)
     t = run_helper(VALGRIND, mode, args, io_fd=fd, env=host.env, argv=argv,
                    timeout=120, **kw)
-    assert b"==" not in t.stderr, t.stderr.decode(errors="replace")
+    assert b"==" not in valgrind_output(t.stderr), t.stderr.decode(errors="replace")
     return t
 
 
