@@ -5,10 +5,13 @@ Three kinds of native artifact are built here, all from this tree:
 * the Cython extension ``xensr._xc`` (the callout);
 * the helper program ``xensr/bin/xensr-save-helper`` (links only
   libxenctrl, libxenguest and libxentoollog);
-* the simulated host's ``libxenctrl.so.4.17`` / ``libxenguest.so.4.17``
-  (sources in ``simhost/``, see simhost/README.md) in ``xensr/_simhost/``.
+* the simulated host's ``libxenctrl.so.4.X`` / ``libxenguest.so.4.X``
+  (sources in ``simhost/``, see simhost/README.md) in ``xensr/_simhost/``;
+* ``xensr/_build.py``, which records the Xen release built for.
 
-Xen is found through pkg-config (Debian 12: ``apt-get install libxen-dev``).
+Xen is found through pkg-config (Debian: ``apt-get install libxen-dev``);
+its version picks the sonames and symbol-version nodes of the simulated
+libraries from simhost/releases.py, the one table of known releases.
 """
 
 import os
@@ -44,31 +47,34 @@ HELPER_VARIANTS = {
     ],
 }
 
-# The simulated host (simhost/): stand-in libraries with the real sonames.
+# The simulated host (simhost/): stand-in libraries with the real sonames
+# and version nodes of the Xen release being built for (simhost/releases.py).
 SIMHOST_SOURCES = ["simhost/domain.c", "simhost/fault.c"]
-SIMHOST_LIBS = [
-    {
-        "output": "xensr/_simhost/libxenctrl.so.4.17",
-        "soname": "libxenctrl.so.4.17",
-        "sources": ["simhost/ctrl.c", *SIMHOST_SOURCES],
-        "version_script": "simhost/vers.map",
-        "pkgs": ("xentoollog",),
-        "cflags_pkgs": XEN_PKGS,
-    },
-    {
-        "output": "xensr/_simhost/libxenguest.so.4.17",
-        "soname": "libxenguest.so.4.17",
-        "sources": [
-            "simhost/guest.c",
-            "simhost/save.c",
-            "simhost/restore.c",
-            *SIMHOST_SOURCES,
-        ],
-        "version_script": "simhost/vers.map",
-        "pkgs": ("xentoollog",),
-        "cflags_pkgs": XEN_PKGS,
-    },
-]
+SIMHOST_LIBS = {
+    "libxenctrl": ["simhost/ctrl.c", *SIMHOST_SOURCES],
+    "libxenguest": [
+        "simhost/guest.c",
+        "simhost/save.c",
+        "simhost/restore.c",
+        *SIMHOST_SOURCES,
+    ],
+}
+SIMHOST_DIR = "xensr/_simhost"
+BUILD_INFO = "xensr/_build.py"
+
+
+def load_releases():
+    """simhost/releases.py, loaded by path (xensr is not importable yet)."""
+    import importlib.util
+
+    path = os.path.join(HERE, "simhost", "releases.py")
+    spec = importlib.util.spec_from_file_location("xensr_simhost_releases", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+RELEASES = load_releases()
 
 
 def pkg_config(*args):
@@ -94,6 +100,21 @@ def pkg_config(*args):
 
 def check_xen():
     pkg_config("--exists", "--print-errors", *XEN_PKGS)
+
+
+def xen_release():
+    """The installed Xen's release ("4.20"), from pkg-config; libxenctrl's
+    and libxenguest's development files must agree on it."""
+    found = {pkg: pkg_config("--modversion", pkg)[0] for pkg in XEN_PKGS[:2]}
+    releases = set()
+    for pkg, version in found.items():
+        try:
+            releases.add(RELEASES.release_of(version))
+        except ValueError as exc:
+            sys.exit(f"xensr: {exc} (pkg-config {pkg})")
+    if len(releases) != 1:
+        sys.exit(f"xensr: pkg-config reports different Xen versions: {found}")
+    return releases.pop()
 
 
 def cc():
@@ -158,21 +179,45 @@ if __name__ == "__main__" and os.environ.get("XENSR_HELPER_ONLY"):
     sys.exit(0)
 
 
-def build_simhost(outdir):
-    for lib in SIMHOST_LIBS:
-        out = os.path.join(outdir, lib["output"])
+def simhost_outputs(outdir, release):
+    return [os.path.join(outdir, SIMHOST_DIR, RELEASES.soname(lib, release))
+            for lib in SIMHOST_LIBS]
+
+
+def build_simhost(outdir, tempdir, release):
+    """Both simulated libraries for RELEASE, against the installed headers
+    (the same release: xen_release read it from them)."""
+    os.makedirs(tempdir, exist_ok=True)
+    for (lib, sources), out in zip(SIMHOST_LIBS.items(),
+                                   simhost_outputs(outdir, release)):
         os.makedirs(os.path.dirname(out), exist_ok=True)
+        script = os.path.join(tempdir, f"simhost-{lib}.map")
+        with open(script, "w", encoding="utf-8") as f:
+            f.write(RELEASES.version_script(lib, release))
         cmd = [
             *cc(), "-std=gnu11", "-O2", "-g", *WARN, "-D_GNU_SOURCE", "-fPIC",
-            "-shared", "-Isimhost",
-            *pkg_config("--cflags", *lib["cflags_pkgs"]), *extra("CFLAGS"),
-            *lib["sources"], "-o", out,
-            f"-Wl,-soname,{lib['soname']}",
-            f"-Wl,--version-script={lib['version_script']}",
+            "-shared", "-Isimhost", *RELEASES.c_defines(release),
+            *pkg_config("--cflags", *XEN_PKGS), *extra("CFLAGS"),
+            *sources, "-o", out,
+            f"-Wl,-soname,{RELEASES.soname(lib, release)}",
+            f"-Wl,--version-script={script}",
             "-Wl,--as-needed", "-Wl,-z,defs", *extra("LDFLAGS"),
-            *pkg_config("--libs", *lib["pkgs"]),
+            *pkg_config("--libs", "xentoollog"),
         ]
         run(cmd)
+
+
+def write_build_info(outdir, release):
+    """xensr/_build.py: what xensr.XEN_VERSION reports, and the libraries
+    the helper built here needs (checked before it is spawned)."""
+    needed = tuple(RELEASES.soname(lib, release) for lib in RELEASES.LIBRARIES)
+    path = os.path.join(outdir, BUILD_INFO)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(
+            '"""Written by setup.py: the Xen release this build is for."""\n\n'
+            f"XEN_VERSION = {release!r}\n"
+            f"HELPER_XEN_LIBRARIES = {needed!r}\n"
+        )
 
 
 class BuildExt(build_ext):
@@ -181,20 +226,23 @@ class BuildExt(build_ext):
 
     def run(self):
         check_xen()
+        release = xen_release()
         super().run()
         outdir = HERE if self.inplace else self.build_lib
         old = os.getcwd()
         os.chdir(HERE)
         try:
             build_helper(outdir)
-            build_simhost(outdir)
+            build_simhost(outdir, self.build_temp, release)
+            write_build_info(outdir, release)
         finally:
             os.chdir(old)
 
     def get_outputs(self):
         outdir = HERE if self.inplace else self.build_lib
-        extra_outputs = [os.path.join(outdir, HELPER["output"])]
-        extra_outputs += [os.path.join(outdir, lib["output"]) for lib in SIMHOST_LIBS]
+        extra_outputs = [os.path.join(outdir, HELPER["output"]),
+                         os.path.join(outdir, BUILD_INFO)]
+        extra_outputs += simhost_outputs(outdir, xen_release())
         return super().get_outputs() + extra_outputs
 
 

@@ -3,7 +3,7 @@
  * helpers and the guest's workload.  Linked into both simulated libraries
  * (simhost/ctrl.c builds libxenctrl, guest.c + save.c + restore.c build
  * libxenguest; fault.c holds fault injection); nothing here is exported
- * (see vers.map).  The state directory format -- every file and meta
+ * (see releases.py).  The state directory format -- every file and meta
  * key -- is documented once, in simhost/README.md ("State directory").
  */
 #include <ctype.h>

@@ -874,8 +874,14 @@ static int send_checkpoint_dirty_pfn_list(struct restore_ctx *ctx)
     /* The simulated secondary does not run: its dirty list is empty. */
     struct sr_rhdr rh = { REC_TYPE_CHECKPOINT_DIRTY_PFN_LIST, 0 };
     struct sim_io io = { .fd = ctx->send_back_fd, .limit = ULLONG_MAX };
+    /* The header as the simulated release writes it: 8 bytes up to 4.17,
+     * then the real library's whole record struct, zero-padded to 16
+     * (releases.py), which the primary does not expect. */
+    unsigned char header[SIM_COLO_BACK_HEADER] = { 0 };
 
-    if (sim_write_exact(&io, &rh, sizeof(rh))) {
+    _Static_assert(sizeof(header) >= sizeof(rh), "back channel header");
+    memcpy(header, &rh, sizeof(rh));
+    if (sim_write_exact(&io, header, sizeof(header))) {
         SIM_PERROR("Failed to write dirty bitmap to stream");
         return -1;
     }

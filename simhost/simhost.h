@@ -1,6 +1,6 @@
 /*
- * simhost: the simulated host behind the stand-in libxenctrl.so.4.17 and
- * libxenguest.so.4.17 (see simhost/README.md: what is simulated, the state
+ * simhost: the simulated host behind the stand-in libxenctrl.so.4.X and
+ * libxenguest.so.4.X (see simhost/README.md: what is simulated, the state
  * directory, the fault grammar).
  *
  * Internal header of the simulated libraries.  Layout of simhost/:
@@ -12,9 +12,10 @@
  *              the guest's workload
  *   fault.c    both: the fault grammar and the faults' effects
  *   stream.h   the libxc migration stream (v3) layout
- *   vers.map   the one exported version node, VERS_4.17.0
+ *   releases.py  the Xen releases simulated: sonames, the version node,
+ *              the exports (setup.py writes each library's version script)
  * Each library links its own copy of domain.c and fault.c; only the xc_*
- * entry points named in vers.map are exported.  The handle type below is
+ * entry points releases.py names are exported.  The handle type below is
  * what xenctrl.h calls xc_interface; libxenguest reads it directly, as the
  * real libxenguest reads the real libxenctrl's handle.
  *
@@ -38,8 +39,11 @@
 #define SIM_PAGE_SIZE (1UL << SIM_PAGE_SHIFT)
 #define SIM_MAX_BATCH 1024                  /* pages per PAGE_DATA record */
 #define SIM_REC_LENGTH_MAX (128u << 20)     /* libxc's REC_LENGTH_MAX */
-#define SIM_XEN_MAJOR 4
-#define SIM_XEN_MINOR 17
+/* The Xen release simulated (SIM_XEN_MAJOR.SIM_XEN_MINOR) comes from the
+ * build (simhost/releases.py's c_defines): the same as the headers'. */
+#if !defined(SIM_XEN_MAJOR) || !defined(SIM_XEN_MINOR) || !defined(SIM_COLO_BACK_HEADER)
+#error "build simhost with releases.py's c_defines (SIM_XEN_MAJOR, SIM_XEN_MINOR, SIM_COLO_BACK_HEADER)"
+#endif
 #define SIM_HANDLE_MAGIC 0x53494d48u        /* "SIMH" */
 #define SIM_MAX_FAULTS 16
 #define SIM_DEFAULT_MAX_PAGES (16ul << 18)  /* 16 GiB: empty targets without max_pages */

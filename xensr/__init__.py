@@ -13,6 +13,9 @@ from .errors import __all__ as _errors_all
 
 __version__ = "0.1.0"  # the one version: pyproject.toml and setup.py read it
 
+# The Xen release ("4.17", "4.20", ...) this build is for; None unbuilt.
+from ._xenlibs import XEN_VERSION  # noqa: E402
+
 from ._constants import (  # noqa: E402
     XC_STREAM_COLO,
     XC_STREAM_PLAIN,
@@ -95,6 +98,7 @@ from .callbacks import (  # noqa: E402
 
 __all__ = [
     "__version__",
+    "XEN_VERSION",
     *_errors_all,
     "save_domain",
     "restore_domain",

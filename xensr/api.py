@@ -33,6 +33,7 @@ from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Mapping,
 
 from . import _constants as C
 from . import _xc
+from ._xenlibs import check_helper_libraries
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -574,6 +575,7 @@ class Operation:
                     flush()
                     check_file_position(obj, obj.fileno())
             self.helper = resolve_helper(self._helper_arg)
+            check_helper_libraries(self.helper, self._env)
             self._callout.spawn(self.helper, self._mode, self.fd, self.back_fd,
                                 self._args(), self._env)
         except BaseException as exc:

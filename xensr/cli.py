@@ -109,13 +109,14 @@ INSPECT = _Inspect()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from . import XEN_VERSION, __version__
 
+    built = f"built for Xen {XEN_VERSION}" if XEN_VERSION else "not built"
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="Save and restore Xen domains without blocking; tools for their save files.",
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__} ({built})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in sorted(SUBCOMMANDS):

@@ -1,8 +1,9 @@
 """A simulated Xen host for tests: :class:`SimulatedHost` and a pytest fixture.
 
-xensr ships a simulated host ("simhost"): stand-in ``libxenctrl.so.4.17`` and
-``libxenguest.so.4.17`` (built from ``simhost/`` into ``xensr/_simhost/``)
-with the real sonames and symbol version ``VERS_4.17.0``.  Any save/restore
+xensr ships a simulated host ("simhost"): stand-in ``libxenctrl.so.4.X`` and
+``libxenguest.so.4.X`` (built from ``simhost/`` into ``xensr/_simhost/``)
+with the real sonames and symbol versions of the Xen release xensr was built
+for (``xensr.XEN_VERSION``; ``VERS_4.17.0`` on 4.17).  Any save/restore
 helper -- xensr's own or Debian's unmodified ``libxl-save-helper`` -- run
 with :attr:`SimulatedHost.env` (``LD_LIBRARY_PATH`` with the simulated
 libraries first, ``XENSR_SIMHOST_DIR``, and ``XENSR_SIMHOST_FAULT`` when
@@ -54,6 +55,8 @@ from typing import (
     Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union,
 )
 
+from ._xenlibs import HELPER_XEN_LIBRARIES
+
 __all__ = [
     "SimulatedHost",
     "simulated_host",
@@ -74,7 +77,8 @@ MAX_VCPUS = 128
 _PAGES_PER_MIB = (1 << 20) // PAGE_SIZE
 _DOMID_FIRST_RESERVED = 0x7ff0       # xen/include/public/xen.h
 _DEFAULT_MAX_MIB = 16 * 1024          # restore targets: 16 GiB
-_SIMHOST_LIBS = ("libxenctrl.so.4.17", "libxenguest.so.4.17")
+# Built with the sonames of the Xen release xensr is built for.
+_SIMHOST_LIBS = HELPER_XEN_LIBRARIES
 _START_INFO_MAGIC = b"xen-3.0-x86_64"
 
 # The environment the libraries read (simhost/README.md, "Environment").
@@ -94,7 +98,7 @@ def simhost_lib_dir() -> Path:
 def simhost_available() -> bool:
     """True when both simulated libraries have been built."""
     d = simhost_lib_dir()
-    return all((d / name).is_file() for name in _SIMHOST_LIBS)
+    return bool(_SIMHOST_LIBS) and all((d / name).is_file() for name in _SIMHOST_LIBS)
 
 
 #: Old name of :func:`simhost_lib_dir`, kept for this release.

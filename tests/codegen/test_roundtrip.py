@@ -14,6 +14,7 @@ import pytest
 
 from codegen.model import Direction, Kind
 from codegen.table import TABLE
+from tests.support.fixtures import DEBIAN_BIN
 from xensr import _constants as C
 from xensr import _xc
 from xensr.errors import (
@@ -310,12 +311,11 @@ def test_constants_module_matches_table():
     assert C.XTL_ERROR == 8 and C.XGS_POLICY_ABORT == -1 and C.XGR_CHECKPOINT_FAILOVER == 2
 
 
-DEBIAN_HELPER = os.path.join(ROOT, ".cache", "debian", "root", "usr", "lib", "xen-4.17",
-                             "bin", "libxl-save-helper")
+DEBIAN_HELPER = str(DEBIAN_BIN / "libxl-save-helper")   # of the Xen built for
 
 
 @pytest.mark.skipif(not os.path.exists(DEBIAN_HELPER),
-                    reason="Debian's xen-utils-4.17 is not unpacked (run ./bootstrap deps)")
+                    reason="Debian's xen-utils is not unpacked (run ./bootstrap deps)")
 @pytest.mark.parametrize("mode,args", [
     ("--save-domain", ["5", "-1", "7", "1", "136", "0"]),
     ("--restore-domain", ["5", "-1", "7", "1", "0", "2", "0", "768", "0"]),

@@ -14,6 +14,7 @@ import subprocess
 
 import pytest
 
+from xensr import XEN_VERSION
 from xensr import _constants as C
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -192,5 +193,6 @@ def test_readelf_needed_is_exactly_xen_libs_and_libc(helper):
     out = subprocess.run([readelf, "-d", helper], capture_output=True, text=True, check=True).stdout
     needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", out)
     assert sorted(needed) == sorted(
-        ["libxenctrl.so.4.17", "libxenguest.so.4.17", "libxentoollog.so.1", "libc.so.6"]
+        [f"libxenctrl.so.{XEN_VERSION}", f"libxenguest.so.{XEN_VERSION}",
+         "libxentoollog.so.1", "libc.so.6"]
     ), needed

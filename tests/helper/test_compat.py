@@ -22,6 +22,8 @@ from typing import Callable, Dict, List, Optional
 
 import pytest
 
+from tests.simhost.cbuild import RELEASES
+from tests.support.fixtures import XEN_RELEASE
 from tests.support.parent import (
     CBFLAGS_RESTORE_COLO, CBFLAGS_SAVE_COLO, Replies, Transcript, restore_args, run_helper,
     save_args,
@@ -153,9 +155,12 @@ def colo(kind):
         # the secondary's last dirty-pfn list may come after the primary
         # exited, and with no reader left that write is a SIGPIPE.
         os.close(back_r)
-        assert_completed(out["save"])
+        # From Xen 4.18 the back channel breaks at the third checkpoint
+        # (tests/simhost/test_releases.py); both helpers must agree on it.
+        good = 3 if RELEASES.colo_back_header(XEN_RELEASE) == 8 else 2
+        assert_completed(out["save"], retval=0 if good == 3 else -1)
         assert_completed(out["restore"])
-        assert out["save"].calls.count("wait_checkpoint") == 3
+        assert out["save"].calls.count("wait_checkpoint") == good
         c.out.runs.append(Run("primary", out["save"]))
         c.out.runs.append(Run("secondary", out["restore"]))
     return scenario

@@ -5,12 +5,12 @@ import os
 
 import pytest
 
+from tests.support.fixtures import DEBIAN_BIN
 from xensr import cli, demo
 from xensr.testing import SimulatedHost
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEBIAN_HELPER = os.path.join(ROOT, ".cache", "debian", "root", "usr", "lib", "xen-4.17",
-                             "bin", "libxl-save-helper")
+DEBIAN_HELPER = str(DEBIAN_BIN / "libxl-save-helper")   # of the Xen built for
 
 
 def run_json(capsys, *argv):
@@ -42,7 +42,7 @@ def test_non_live_demo_sends_each_page_once(capsys):
 
 
 @pytest.mark.skipif(not os.path.exists(DEBIAN_HELPER),
-                    reason="Debian's xen-utils-4.17 is not unpacked (run ./bootstrap deps)")
+                    reason="Debian's xen-utils is not unpacked (run ./bootstrap deps)")
 def test_demo_with_debians_helper(capsys):
     status, report, err = run_json(capsys, "--memory", "16", "--helper", DEBIAN_HELPER)
     assert status == 0, err

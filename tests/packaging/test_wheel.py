@@ -13,6 +13,8 @@ import zipfile
 
 import pytest
 
+from xensr import XEN_VERSION
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HOST_LIBDIR = "/usr/lib/x86_64-linux-gnu"
 
@@ -74,7 +76,12 @@ def test_wheel_contents(dist):
     assert "xensr/py.typed" in infos and "xensr/_xc.pyi" in infos
     libs = sorted(n for n in infos if ".so" in os.path.basename(n) and not n.startswith("xensr/_xc."))
     # Only the simulated host's two libraries; never a host libxen* library.
-    assert libs == ["xensr/_simhost/libxenctrl.so.4.17", "xensr/_simhost/libxenguest.so.4.17"]
+    assert libs == [f"xensr/_simhost/libxenctrl.so.{XEN_VERSION}",
+                    f"xensr/_simhost/libxenguest.so.{XEN_VERSION}"]
+    # The Xen it was built for, which xensr.XEN_VERSION reads.
+    assert "xensr/_build.py" in infos
+    with zipfile.ZipFile(dist) as z:
+        assert f"XEN_VERSION = {XEN_VERSION!r}" in z.read("xensr/_build.py").decode()
     with zipfile.ZipFile(dist) as z:
         for name in libs:
             data = z.read(name)
@@ -97,6 +104,12 @@ def test_demo_from_installed_wheel(venv):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "memory: IDENTICAL" in r.stdout
     assert "precopy rounds:" in r.stdout
+
+
+def test_installed_wheel_reports_its_xen(venv):
+    r = run_outside(venv, "xensr", "--version")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.endswith(f"(built for Xen {XEN_VERSION})\n")
 
 
 SCRIPT = textwrap.dedent("""

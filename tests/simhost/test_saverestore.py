@@ -9,7 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from tests.simhost.cbuild import RELEASES
 from tests.support import stream as st
+from tests.support.fixtures import XEN_RELEASE
 from tests.support.parent import CBFLAGS_RESTORE_REMUS, Replies
 from tests.support.simhost import (
     XCFLAGS_DEBUG, XCFLAGS_LIVE, assert_completed, restore_from_file, save_to_file,
@@ -122,7 +124,8 @@ def test_save_restore(debian_helper, simulated_host, verify_stream, tmp_path, ki
     # The stream, record by record.
     assert verify_stream(path).returncode == 0
     s = st.parse(data)
-    assert s.version == 3 and s.xen == (4, 17) and s.guest_type == (1 if kind == "pv" else 2)
+    assert s.version == 3 and s.guest_type == (1 if kind == "pv" else 2)
+    assert s.xen == tuple(map(int, XEN_RELEASE.split(".")))      # the hypervisor's
     assert s.trailing == b""
     names = s.squashed()
     assert names[-1] == "END"
@@ -405,20 +408,26 @@ def test_colo_primary_and_secondary(debian_helper, simulated_host, tmp_path, kin
     # with no reader left that write would kill it with SIGPIPE.
     os.close(back_r)
     s, r = out["save"], out["restore"]
-    assert_completed(s)
     assert_completed(r)
-    body = ["suspend", "checkpoint", "postcopy", "wait_checkpoint"] * 3
+    # From Xen 4.18 the back channel breaks at the third checkpoint
+    # (tests/simhost/test_releases.py): two are committed.
+    good = 3 if RELEASES.colo_back_header(XEN_RELEASE) == 8 else 2
+    assert_completed(s, retval=0 if good == 3 else -1)
+    body = ["suspend", "checkpoint", "postcopy", "wait_checkpoint"] * good
+    if good == 2:
+        body.append("suspend")
     if kind == "hvm":
         assert s.calls == ["switch_qemu_logdirty", *body, "switch_qemu_logdirty", "complete"]
     else:
         assert s.calls == [*body, "complete"]
     per_cp = ["checkpoint", "restore_results", "postcopy", "wait_checkpoint", "suspend"]
-    assert r.calls == ["static_data_done", *per_cp * 3, "restore_results", "complete"]
+    assert r.calls == ["static_data_done", *per_cp * good, "restore_results", "complete"]
     src = host.domain_state(dom)
     for m in r.restore_results:
         assert (m["store_gfn"], m["console_gfn"]) == (src["store_gfn"], src["console_gfn"])
     assert "COLO Failover" in r.log_text()
-    assert host.memory_digest(target) == host.memory_digest(dom)
+    if good == 3:
+        assert host.memory_digest(target) == host.memory_digest(dom)
 
 
 def test_restore_into_a_hand_made_target(debian_helper, simulated_host, tmp_path):

@@ -12,6 +12,7 @@ from tests.support.parent import (
     CBFLAGS_RESTORE_REMUS, CBFLAGS_SAVE_REMUS, Replies, restore_args, restore_argv,
     run_helper, save_args, save_argv,
 )
+from tests.support.fixtures import valgrind_output
 from tests.support.simhost import assert_completed
 
 VALGRIND = shutil.which("valgrind")
@@ -25,7 +26,7 @@ def vg_run(helper, host, mode, args, fd, **kw):
     argv = VG + build(str(helper), fd, -1, args)
     t = run_helper(VALGRIND, mode, args, io_fd=fd, env=host.env, argv=argv,
                    timeout=120, **kw)
-    assert b"==" not in t.stderr, t.stderr.decode(errors="replace")
+    assert b"==" not in valgrind_output(t.stderr), t.stderr.decode(errors="replace")
     return t
 
 
@@ -86,7 +87,8 @@ def asan_libs(tmp_path_factory):
     """The simulated libraries rebuilt with AddressSanitizer and UBSan."""
     import os
     import subprocess
-    from tests.simhost.cbuild import LIB_SOURCES, compiler, lib_command
+    from tests.simhost.cbuild import LIB_SOURCES, RELEASES, compiler, lib_command
+    from tests.support.fixtures import XEN_RELEASE
     cc = compiler()
     libasan = subprocess.run([cc, "-print-file-name=libasan.so"], capture_output=True,
                              text=True).stdout.strip()
@@ -94,7 +96,7 @@ def asan_libs(tmp_path_factory):
         pytest.skip("no libasan for this compiler")
     out = tmp_path_factory.mktemp("asanlibs")
     for lib in LIB_SOURCES:
-        subprocess.run(lib_command(cc, lib, out / lib, [
+        subprocess.run(lib_command(cc, lib, out / RELEASES.soname(lib, XEN_RELEASE), [
             "-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
             "-fno-omit-frame-pointer", "-Wall", "-Wextra", "-Werror"]), check=True)
     return out, libasan

@@ -3,24 +3,54 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from xensr import XEN_VERSION
 from xensr.testing import (  # noqa: F401
     SimulatedHost, simhost_available, simhost_lib_dir,
 )
 
 __all__ = [
-    "ROOT", "DEBIAN_ROOT", "DEBIAN_BIN", "simulated_host", "simhost_libs", "debian_helper",
-    "verify_stream", "run_verify_stream", "fake", "iofd",
+    "ROOT", "XEN_RELEASE", "DEBIAN_ROOT", "DEBIAN_BIN", "simulated_host", "simhost_libs", "debian_helper",
+    "verify_stream", "run_verify_stream", "fake", "iofd", "valgrind_output",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-DEBIAN_ROOT = ROOT / ".cache" / "debian" / "root"
-DEBIAN_BIN = DEBIAN_ROOT / "usr" / "lib" / "xen-4.17" / "bin"
+#: The Xen release xensr is built for; Debian's tools of the same release
+#: are the ones the compatibility tests run.
+XEN_RELEASE = XEN_VERSION or "4.17"
+_UNPACKED = ROOT / ".cache" / "debian" / "root"
+
+
+def _debian_root() -> Path:
+    """Where Debian's xen-utils-<release> is: unpacked by ./bootstrap deps
+    (.cache/debian/root), else installed on this machine (a Debian root in
+    which the suite runs)."""
+    tools = Path("usr") / "lib" / f"xen-{XEN_RELEASE}" / "bin"
+    if not (_UNPACKED / tools).is_dir() and (Path("/") / tools / "libxl-save-helper").is_file():
+        return Path("/")
+    return _UNPACKED
+
+
+DEBIAN_ROOT = _debian_root()
+DEBIAN_BIN = DEBIAN_ROOT / "usr" / "lib" / f"xen-{XEN_RELEASE}" / "bin"
+
+
+# Valgrind 3.24 (Debian 13) tries every mapped file as an ELF image and says
+# so when it is not one: the simulated domains' memory files.  A notice,
+# not an error (the exit code stays 0).
+_VALGRIND_NOT_AN_IMAGE = re.compile(
+    rb"==\d+== warning: connection to image \S+ failed\n==\d+== +cannot read program headers *\n")
+
+
+def valgrind_output(stderr: bytes) -> bytes:
+    """What valgrind said, without its notices about mapped data files."""
+    return _VALGRIND_NOT_AN_IMAGE.sub(b"", stderr)
 
 
 @pytest.fixture
@@ -47,7 +77,7 @@ def debian_helper(simhost_libs) -> Path:
     """Debian's unmodified libxl-save-helper (skips if not unpacked)."""
     helper = DEBIAN_BIN / "libxl-save-helper"
     if not helper.is_file():
-        pytest.skip(f"Debian's xen-utils-4.17 is not unpacked at {DEBIAN_ROOT} "
+        pytest.skip(f"Debian's xen-utils-{XEN_RELEASE} is not unpacked at {DEBIAN_ROOT} "
                     "(run ./bootstrap deps)")
     return helper
 
@@ -56,7 +86,7 @@ def run_verify_stream(path: os.PathLike, fmt: str = "libxc") -> subprocess.Compl
     """Run Debian's verify-stream-v2 on a file with the host's python3."""
     script = DEBIAN_BIN / "verify-stream-v2"
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(DEBIAN_ROOT / "usr" / "lib" / "xen-4.17" / "lib" / "python")
+    env["PYTHONPATH"] = str(DEBIAN_ROOT / "usr" / "lib" / f"xen-{XEN_RELEASE}" / "lib" / "python")
     python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
     return subprocess.run([python, str(script), "-v", "-f", fmt, "-i", str(path)],
                           capture_output=True, text=True, env=env, timeout=120)
@@ -66,7 +96,7 @@ def run_verify_stream(path: os.PathLike, fmt: str = "libxc") -> subprocess.Compl
 def verify_stream():
     """verify(path, fmt="libxc") -> CompletedProcess (skips without Debian)."""
     if not (DEBIAN_BIN / "verify-stream-v2").is_file():
-        pytest.skip(f"Debian's xen-utils-4.17 is not unpacked at {DEBIAN_ROOT}")
+        pytest.skip(f"Debian's xen-utils-{XEN_RELEASE} is not unpacked at {DEBIAN_ROOT}")
     return run_verify_stream
 
 
