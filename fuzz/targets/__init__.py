@@ -16,6 +16,7 @@ import sys
 import traceback
 from typing import Callable, Dict, List, Optional
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 #: The targets, by name: module under fuzz.targets.
 TARGETS = ("callout", "stream", "helper")
 SIGNATURE_PREFIX = "xensr-fuzz signature: "
@@ -35,15 +36,13 @@ def signature(exc: BaseException) -> str:
     target) it came from: one signature per defect, whatever the input."""
     if isinstance(exc, Finding):
         return exc.signature
-    frames = traceback.extract_tb(exc.__traceback__)
     where = "?"
-    for fs in reversed(frames):
-        name = fs.filename.replace("\\", "/")
-        for root in ("/xensr/", "/fuzz/"):
-            if root in name or name.startswith(root[1:]):
-                where = f"{name[name.rfind(root) + 1:]}:{fs.name}"
-                break
-        if where != "?":
+    for fs in reversed(traceback.extract_tb(exc.__traceback__)):
+        # Cython frames carry paths relative to the top of the tree.
+        name = fs.filename
+        rel = os.path.relpath(name, ROOT) if os.path.isabs(name) else name
+        if rel.startswith(("xensr/", "fuzz/")):
+            where = f"{rel}:{fs.name}"
             break
     return f"{type(exc).__name__} in {where}"
 
