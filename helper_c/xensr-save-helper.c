@@ -498,6 +498,37 @@ static void complete(int r, int errnoval)
     exit(0);
 }
 
+/*
+ * libxenguest asserts that the callbacks a stream type needs are there (a
+ * parent's bad CBFLAGS would kill the helper with SIGABRT): fail first,
+ * with a frame saying why.  (That an HVM save has switch_qemu_logdirty is
+ * asserted too, but the domain's type is only known inside libxenguest.)
+ */
+static void check_save_callbacks(const struct save_callbacks *cb,
+                                 xc_stream_type_t stream_type, unsigned cbflags)
+{
+    if (!cb->suspend)
+        fail(EINVAL, "a save needs the suspend callback (CBFLAGS %#x)", cbflags);
+    if (stream_type != XC_STREAM_PLAIN && !(cb->checkpoint && cb->postcopy))
+        fail(EINVAL, "a Remus or COLO save needs the checkpoint and postcopy "
+             "callbacks (CBFLAGS %#x)", cbflags);
+    if (stream_type == XC_STREAM_COLO && !cb->wait_checkpoint)
+        fail(EINVAL, "a COLO save needs the wait_checkpoint callback (CBFLAGS %#x)",
+             cbflags);
+}
+
+static void check_restore_callbacks(const struct restore_callbacks *cb,
+                                    xc_stream_type_t stream_type, unsigned cbflags)
+{
+    if (stream_type != XC_STREAM_PLAIN && !cb->checkpoint)
+        fail(EINVAL, "a Remus or COLO restore needs the checkpoint callback "
+             "(CBFLAGS %#x)", cbflags);
+    if (stream_type == XC_STREAM_COLO
+        && !(cb->suspend && cb->postcopy && cb->wait_checkpoint && cb->restore_results))
+        fail(EINVAL, "a COLO restore needs the suspend, postcopy, wait_checkpoint "
+             "and restore_results callbacks (CBFLAGS %#x)", cbflags);
+}
+
 /* --save-domain IO_FD RECV_FD DOMID XCFLAGS CBFLAGS STREAM_TYPE */
 __attribute__((noreturn))
 static void run_save(struct cmdline *cl)
@@ -518,6 +549,7 @@ static void run_save(struct cmdline *cl)
     xensr_setcallbacks_save(&cb, cbflags);
 
     startup("save");
+    check_save_callbacks(&cb, stream_type, cbflags);
     setup_signals(save_sigterm_handler);
 
     r = xc_domain_save(xch, io_fd, dom, flags, &cb, stream_type, recv_fd);
@@ -553,6 +585,7 @@ static void run_restore(struct cmdline *cl)
     xensr_setcallbacks_restore(&cb, cbflags);
 
     startup("restore");
+    check_restore_callbacks(&cb, stream_type, cbflags);
     setup_signals(SIG_DFL);
 
     r = xc_domain_restore(xch, io_fd, dom, store_evtchn, &store_mfn,
