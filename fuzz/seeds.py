@@ -201,7 +201,7 @@ def _helpers() -> List[str]:
 
 
 def collect(tmp: Path) -> _Runs:
-    with SimulatedHost(tmp / "host") as host:
+    with SimulatedHost(tmp / "host", auto_suspend=True) as host:
         runs = _Runs(host, tmp)
         for helper in _helpers():
             for kind in ("pv", "hvm"):

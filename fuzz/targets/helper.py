@@ -85,7 +85,7 @@ class _Template:
         atexit.register(shutil.rmtree, self.dir, True)
         self.helper = xensr.helper_path()
         template = self.dir / "template"
-        with SimulatedHost(template) as host:
+        with SimulatedHost(template, auto_suspend=True) as host:
             assert host.create_domain(1, dirty_pages=4) == 1
             assert host.create_empty_domain() == 2
             self.lib_env = host.env
