@@ -20,13 +20,6 @@ from tests.support.fakehelper import Script
 MIB = 1
 
 
-@pytest.fixture(params=["xensr", "debian"])
-def helper(request, simhost_libs):
-    if request.param == "xensr":
-        return xensr.helper_path()
-    return str(request.getfixturevalue("debian_helper"))
-
-
 class AsyncCallbacks:
     """Every callback a coroutine that yields to the loop."""
 

@@ -22,14 +22,6 @@ from tests.support import fakehelper as fh
 from tests.support.fakehelper import Script
 
 
-@pytest.fixture
-def counts():
-    fds, kids = fh.open_fds(), fh.children()
-    yield
-    assert fh.open_fds() == fds
-    assert fh.children() == kids
-
-
 def save_op(fake, script, fd, callbacks=None, **kw):
     return xensr.SaveOperation(4, fd, callbacks, helper=fake.path, env=fake.env(script), **kw)
 

@@ -21,27 +21,8 @@ from tests.support import fakehelper as fh
 MIB = 4
 
 
-@pytest.fixture(params=["xensr", "debian"])
-def helper(request, simhost_libs):
-    if request.param == "xensr":
-        return xensr.helper_path()
-    return str(request.getfixturevalue("debian_helper"))
-
-
 def is_debian(helper):
     return helper.endswith("libxl-save-helper")
-
-
-@pytest.fixture
-def host(simulated_host):
-    return simulated_host
-
-
-@pytest.fixture
-def stream(tmp_path):
-    fd = os.open(tmp_path / "stream", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    yield fd
-    os.close(fd)
 
 
 def rewind(fd):

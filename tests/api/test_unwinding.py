@@ -35,33 +35,6 @@ from tests.support.fixtures import ROOT
 MIB = 4
 
 
-@pytest.fixture(params=["xensr", "debian"])
-def helper(request, simhost_libs):
-    if request.param == "xensr":
-        return xensr.helper_path()
-    return str(request.getfixturevalue("debian_helper"))
-
-
-@pytest.fixture
-def host(simulated_host):
-    return simulated_host
-
-
-@pytest.fixture
-def stream(tmp_path):
-    fd = os.open(tmp_path / "stream", os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-    yield fd
-    os.close(fd)
-
-
-@pytest.fixture
-def counts():
-    fds, kids = fh.open_fds(), fh.children()
-    yield
-    assert fh.open_fds() == fds
-    assert fh.children() == kids
-
-
 class Guest:
     """Save callbacks of an HVM guest: QEMU's log-dirty is the toolstack's
     (switch_qemu_logdirty), the hypervisor's is the simulated host's."""

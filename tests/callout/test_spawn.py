@@ -21,15 +21,6 @@ from tests.support.fakehelper import Script
 
 
 @pytest.fixture
-def counts():
-    """Asserts that the test leaves no fd and no child behind."""
-    fds, kids = fh.open_fds(), fh.children()
-    yield
-    assert fh.open_fds() == fds
-    assert fh.children() == kids
-
-
-@pytest.fixture
 def iofile(tmp_path):
     fd = os.open(tmp_path / "stream", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     yield fd

@@ -17,7 +17,7 @@ from xensr.testing import (  # noqa: F401
 
 __all__ = [
     "ROOT", "XEN_RELEASE", "DEBIAN_ROOT", "DEBIAN_BIN", "simulated_host", "simhost_libs", "debian_helper",
-    "verify_stream", "run_verify_stream", "fake", "iofd", "valgrind_output",
+    "verify_stream", "run_verify_stream", "fake", "iofd", "counts", "valgrind_output",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,3 +115,14 @@ def iofd(tmp_path):
     fd = os.open(tmp_path / "stream", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     yield fd
     os.close(fd)
+
+
+@pytest.fixture
+def counts():
+    """Asserts that the test leaves no fd and no child behind."""
+    from tests.support import fakehelper as fh
+
+    fds, kids = fh.open_fds(), fh.children()
+    yield
+    assert fh.open_fds() == fds
+    assert fh.children() == kids
