@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import gzip
 import hashlib
 import io
@@ -85,13 +86,27 @@ def cache_dir() -> Path:
     return Path(env) if env else REPO / ".cache" / "realxen"
 
 
+@functools.lru_cache(maxsize=None)
+def _apt_mirror(suite: str) -> str:
+    """The repository URI this machine's apt configuration uses for suite
+    (the images come from the same Debian mirror as the host's packages)."""
+    out = run(["apt-get", "indextargets", "--format", "$(REPO_URI) $(RELEASE)"],
+              what="apt-get indextargets")
+    for line in out.splitlines():
+        uri, _, release = line.partition(" ")
+        if release.strip() == suite:
+            return uri.rstrip("/")
+    raise BuildError(f"no Debian mirror for {suite} in this machine's apt configuration "
+                     "(run apt-get update, or set XENSR_REALXEN_MIRROR and "
+                     "XENSR_REALXEN_SECURITY_MIRROR)")
+
+
 def mirror() -> str:
-    return os.environ.get("XENSR_REALXEN_MIRROR", "http://deb.debian.org/debian")
+    return os.environ.get("XENSR_REALXEN_MIRROR") or _apt_mirror(SUITE)
 
 
 def security_mirror() -> str:
-    return os.environ.get("XENSR_REALXEN_SECURITY_MIRROR",
-                          "http://deb.debian.org/debian-security")
+    return os.environ.get("XENSR_REALXEN_SECURITY_MIRROR") or _apt_mirror(f"{SUITE}-security")
 
 
 def digest(obj) -> str:

@@ -114,3 +114,25 @@ def test_stage_builds_once_per_key_and_drops_stale_entries(tmp_path, monkeypatch
     with pytest.raises(images.BuildError):
         images.stage("unit", {"v": 3}, broken)
     assert sorted(p.name for p in tmp_path.iterdir()) == [b.path.name]  # no half entry
+
+
+def test_mirror_comes_from_apt_or_the_environment(monkeypatch):
+    """The images use the Debian mirror this machine's apt uses (no mirror
+    is written into the project); the environment overrides it."""
+    listing = ("http://mirror.example/debian-security/ bookworm-security\n"
+               "http://mirror.example/debian/ bookworm\n")
+    monkeypatch.setattr(images, "run", lambda cmd, **kw: listing)
+    images._apt_mirror.cache_clear()
+    monkeypatch.delenv("XENSR_REALXEN_MIRROR", raising=False)
+    monkeypatch.delenv("XENSR_REALXEN_SECURITY_MIRROR", raising=False)
+    try:
+        assert images.mirror() == "http://mirror.example/debian"
+        assert images.security_mirror() == "http://mirror.example/debian-security"
+        monkeypatch.setenv("XENSR_REALXEN_MIRROR", "http://other.example/debian")
+        assert images.mirror() == "http://other.example/debian"
+        monkeypatch.setattr(images, "run", lambda cmd, **kw: "")
+        images._apt_mirror.cache_clear()
+        with pytest.raises(images.BuildError, match="no Debian mirror"):
+            images.security_mirror()
+    finally:
+        images._apt_mirror.cache_clear()
