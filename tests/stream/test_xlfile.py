@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -179,10 +180,9 @@ def test_round_trip_positions_the_fd_at_the_libxc_stream(tmp_path, hvm):
     assert s.ended == "END" and s.xl.config_json == CFG
 
 
-def test_reader_on_a_pipe_never_reads_past_libxc_context(tmp_path):
-    libxc = libxc_bytes(hvm=True)
-    trailer = [EmulatorRecord.context(b"q" * 5000)]
-    data = xlfile.preamble_bytes(CFG) + libxc + xlfile.trailer_bytes(trailer)
+@contextlib.contextmanager
+def fed_pipe(data):
+    """The read end of a pipe that a thread fills with data, then closes."""
     r, w = os.pipe()
 
     def feed():
@@ -192,6 +192,17 @@ def test_reader_on_a_pipe_never_reads_past_libxc_context(tmp_path):
     t = threading.Thread(target=feed)
     t.start()
     try:
+        yield r
+    finally:
+        t.join()
+        os.close(r)
+
+
+def test_reader_on_a_pipe_never_reads_past_libxc_context(tmp_path):
+    libxc = libxc_bytes(hvm=True)
+    trailer = [EmulatorRecord.context(b"q" * 5000)]
+    data = xlfile.preamble_bytes(CFG) + libxc + xlfile.trailer_bytes(trailer)
+    with fed_pipe(data) as r:
         f = SaveFileReader(r)
         assert f.config_json == CFG
         # the "helper": reads exactly the libxc stream from the same fd
@@ -204,23 +215,12 @@ def test_reader_on_a_pipe_never_reads_past_libxc_context(tmp_path):
         assert f.read_trailer(consumed=len(libxc)) == trailer
         assert f.offset == len(data)
         f.close()
-    finally:
-        t.join()
-        os.close(r)
 
 
 def test_trailer_error_offsets_on_a_pipe_use_consumed(tmp_path):
     libxc = libxc_bytes(hvm=True)
     data = xlfile.preamble_bytes(CFG) + libxc + rec(L_END) + b"junk"
-    r, w = os.pipe()
-
-    def feed():
-        with os.fdopen(w, "wb") as out:
-            out.write(data)
-
-    t = threading.Thread(target=feed)
-    t.start()
-    try:
+    with fed_pipe(data) as r:
         f = SaveFileReader(r)
         left = len(libxc)
         while left:
@@ -229,9 +229,6 @@ def test_trailer_error_offsets_on_a_pipe_use_consumed(tmp_path):
             f.read_trailer(consumed=len(libxc))
         assert ei.value.offset == len(data) - 4
         assert "trailing data" in str(ei.value)
-    finally:
-        t.join()
-        os.close(r)
 
 
 def test_skip_libxc_validates_it_in_python(tmp_path):
