@@ -33,6 +33,9 @@ __all__ = [
     "HelperTimeout",
     "SaveRestoreError",
     "StreamFormatError",
+    "ToolstackError",
+    "DomainNotFound",
+    "SuspendTimeout",
     "CallbackWarning",
 ]
 
@@ -233,6 +236,24 @@ class StreamFormatError(XensrError, ValueError):
         super().__init__(f"offset {offset}: {message}")
         self.offset = offset
         self.reason = reason or message
+
+
+class ToolstackError(XensrError):
+    """An operation on the host around the helper failed: looking a domain
+    up, suspending, resuming, renaming, creating or destroying it."""
+
+    def __init__(self, message: str, domid: Optional[int] = None):
+        super().__init__(message)
+        self.domid = domid
+
+
+class DomainNotFound(ToolstackError, LookupError):
+    """No domain has that name or domid."""
+
+
+class SuspendTimeout(ToolstackError, TimeoutError):
+    """The guest did not acknowledge a suspend request in time.  It was
+    never suspended, so it must not be resumed (as xl does)."""
 
 
 class CallbackWarning(UserWarning):
