@@ -186,7 +186,22 @@ def test_save_restore_error_strerror_of_any_errno():
 # ----------------------------------------------------------------------
 # 4: Ctrl-C inside a blocking callback unwinds as abort()
 
-def test_ctrl_c_in_a_blocking_callback_unwinds(host, helper, stream, counts):
+@pytest.fixture
+def ctrl_c():
+    """SIGINT raises KeyboardInterrupt, as at an interactive prompt, even
+    when the test run inherited SIGINT ignored (a job started with `&` by a
+    non-interactive shell does)."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_ctrl_c_fixture_makes_sigint_raise(ctrl_c):
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_ctrl_c_in_a_blocking_callback_unwinds(ctrl_c, host, helper, stream, counts):
     dom = hvm_guest(host)
 
     def suspend():
@@ -202,7 +217,7 @@ def test_ctrl_c_in_a_blocking_callback_unwinds(host, helper, stream, counts):
     assert_put_back(host, dom, guest)
 
 
-def test_second_ctrl_c_kills_at_once(fake, iofd, counts):
+def test_second_ctrl_c_kills_at_once(ctrl_c, fake, iofd, counts):
     presses = []
 
     class CB:
