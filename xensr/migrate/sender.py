@@ -46,18 +46,16 @@ PAGE_SIZE = 4096
 @dataclass
 class Round:
     """One pass over guest memory: ``name`` as libxenguest reports it
-    ("Frames iteration 1"..., "Frames" for the pass after the suspend),
-    the pages sent and their bytes (pages × 4096)."""
+    ("Frames iteration 0"...), the pages sent and their bytes (pages ×
+    4096); ``live``: sent while the guest ran (False for the pass after
+    the suspend, and the VERIFY pass)."""
     name: str
     pages: int = 0
+    live: bool = True
 
     @property
     def bytes(self) -> int:
         return self.pages * PAGE_SIZE
-
-    @property
-    def live(self) -> bool:
-        return self.name.startswith("Frames iteration")
 
 
 @dataclass(frozen=True)
@@ -145,7 +143,7 @@ class _Source:
     def progress(self, context: str, doing_what: str, done: int, total: int) -> Any:
         if doing_what.startswith("Frames"):
             if not self.rounds or self.rounds[-1].name != doing_what or done < self.rounds[-1].pages:
-                self.rounds.append(Round(doing_what))
+                self.rounds.append(Round(doing_what, live=self.suspended_at is None))
             r = self.rounds[-1]
             r.pages = max(r.pages, done)
             if self.progress_to is not None:
