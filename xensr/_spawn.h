@@ -50,7 +50,6 @@ typedef struct {
     int stdout_fd;          /* frame pipe write end (>= 3): becomes fd 1 */
     int keep_fd[2];         /* io fd, back-channel fd (>= 3, or -1) */
     int err_fd;             /* error pipe write end, close-on-exec */
-    int ignore_sigpipe;     /* SIGPIPE ignored in the helper (a migration) */
 } xensr_spawn_t;
 
 static void __attribute__((noreturn))
@@ -92,19 +91,6 @@ xensr_spawn_child(const xensr_spawn_t *sp)
         sa.sa_flags = 0;
         sigemptyset(&sa.sa_mask);
         (void)sigaction(sig, &sa, NULL);
-    }
-
-    /*
-     * A migration's helper writes to a peer that may vanish: with SIGPIPE
-     * ignored (as xl leaves it for its helper) the write fails with EPIPE
-     * and libxenguest unwinds (log-dirty off, guest resumed), instead of
-     * the helper dying with the guest half-way.
-     */
-    if (sp->ignore_sigpipe) {
-        sa.sa_handler = SIG_IGN;
-        sa.sa_flags = 0;
-        sigemptyset(&sa.sa_mask);
-        (void)sigaction(SIGPIPE, &sa, NULL);
     }
 
     /*

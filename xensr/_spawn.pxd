@@ -13,7 +13,6 @@ cdef extern from "_spawn.h" nogil:
         int stdout_fd
         int keep_fd[2]
         int err_fd
-        int ignore_sigpipe
 
     enum:
         XENSR_SPAWN_STAGE_DUP2

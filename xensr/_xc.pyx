@@ -326,7 +326,7 @@ cdef tuple _plan_prepare(SpawnPlan *plan, bytes bpath, bytes bmode, int io_fd,
     return (argl, envl)
 
 
-cdef pid_t _fork_exec(SpawnPlan *plan, bytes bpath, path, bint ignore_sigpipe) except -1:
+cdef pid_t _fork_exec(SpawnPlan *plan, bytes bpath, path) except -1:
     """vfork + execve the helper (without the GIL); then close the child's
     ends here at once, so that EOF on the frame pipe means it is gone."""
     cdef xensr_spawn_t sp
@@ -340,7 +340,6 @@ cdef pid_t _fork_exec(SpawnPlan *plan, bytes bpath, path, bint ignore_sigpipe) e
     sp.keep_fd[0] = plan.io_child
     sp.keep_fd[1] = plan.back_child
     sp.err_fd = plan.error_pipe[1]
-    sp.ignore_sigpipe = ignore_sigpipe
     with nogil:
         pid = xensr_spawn(&sp)
     if pid < 0:
@@ -558,8 +557,7 @@ cdef class Callout:
     # ------------------------------------------------------------------
     # Spawn
 
-    def spawn(self, path, mode, int io_fd, int back_fd, args, env=None,
-              bint ignore_sigpipe=False):
+    def spawn(self, path, mode, int io_fd, int back_fd, args, env=None):
         """Start the helper; return its pid.
 
         argv is ``[path, mode, IO_FD, BACK_FD, *args]`` (docs/protocol.md §2); io/back fds
@@ -568,8 +566,6 @@ cdef class Callout:
         of ``b"NAME=value"``.  O_NONBLOCK is cleared on the io and back fds
         until :meth:`close`.  Raises HelperStartError (with the errno of
         the failed step) when the helper could not be executed.
-        ``ignore_sigpipe``: the helper starts with SIGPIPE ignored, so that
-        a write to a vanished reader of the io fd fails with EPIPE.
 
         The parent's work (_plan_prepare), the fork-exec (_fork_exec, in C,
         without the GIL) and reading the child's report (_read_report) are
@@ -607,7 +603,7 @@ cdef class Callout:
             except OSError as exc:   # out of fds (EMFILE/ENFILE), mostly
                 raise HelperStartError(
                     exc.errno, f"cannot start the helper: {exc.strerror}", path) from exc
-            pid = _fork_exec(&plan, bpath, path, ignore_sigpipe)
+            pid = _fork_exec(&plan, bpath, path)
             _read_report(&plan, pid, path)
             self._pidfd = _open_pidfd(pid, path)
             self.pid = pid

@@ -148,11 +148,6 @@ class SaveFileOptions(HelperOptions, total=False):
     debug: bool
     #: The back channel (COLO).
     recv_fd: Optional[FileDescriptor]
-    #: Start the helper with SIGPIPE ignored: when the reader of ``fd``
-    #: vanishes (a migration's peer), its write fails with EPIPE and
-    #: libxenguest unwinds (log-dirty off, the guest resumed) instead of
-    #: the helper dying of the signal.
-    ignore_sigpipe: bool
 
 
 class SaveOptions(SaveFileOptions, total=False):
@@ -197,7 +192,7 @@ _DEFAULTS: Dict[str, Any] = {
     "helper": None, "env": None, "timeout": None, "idle_timeout": None,
     "kill_grace": DEFAULT_KILL_GRACE, "frame_timeout": DEFAULT_FRAME_TIMEOUT,
     "log_tail": 20, "stream_type": C.XC_STREAM_PLAIN,
-    "live": False, "debug": False, "recv_fd": None, "ignore_sigpipe": False,
+    "live": False, "debug": False, "recv_fd": None,
     "store_domid": 0, "console_domid": 0, "send_back_fd": None,
 }
 
@@ -431,8 +426,6 @@ class Operation:
     direction: int
     kind: str
     _mode: str
-    #: Whether the helper starts with SIGPIPE ignored.
-    ignore_sigpipe = False
 
     def __init__(self, domid: int, fd: FileDescriptor, callbacks: Optional[object],
                  *, back_fd: Optional[FileDescriptor], stream_type: int,
@@ -584,8 +577,7 @@ class Operation:
             self.helper = resolve_helper(self._helper_arg)
             check_helper_libraries(self.helper, self._env)
             self._callout.spawn(self.helper, self._mode, self.fd, self.back_fd,
-                                self._args(), self._env,
-                                ignore_sigpipe=self.ignore_sigpipe)
+                                self._args(), self._env)
         except BaseException as exc:
             self._state = "done"
             self._callout.close()
@@ -1104,7 +1096,6 @@ class SaveOperation(Operation):
         o = _options("SaveOperation", options, SaveOperationOptions)
         self.live = bool(o["live"])
         self.debug = bool(o["debug"])
-        self.ignore_sigpipe = bool(o["ignore_sigpipe"])
         self.xcflags = ((C.XCFLAGS_LIVE if self.live else 0)
                         | (C.XCFLAGS_DEBUG if self.debug else 0))
         super().__init__(domid, fd, callbacks, back_fd=o["recv_fd"],

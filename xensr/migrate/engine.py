@@ -17,6 +17,7 @@ clears O_NONBLOCK for its run) and get their flags back at the end.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import selectors
 import time
@@ -26,7 +27,7 @@ from typing import Any, Dict, Generator, List, Optional, Tuple, Union
 from ..api import EVENT_READ, EVENT_WRITE, Operation, OperationResult
 from ..errors import Aborted, XensrError
 
-__all__ = ["Read", "Write", "Run", "Steps", "Exchange", "run_async"]
+__all__ = ["Read", "Write", "Run", "Relay", "Steps", "Exchange", "run_async"]
 
 
 @dataclass
@@ -43,10 +44,95 @@ class Write:
     data: bytes
 
 
+class Relay:
+    """The bytes a save's helper writes, carried to the transport by this
+    process: the helper writes to a pipe whose reader never goes away, so
+    that a vanished peer never kills it with SIGPIPE (xensr's helper and
+    libxl's start with SIGPIPE at its default action).  A failed write to
+    the transport aborts the save instead: the helper unwinds, log-dirty
+    goes off and the guest is left running.
+
+    Make one, give :attr:`helper_fd` to the operation as its fd, and put
+    both in a :class:`Run` step.
+    """
+
+    CHUNK = 1 << 20
+
+    def __init__(self, dst: int):
+        self.dst = dst
+        self.src, self.helper_fd = os.pipe2(os.O_CLOEXEC)
+        os.set_blocking(self.src, False)
+        try:
+            fcntl.fcntl(self.helper_fd, fcntl.F_SETPIPE_SZ, self.CHUNK)
+        except OSError:
+            pass                        # the default size works, slower
+        self.buf = bytearray()
+        self.eof = False
+        self.error: Optional[OSError] = None
+        #: Bytes written to the transport.
+        self.total = 0
+
+    def close_helper_end(self) -> None:
+        if self.helper_fd >= 0:
+            os.close(self.helper_fd)
+            self.helper_fd = -1
+
+    def close(self) -> None:
+        self.close_helper_end()
+        if self.src >= 0:
+            os.close(self.src)
+            self.src = -1
+
+    def fds(self) -> List[Tuple[int, int]]:
+        out = []
+        if not self.eof and len(self.buf) < self.CHUNK:
+            out.append((self.src, EVENT_READ))
+        if self.buf and self.error is None:
+            out.append((self.dst, EVENT_WRITE))
+        return out
+
+    def pull(self) -> None:
+        """Read what the helper wrote (discarded once the transport failed)."""
+        while not self.eof and len(self.buf) < self.CHUNK:
+            try:
+                data = os.read(self.src, self.CHUNK)
+            except BlockingIOError:
+                return
+            except InterruptedError:
+                continue
+            if not data:
+                self.eof = True
+                return
+            if self.error is None:
+                self.buf += data
+
+    def push(self) -> bool:
+        """Write to the transport; False when it failed (self.error)."""
+        while self.buf and self.error is None:
+            try:
+                n = os.write(self.dst, self.buf)
+            except BlockingIOError:
+                return True
+            except InterruptedError:
+                continue
+            except OSError as e:
+                self.error = e
+                self.buf = bytearray()
+                return False
+            del self.buf[:n]
+            self.total += n
+        return self.error is None
+
+    def finished(self) -> bool:
+        return self.eof and (not self.buf or self.error is not None)
+
+
 @dataclass
 class Run:
-    """Run a save or restore to its end; its result, or its error raised."""
+    """Run a save or restore to its end; its result, or its error raised
+    (with a relay: its transport's OSError, if that failed first)."""
     op: Operation
+    relay: Optional[Relay] = None
 
 
 Step = Union[Read, Write, Run]
@@ -156,10 +242,12 @@ class Exchange:
                         if self._aborted:
                             step.op.abort()
                 except BaseException as e:
+                    if step.relay is not None:
+                        step.relay.close()
                     exc = e
                     continue
-                if step.op.done():
-                    value, exc = self._op_outcome(step.op)
+                if self._run_finished(step):
+                    value, exc = self._op_outcome(step)
                     continue
                 return
             if self._aborted:
@@ -188,15 +276,34 @@ class Exchange:
         self._flags = {}
 
     @staticmethod
-    def _op_outcome(op: Operation) -> Tuple[Any, Optional[BaseException]]:
-        err = op.exception()
+    def _run_finished(step: Run) -> bool:
+        """The operation is over and its relay has carried (or dropped)
+        everything the helper wrote."""
+        if not step.op.done():
+            return False
+        relay = step.relay
+        if relay is None:
+            return True
+        relay.close_helper_end()        # the helper is gone: EOF comes
+        relay.pull()
+        relay.push()
+        return relay.finished()
+
+    @staticmethod
+    def _op_outcome(step: Run) -> Tuple[Any, Optional[BaseException]]:
+        relay = step.relay
+        if relay is not None:
+            relay.close()
+            if relay.error is not None:
+                return None, relay.error
+        err = step.op.exception()
         if err is not None:
             return None, err
-        return op.result(), None
+        return step.op.result(), None
 
     def _finish_run(self, step: Run) -> None:
-        if step.op.done() and self._step is step:
-            value, exc = self._op_outcome(step.op)
+        if self._step is step and self._run_finished(step):
+            value, exc = self._op_outcome(step)
             self._advance(value, exc)
 
     def _try_io(self) -> bool:
@@ -235,7 +342,10 @@ class Exchange:
             return []
         step = self._step
         if isinstance(step, Run):
-            return step.op.fds()
+            fds = step.op.fds()
+            if step.relay is not None:
+                fds += step.relay.fds()
+            return fds
         if isinstance(step, Read):
             return [(step.fd, EVENT_READ)]
         if isinstance(step, Write):
@@ -247,7 +357,14 @@ class Exchange:
             return
         step = self._step
         if isinstance(step, Run):
-            step.op.handle(fd, events)
+            relay = step.relay
+            if relay is not None and fd in (relay.src, relay.dst):
+                if fd == relay.src:
+                    relay.pull()
+                if not relay.push():
+                    step.op.abort()     # the peer is gone: the helper unwinds
+            else:
+                step.op.handle(fd, events)
             self._finish_run(step)
             return
         if step is None or fd != step.fd:
@@ -350,7 +467,7 @@ async def run_async(steps: Steps, fds: Tuple[int, ...], what: str) -> Any:
             value, exc = None, None
             try:
                 if isinstance(step, Run):
-                    value = await aio.run(step.op)
+                    value = await _run_relayed(loop, step, aio.run)
                 elif cancelled is not None:
                     exc = Aborted(f"{what} cancelled")
                 else:
@@ -370,6 +487,65 @@ async def run_async(steps: Steps, fds: Tuple[int, ...], what: str) -> Any:
                 os.set_blocking(fd, b)
             except OSError:
                 pass
+
+
+async def _run_relayed(loop: asyncio.AbstractEventLoop, step: Run, run: Any) -> Any:
+    """aio.run(op), with the relay's copying alongside on the same loop."""
+    relay = step.relay
+    if relay is None:
+        return await run(step.op)
+    op = step.op
+    try:
+        if op.pid is None and not op.done():
+            op.start()
+        task = asyncio.ensure_future(run(op))
+        wake: "asyncio.Future[None]" = loop.create_future()
+        readers: List[int] = []
+        writers: List[int] = []
+
+        def ready() -> None:
+            if not wake.done():
+                wake.set_result(None)
+
+        try:
+            while True:
+                if task.done():
+                    relay.close_helper_end()
+                relay.pull()
+                if not relay.push():
+                    op.abort()
+                if task.done() and relay.finished():
+                    break
+                for fd, ev in relay.fds():
+                    if ev & EVENT_READ:
+                        loop.add_reader(fd, ready)
+                        readers.append(fd)
+                    else:
+                        loop.add_writer(fd, ready)
+                        writers.append(fd)
+                task.add_done_callback(lambda t: ready())
+                try:
+                    await asyncio.shield(wake)
+                finally:
+                    for fd in readers:
+                        loop.remove_reader(fd)
+                    for fd in writers:
+                        loop.remove_writer(fd)
+                    readers, writers = [], []
+                wake = loop.create_future()
+        except asyncio.CancelledError:
+            op.abort()
+            try:
+                await asyncio.shield(task)
+            except BaseException:
+                pass
+            raise
+        if relay.error is not None:
+            task.exception()        # retrieved: the transport's error wins
+            raise relay.error
+        return task.result()
+    finally:
+        relay.close()
 
 
 async def _io(loop: asyncio.AbstractEventLoop, step: Step) -> Optional[bytes]:

@@ -69,7 +69,7 @@ def _read(fd: int, n: int, what: str, stage: str, **state: str) -> Steps:
     return data
 
 
-def _preamble(fd: int) -> Steps:
+def read_preamble(fd: int) -> Steps:
     """The xl header, configuration, libxl header and LIBXC_CONTEXT:
     (the bytes read, the configuration without its NUL)."""
     raw = yield from _read(fd, F.XL_HEADER.size, "the xl header", "header", destination="none")
@@ -173,11 +173,17 @@ def _handshake(send_fd: int, recv_fd: int, start: Any, destroy: Any, state: str)
         except ToolstackError as e:
             status = W.STATUS_FAIL
             problem = f"starting the copy failed: {e}"
+    gone = "destroyed" if state != "none" else "none"
     try:
         yield Write(send_fd, W.REPORT + bytes([status]))
     except OSError as e:
-        raise W.io_error(e, "writing the report", stage="report", side=_SIDE,
-                         destination="kept") from e
+        if status == W.STATUS_OK:
+            # As xl: the copy runs and stays; the sender cannot know.
+            raise W.io_error(e, "writing the report", stage="report", side=_SIDE,
+                             destination="kept") from e
+        destroy()
+        raise W.MigrationError(f"{problem}; then writing the report failed: {e.strerror or e}",
+                               stage="go", side=_SIDE, destination=gone) from e
     if status == W.STATUS_OK:
         return status
     destroy()
@@ -185,8 +191,7 @@ def _handshake(send_fd: int, recv_fd: int, start: Any, destroy: Any, state: str)
         yield Write(send_fd, W.GO)
     except OSError:
         pass        # the sender is gone: it cannot resume anyway
-    raise W.MigrationError(problem or "failed", stage="go", side=_SIDE,
-                           destination="destroyed" if state != "none" else "none")
+    raise W.MigrationError(problem or "failed", stage="go", side=_SIDE, destination=gone)
 
 
 def _receiver_steps(host: IncomingToolstack, send_fd: int, recv_fd: int, *, paused: bool,
@@ -197,7 +202,7 @@ def _receiver_steps(host: IncomingToolstack, send_fd: int, recv_fd: int, *, paus
     except OSError as e:
         raise W.io_error(e, "writing the banner", stage="banner", side=_SIDE,
                          destination="none") from e
-    _, config, name = yield from _preamble(recv_fd)
+    _, config, name = yield from read_preamble(recv_fd)
     if debug and log is not None:
         log(config.decode("utf-8", "replace"))
     incoming = name + W.INCOMING_SUFFIX
@@ -244,13 +249,33 @@ def _receiver_steps(host: IncomingToolstack, send_fd: int, recv_fd: int, *, paus
                          emulator_records=records, paused=paused)
 
 
+def copy_stream(recv_fd: int, out: Any) -> Steps:
+    """Read the libxc stream and the libxl records after it, to the libxl
+    END, handing every byte to ``out``; returns the emulator records."""
+    head = yield from _read(recv_fd, F.LIBXC_IHDR.size + F.LIBXC_DHDR.size,
+                            "the libxc headers", "stream", destination="none")
+    marker, ident, version = F.LIBXC_IHDR.unpack_from(head)[:3]
+    if marker != F.LIBXC_MARKER or ident != F.LIBXC_ID or version not in F.LIBXC_VERSIONS:
+        raise W.MigrationError("not a libxc migration stream", stage="stream", side=_SIDE,
+                               destination="none")
+    out(head)
+    while True:
+        rtype, _, allb = yield from _record(recv_fd, "libxc", "none")
+        out(allb)
+        if rtype == F.LibxcRecordType.END:
+            break
+    records, raw = yield from _libxl_trailer(recv_fd, "none")
+    out(raw)
+    return records
+
+
 def _to_file_steps(out_fd: int, send_fd: int, recv_fd: int, *, debug: bool, log: Any) -> Steps:
     try:
         yield Write(send_fd, W.BANNER)
     except OSError as e:
         raise W.io_error(e, "writing the banner", stage="banner", side=_SIDE,
                          destination="none") from e
-    pre, config, name = yield from _preamble(recv_fd)
+    pre, config, name = yield from read_preamble(recv_fd)
     if debug and log is not None:
         log(config.decode("utf-8", "replace"))
     total = [0]
@@ -264,20 +289,7 @@ def _to_file_steps(out_fd: int, send_fd: int, recv_fd: int, *, debug: bool, log:
 
     try:
         out(pre)
-        head = yield from _read(recv_fd, F.LIBXC_IHDR.size + F.LIBXC_DHDR.size,
-                                "the libxc headers", "stream", destination="none")
-        marker, ident, version = F.LIBXC_IHDR.unpack_from(head)[:3]
-        if marker != F.LIBXC_MARKER or ident != F.LIBXC_ID or version not in F.LIBXC_VERSIONS:
-            raise W.MigrationError("not a libxc migration stream", stage="stream", side=_SIDE,
-                                   destination="none")
-        out(head)
-        while True:
-            rtype, _, allb = yield from _record(recv_fd, "libxc", "none")
-            out(allb)
-            if rtype == F.LibxcRecordType.END:
-                break
-        records, raw = yield from _libxl_trailer(recv_fd, "none")
-        out(raw)
+        records = yield from copy_stream(recv_fd, out)
     except OSError as e:
         raise W.MigrationError(f"writing the file failed: {e.strerror or e}", stage="stream",
                                side=_SIDE, destination="none") from e

@@ -28,7 +28,7 @@ from ..errors import SuspendTimeout, ToolstackError, XensrError
 from ..toolstack import Toolstack
 from ..xlfile import _WrappedCallbacks, preamble_bytes, trailer_bytes
 from . import wire as W
-from .engine import Exchange, Read, Run, Steps, Write, run_async
+from .engine import Exchange, Read, Relay, Run, Steps, Write, run_async
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -197,10 +197,15 @@ def _sender_steps(host: Toolstack, domid: int, send_fd: int, recv_fd: int, *,
 
     # stream: the helper's save, live, then END.
     src = _Source(host, domid, callbacks, suspend_timeout, progress)
-    op = SaveOperation(domid, send_fd, src.callbacks, live=True, debug=debug,
-                       ignore_sigpipe=True, **save_options)
     try:
-        save = yield Run(op)
+        relay = Relay(send_fd)
+        try:
+            op = SaveOperation(domid, relay.helper_fd, src.callbacks, live=True, debug=debug,
+                               **save_options)
+        except BaseException:
+            relay.close()
+            raise
+        save = yield Run(op, relay)
         yield Write(send_fd, trailer_bytes())
     except (XensrError, OSError) as e:
         state = src.put_back()

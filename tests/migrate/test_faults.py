@@ -1,0 +1,352 @@
+"""A migration's failures: typed errors naming the stage on both sides,
+the source guest safe (running, memory unchanged, log-dirty off), nothing
+left on the destination, no fd or child process leaked."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.support.fixtures import ROOT
+from xensr.errors import ToolstackError
+from xensr.migrate import (BANNER, HandshakeUndefined, MigrationError, PeerClosed,
+                           TargetFailed, UnexpectedMessage, migrate_domain)
+from xensr.migrate import receiver as R
+from xensr.migrate.engine import Exchange, Write
+from xensr.testing import SimulatedHost
+
+from .conftest import ReceiverThread, start_receiver
+
+
+def source(hosts, **kw):
+    """A guest that dirties no memory, so that its memory must come out
+    of a failed migration exactly as it went in."""
+    dom = hosts.src.create_domain(8, name="guest", dirty_pages=0, **kw)
+    return dom, hosts.src.memory_digest(dom)
+
+
+def assert_source_safe(hosts, dom, digest, state="running"):
+    s = hosts.src.domain_state(dom)
+    assert s["state"] == state
+    assert s["logdirty"] is False
+    assert s["name"] == "guest"
+    assert hosts.src.memory_digest(dom) == digest
+
+
+def assert_destination_clean(hosts):
+    assert hosts.dst.domain_ids() == []
+
+
+class Cutter:
+    """A link between two socket pairs that can be cut: copies both ways
+    in a thread, and after ``after`` bytes from the sender (or on cut())
+    closes both ends."""
+
+    def __init__(self, after=None):
+        self.sender, self._a = socket.socketpair()
+        self._b, self.receiver = socket.socketpair()
+        self.after = after
+        self.passed = 0
+        self._cut = threading.Event()
+        self._r, self._w = os.pipe()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def cut(self):
+        self._cut.set()
+        os.write(self._w, b"x")
+
+    def _run(self):
+        import selectors
+        sel = selectors.DefaultSelector()
+        sel.register(self._a, selectors.EVENT_READ)
+        sel.register(self._b, selectors.EVENT_READ)
+        sel.register(self._r, selectors.EVENT_READ)
+        try:
+            while not self._cut.is_set():
+                for key, _ in sel.select():
+                    if key.fileobj is self._r:
+                        break
+                    data = key.fileobj.recv(65536)
+                    if not data:
+                        return
+                    if key.fileobj is self._a:
+                        if self.after is not None and self.passed + len(data) >= self.after:
+                            return
+                        self.passed += len(data)
+                        self._b.sendall(data)
+                    else:
+                        self._a.sendall(data)
+        finally:
+            sel.close()
+            # Cut: both ends see the connection go.
+            self._a.close()
+            self._b.close()
+
+    def close(self):
+        self.cut()
+        self.thread.join(30)
+        os.close(self._r)
+        os.close(self._w)
+        self.sender.close()
+
+
+def test_link_cut_during_precopy(hosts, counts):
+    dom, digest = source(hosts)
+    link = Cutter(after=1 << 20)
+    rx = start_receiver(hosts, link.receiver)
+    try:
+        with pytest.raises(MigrationError) as e:
+            migrate_domain(hosts.src, dom, link.sender, **hosts.send_kw())
+    finally:
+        link.close()
+        rx.join()
+    assert isinstance(e.value, PeerClosed)
+    assert e.value.stage == "stream" and e.value.side == "sender"
+    assert e.value.source == "untouched"
+    assert isinstance(rx.error, MigrationError) and rx.error.stage == "stream"
+    assert rx.error.destination == "destroyed"
+    assert_source_safe(hosts, dom, digest)
+    assert_destination_clean(hosts)
+
+
+def test_link_cut_after_the_suspend(hosts, counts):
+    dom, digest = source(hosts)
+    link = Cutter()
+
+    class Cb:
+        def suspend(self):
+            hosts.src.suspend(dom)
+            link.cut()
+            return True
+
+    rx = start_receiver(hosts, link.receiver)
+    try:
+        with pytest.raises(MigrationError) as e:
+            migrate_domain(hosts.src, dom, link.sender, Cb(), **hosts.send_kw())
+    finally:
+        link.close()
+        rx.join()
+    assert e.value.stage in ("stream", "ready") and e.value.source == "resumed"
+    assert isinstance(rx.error, MigrationError) and rx.error.stage == "stream"
+    assert_source_safe(hosts, dom, digest)
+    assert_destination_clean(hosts)
+
+
+def test_not_ready(xhosts, counts):
+    """A receiver that answers something else than "ready"."""
+    hosts = xhosts
+    dom, digest = source(hosts)
+    a, b = socket.socketpair()
+
+    def fake(fd):
+        yield Write(fd, BANNER)
+        yield from R.read_preamble(fd)
+        yield from R.copy_stream(fd, lambda data: None)
+        yield Write(fd, b"domain received, ready to unpaus!\0")
+
+    rx = ReceiverThread(b, lambda fd: Exchange(fake(fd), (fd,), "fake").run())
+    try:
+        with pytest.raises(UnexpectedMessage) as e:
+            migrate_domain(hosts.src, dom, a, **hosts.send_kw())
+    finally:
+        a.close()
+        rx.join()
+    assert e.value.stage == "ready" and e.value.source == "resumed"
+    assert e.value.received == b"domain received, ready to unpaus!\0"
+    assert_source_safe(hosts, dom, digest)
+
+
+class FailingUnpause(SimulatedHost):
+    def unpause(self, domid):
+        raise ToolstackError("unpause refused", domid)
+
+
+def test_failed_unpause(xhosts, tmp_path, counts):
+    """The receiver reports a failed start: it destroys its copy and sends
+    GO back; the source is renamed back and resumed."""
+    hosts = xhosts
+    dom, digest = source(hosts)
+    dst = FailingUnpause(hosts.dst.state_dir)
+    a, b = socket.socketpair()
+    from xensr.migrate import receive_domain
+    rx = ReceiverThread(b, lambda fd: receive_domain(dst, fd, fd, **hosts.recv_kw()))
+    try:
+        with pytest.raises(TargetFailed) as e:
+            migrate_domain(hosts.src, dom, a, **hosts.send_kw())
+    finally:
+        a.close()
+        rx.join()
+    assert e.value.stage == "report" and e.value.status == 3 and e.value.source == "resumed"
+    assert isinstance(rx.error, MigrationError) and rx.error.stage == "go"
+    assert rx.error.destination == "destroyed"
+    assert_source_safe(hosts, dom, digest)
+    assert_destination_clean(hosts)
+
+
+def test_unrestorable_stream(hosts, counts):
+    """The receiver cannot restore the stream (its helper fails at a page)."""
+    dom, digest = source(hosts)
+    hosts.dst.set_fault("fail-at-page:300@restore")
+    a, b = socket.socketpair()
+    rx = start_receiver(hosts, b)
+    try:
+        with pytest.raises(MigrationError) as e:
+            migrate_domain(hosts.src, dom, a, **hosts.send_kw())
+    finally:
+        a.close()
+        rx.join()
+    assert e.value.stage in ("stream", "ready") and e.value.source in ("untouched", "resumed")
+    assert isinstance(rx.error, MigrationError) and rx.error.stage == "stream"
+    assert rx.error.destination == "destroyed"
+    assert_source_safe(hosts, dom, digest)
+    assert_destination_clean(hosts)
+
+
+def test_guest_never_suspends(xhosts, counts):
+    """A guest that ignores the suspend request is not resumed (xl's rule)
+    and keeps running; log-dirty is off again."""
+    hosts = xhosts
+    dom, digest = source(hosts, ignore_suspend=True)
+    a, b = socket.socketpair()
+    rx = start_receiver(hosts, b)
+    try:
+        with pytest.raises(MigrationError) as e:
+            migrate_domain(hosts.src, dom, a, suspend_timeout=1.0, **hosts.send_kw())
+    finally:
+        a.close()
+        rx.join()
+    assert e.value.stage == "stream" and e.value.source == "not-resumed"
+    assert "did not acknowledge" in str(e.value)
+    assert isinstance(rx.error, MigrationError)
+    assert_source_safe(hosts, dom, digest)
+    assert_destination_clean(hosts)
+
+
+def test_bad_banner(xhosts, counts):
+    hosts = xhosts
+    dom, digest = source(hosts)
+    a, b = socket.socketpair()
+    b.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2+deb12u6\r\n" + b"x" * 20)
+    try:
+        with pytest.raises(UnexpectedMessage) as e:
+            migrate_domain(hosts.src, dom, a, **hosts.send_kw())
+    finally:
+        a.close()
+        b.close()
+    assert e.value.stage == "banner" and e.value.source == "untouched"
+    assert_source_safe(hosts, dom, digest)
+
+
+def test_receiver_gone_before_banner(xhosts, counts):
+    hosts = xhosts
+    dom, digest = source(hosts)
+    a, b = socket.socketpair()
+    b.close()
+    try:
+        with pytest.raises(PeerClosed) as e:
+            migrate_domain(hosts.src, dom, a, **hosts.send_kw())
+    finally:
+        a.close()
+    assert e.value.stage == "banner"
+    assert_source_safe(hosts, dom, digest)
+
+
+def test_no_go(xhosts, counts):
+    """The sender vanishes after "ready": the receiver reports 0xFF,
+    destroys its copy."""
+    hosts = xhosts
+    src = hosts.src
+    dom = src.create_domain(4, name="guest", dirty_pages=0)
+    a, b = socket.socketpair()
+    rx = start_receiver(hosts, b)
+
+    # The real sender, stopped after ready: its host refuses the rename.
+    class NoRename(SimulatedHost):
+        def rename(self, domid, name):
+            raise ToolstackError("rename refused", domid)
+
+    try:
+        with pytest.raises(MigrationError) as e:
+            migrate_domain(NoRename(src.state_dir), dom, a, **hosts.send_kw())
+    finally:
+        a.close()
+        rx.join()
+    assert e.value.stage == "go" and e.value.source == "resumed"
+    assert isinstance(rx.error, MigrationError) and rx.error.stage == "go"
+    assert rx.error.destination == "destroyed"
+    assert_destination_clean(hosts)
+    assert src.domain_state(dom)["state"] == "running"
+
+
+# ----------------------------------------------------------------------
+# Killed processes: the commands, with SIGTERM (Ctrl-C's path)
+
+def _xensr(*args):
+    return [sys.executable, "-m", "xensr", *args]
+
+
+def _wait_for(predicate, what, limit=600):
+    for _ in range(limit):
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never happened: {what}")
+
+
+def test_receiver_killed_before_ready(xhosts, counts):
+    hosts = xhosts
+    dom, digest = source(hosts)
+    hosts.dst.set_fault("stall:200@restore")
+    env = dict(os.environ, XENSR_SIMHOST_DIR=str(hosts.dst.state_dir), PYTHONPATH=str(ROOT),
+               XENSR_SIMHOST_FAULT="stall:200@restore")
+    a, b = socket.socketpair()
+    proc = subprocess.Popen(_xensr("migrate-receive"), stdin=b, stdout=b, env=env,
+                            stderr=subprocess.PIPE)
+    b.close()
+    killer = threading.Thread(target=lambda: (
+        _wait_for(lambda: hosts.dst.domain_ids(), "the incoming domain"),
+        proc.send_signal(signal.SIGTERM)), daemon=True)
+    killer.start()
+    try:
+        with pytest.raises(MigrationError) as e:
+            migrate_domain(hosts.src, dom, a, **hosts.send_kw())
+    finally:
+        a.close()
+        killer.join(60)
+        _, err = proc.communicate(timeout=60)
+    assert e.value.stage in ("stream", "ready")
+    assert proc.returncode == 130 and b"interrupted" in err
+    assert_source_safe(hosts, dom, digest)
+    assert_destination_clean(hosts)
+
+
+def test_sender_killed_mid_stream(xhosts, counts):
+    hosts = xhosts
+    dom, digest = source(hosts)
+    receiver = (f"XENSR_SIMHOST_DIR={shlex.quote(str(hosts.dst.state_dir))} "
+                f"{shlex.quote(sys.executable)} -m xensr migrate-receive")
+    env = dict(os.environ, XENSR_SIMHOST_DIR=str(hosts.src.state_dir), PYTHONPATH=str(ROOT))
+    hosts.src.set_fault("stall:200@save")
+    env["XENSR_SIMHOST_FAULT"] = "stall:200@save"
+    proc = subprocess.Popen(_xensr("migrate", "-s", "", "guest", receiver), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _wait_for(lambda: hosts.src.domain_state(dom)["logdirty"], "the live save")
+        _wait_for(lambda: hosts.dst.domain_ids(), "the incoming domain")
+        proc.send_signal(signal.SIGTERM)
+    finally:
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert b"the source domain was put back" in err
+    assert b"migrate-receive" in err and b"stream" in err     # the receiver's error
+    assert_source_safe(hosts, dom, digest)
+    assert_destination_clean(hosts)
