@@ -1,0 +1,237 @@
+"""Two hosts on one machine: two network namespaces joined by a veth pair,
+and a real OpenSSH server (Debian's openssh-server) in the second one.
+
+    with TwoHosts(workdir) as net:
+        net.start_sshd(environment={"XENSR_SIMHOST_DIR": ...})
+        net.run_a(["python3", "-m", "xensr", "migrate", "-s", net.ssh_command, ...,
+                   "guest", net.addr_b])
+
+Everything is made by the harness and undone on leaving, pass or fail:
+the namespaces (their veth ends go with them), the sshd process, the
+keys and configuration (in ``workdir``), and ``/run/sshd`` if it had to
+be made.  The server takes keys generated here, no password, its own
+configuration file, and listens only on the namespace's address; each
+command runs with a time limit.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence
+
+__all__ = ["TwoHosts", "unavailable"]
+
+SSHD = "/usr/sbin/sshd"
+_TIMEOUT = 60
+
+
+def _run(argv: Sequence[str], timeout: float = _TIMEOUT) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+
+
+_NETNS_DIR = "/run/netns"
+
+
+class _NetnsMount:
+    """``ip netns add`` makes /run/netns a shared bind mount of itself the
+    first time; undone when it was not one before and no namespace is left."""
+
+    def __init__(self) -> None:
+        self.was_mount = self.mounted()
+
+    @staticmethod
+    def mounted() -> bool:
+        """From mountinfo: a bind mount on the same filesystem keeps its
+        st_dev, so os.path.ismount cannot see it."""
+        with open("/proc/self/mountinfo") as f:
+            return any(line.split()[4] == _NETNS_DIR for line in f)
+
+    def undo(self) -> None:
+        if self.was_mount or not self.mounted():
+            return
+        try:
+            if os.listdir(_NETNS_DIR):
+                return
+        except OSError:
+            return
+        _run(["umount", _NETNS_DIR])
+
+
+def unavailable() -> Optional[str]:
+    """Why two namespaces with sshd cannot be made here, or None."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    for tool in ("ip", "ssh", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (iproute2, openssh-client)"
+    if not os.access(SSHD, os.X_OK):
+        return f"{SSHD} is not installed (openssh-server)"
+    name = f"xensr-probe-{os.getpid()}"
+    mount = _NetnsMount()
+    try:
+        p = _run(["ip", "netns", "add", name])
+        if p.returncode != 0:
+            return f"cannot create a network namespace: {p.stderr.strip()}"
+        p = _run(["ip", "netns", "exec", name, "true"])
+        _run(["ip", "netns", "del", name])
+        if p.returncode != 0:
+            return f"cannot run in a network namespace: {p.stderr.strip()}"
+    finally:
+        mount.undo()
+    return None
+
+
+class TwoHosts:
+    """Namespaces ``ns_a`` (sender) and ``ns_b`` (receiver, sshd)."""
+
+    def __init__(self, workdir: Path):
+        self.dir = Path(workdir)
+        tag = f"{os.getpid() % 100000}"
+        self.ns_a = f"xensr-a-{tag}"
+        self.ns_b = f"xensr-b-{tag}"
+        self.veth_a = f"xva{tag}"
+        self.veth_b = f"xvb{tag}"
+        self.addr_a = "10.213.0.1"
+        self.addr_b = "10.213.0.2"
+        self.sshd: Optional[subprocess.Popen] = None
+        self._made: List[str] = []
+        self._run_sshd_made = False
+        self._mount = _NetnsMount()
+
+    # -- set-up and tear-down ----------------------------------------------
+
+    def __enter__(self) -> "TwoHosts":
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _ip(self, *args: str) -> None:
+        p = _run(["ip", *args])
+        if p.returncode != 0:
+            raise RuntimeError(f"ip {' '.join(args)}: {p.stderr.strip()}")
+
+    def _setup(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for ns in (self.ns_a, self.ns_b):
+            self._ip("netns", "add", ns)
+            self._made.append(ns)
+        self._ip("link", "add", self.veth_a, "netns", self.ns_a, "type", "veth",
+                 "peer", "name", self.veth_b, "netns", self.ns_b)
+        for ns, dev, addr in ((self.ns_a, self.veth_a, self.addr_a),
+                              (self.ns_b, self.veth_b, self.addr_b)):
+            self._ip("-n", ns, "link", "set", "lo", "up")
+            self._ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            self._ip("-n", ns, "link", "set", dev, "up")
+
+    def close(self) -> None:
+        if self.sshd is not None:
+            if self.sshd.poll() is None:
+                self.sshd.send_signal(signal.SIGTERM)
+                try:
+                    self.sshd.wait(10)
+                except subprocess.TimeoutExpired:
+                    self.sshd.kill()
+                    self.sshd.wait()
+            self.sshd = None
+        for ns in reversed(self._made):
+            _run(["ip", "netns", "del", ns])
+        self._made = []
+        self._mount.undo()
+        if self._run_sshd_made:
+            try:
+                os.rmdir("/run/sshd")
+            except OSError:
+                pass
+            self._run_sshd_made = False
+
+    # -- sshd --------------------------------------------------------------
+
+    def _keygen(self, path: Path) -> None:
+        p = _run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "xensr-test",
+                  "-f", str(path)])
+        if p.returncode != 0:
+            raise RuntimeError(f"ssh-keygen: {p.stderr.strip()}")
+
+    def start_sshd(self, environment: Mapping[str, str]) -> None:
+        """sshd in ns_b on addr_b:22: the client key generated here is
+        the only way in, and every session gets ``environment``."""
+        d = self.dir
+        self._keygen(d / "host_key")
+        self._keygen(d / "client_key")
+        self.set_environment(environment)
+        (d / "known_hosts").write_text(
+            f"{self.addr_b} {(d / 'host_key.pub').read_text().split(' ', 2)[0]} "
+            f"{(d / 'host_key.pub').read_text().split(' ', 2)[1]}\n")
+        (d / "sshd_config").write_text("\n".join([
+            f"ListenAddress {self.addr_b}",
+            "Port 22",
+            f"HostKey {d / 'host_key'}",
+            f"AuthorizedKeysFile {d / 'authorized_keys'}",
+            "AuthenticationMethods publickey",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "PermitRootLogin prohibit-password",
+            "PermitUserEnvironment yes",
+            "UsePAM no",
+            "StrictModes no",
+            "LoginGraceTime 30",
+            "MaxStartups 10",
+            f"PidFile {d / 'sshd.pid'}",
+            "",
+        ]))
+        if not os.path.isdir("/run/sshd"):
+            os.mkdir("/run/sshd", 0o755)
+            self._run_sshd_made = True
+        log = open(d / "sshd.log", "w")
+        try:
+            self.sshd = subprocess.Popen(
+                ["ip", "netns", "exec", self.ns_b, SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        finally:
+            log.close()
+        for _ in range(200):
+            if "Server listening" in (d / "sshd.log").read_text():
+                return
+            if self.sshd.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise RuntimeError(f"sshd did not start: {(d / 'sshd.log').read_text()}")
+
+    def set_environment(self, environment: Mapping[str, str]) -> None:
+        """The environment of the next sessions (authorized_keys options)."""
+        opts = ",".join(f'environment="{k}={v}"' for k, v in environment.items())
+        key = (self.dir / "client_key.pub").read_text().strip()
+        (self.dir / "authorized_keys").write_text(f"{opts} {key}\n")
+
+    @property
+    def ssh_command(self) -> str:
+        """The ssh command for ``xensr migrate -s``: this key only, this
+        host key only, no prompt, bounded connection time."""
+        d = self.dir
+        return (f"ssh -F /dev/null -i {d / 'client_key'} -o IdentitiesOnly=yes "
+                f"-o UserKnownHostsFile={d / 'known_hosts'} -o StrictHostKeyChecking=yes "
+                "-o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=5 "
+                "-o ServerAliveCountMax=3 -l root")
+
+    # -- running in a namespace ----------------------------------------------
+
+    def run_in(self, ns: str, argv: Sequence[str], env: Optional[Dict[str, str]] = None,
+               timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", ns, *argv], env=env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    def run_a(self, argv: Sequence[str], env: Optional[Dict[str, str]] = None,
+              timeout: float = 120) -> subprocess.CompletedProcess:
+        return self.run_in(self.ns_a, argv, env, timeout)
