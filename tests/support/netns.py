@@ -235,3 +235,80 @@ class TwoHosts:
     def run_a(self, argv: Sequence[str], env: Optional[Dict[str, str]] = None,
               timeout: float = 120) -> subprocess.CompletedProcess:
         return self.run_in(self.ns_a, argv, env, timeout)
+
+
+# --------------------------------------------------------------------------
+# The two-hosts demo: ./bootstrap demo-migrate runs this file with the
+# demo's Python (xensr installed from the wheel):
+#     python tests/support/netns.py demo [--memory MIB] [--dirty-pages N] [--helper PATH]
+
+def demo(argv: Sequence[str]) -> int:
+    import argparse
+    import json
+    import sys
+    import tempfile
+
+    from xensr.testing import SimulatedHost
+
+    p = argparse.ArgumentParser(prog="netns.py demo",
+                                description="live migration between two network namespaces")
+    p.add_argument("--memory", type=int, default=256, help="guest memory in MiB (default 256)")
+    p.add_argument("--dirty-pages", type=int, default=2048,
+                   help="pages the guest dirties per precopy round (default 2048)")
+    p.add_argument("--helper", help="the save/restore helper on both hosts (default xensr's)")
+    args = p.parse_args(argv)
+    why = unavailable()
+    if why:
+        print(f"demo-migrate: {why}", file=sys.stderr)
+        return 1
+    bindir = os.path.dirname(sys.executable)
+    xensr_cmd = os.path.join(bindir, "xensr")
+    with tempfile.TemporaryDirectory(prefix="xensr-demo-migrate-") as tmp:
+        src = SimulatedHost(Path(tmp) / "host-a")
+        dst = SimulatedHost(Path(tmp) / "host-b")
+        src.record_destroyed = True
+        dom = src.create_domain(args.memory, vcpus=2, name="guest",
+                                dirty_pages=args.dirty_pages)
+        env_b = {"PATH": f"{bindir}:/usr/sbin:/usr/bin:/sbin:/bin",
+                 "XENSR_SIMHOST_DIR": str(dst.state_dir)}
+        env_a = dict(os.environ, XENSR_SIMHOST_DIR=str(src.state_dir))
+        if args.helper:
+            env_a["XENSR_SAVE_HELPER"] = env_b["XENSR_SAVE_HELPER"] = args.helper
+        with TwoHosts(Path(tmp) / "net") as net:
+            net.start_sshd(env_b)
+            print(f"host A: namespace {net.ns_a}, {net.addr_a}, simulated host {src.state_dir}")
+            print(f"host B: namespace {net.ns_b}, {net.addr_b}, sshd, simulated host {dst.state_dir}")
+            print(f"guest: domain {dom} on host A, {args.memory} MiB, dirtying "
+                  f"{args.dirty_pages} pages per round")
+            cmd = [xensr_cmd, "migrate", "--json", "-s", net.ssh_command,
+                   "--remote-program", "xensr", "guest", net.addr_b]
+            print("$ ip netns exec", net.ns_a, *cmd[:4], "'ssh -i KEY ...'", *cmd[5:])
+            r = net.run_a(cmd, env=env_a, timeout=600)
+        sys.stderr.write(r.stderr)
+        if r.returncode != 0:
+            print(f"demo-migrate: xensr migrate failed (exit {r.returncode})", file=sys.stderr)
+            return 1
+        doc = json.loads(r.stdout)
+        for rnd in doc["rounds"]:
+            print(f"  {rnd['name']:<22} {rnd['pages']:>8} pages {rnd['bytes']:>12} bytes"
+                  f"{'' if rnd['live'] else '  (guest suspended)'}")
+        gone = src.destroyed()[-1]
+        new = dst.lookup("guest")
+        same = dst.memory_digest(new) == gone["memory"]
+        state = dst.domain_state(new)["state"]
+        print(f"total {doc['total_seconds']:.3f} s, guest suspended {doc['suspended_seconds']:.3f} s")
+        print(f"host A: domains {src.domain_ids()} (the source is gone)")
+        print(f"host B: domain {new} 'guest' {state}; memory identical to the source's: "
+              f"{'yes' if same else 'NO'}")
+        src.close()
+        dst.close()
+        return 0 if same and state == "running" and not src.domain_ids() else 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:2] != ["demo"]:
+        print("usage: netns.py demo [options]", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(demo(sys.argv[2:]))
