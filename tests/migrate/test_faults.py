@@ -350,3 +350,79 @@ def test_sender_killed_mid_stream(xhosts, counts):
     assert b"migrate-receive" in err and b"stream" in err     # the receiver's error
     assert_source_safe(hosts, dom, digest)
     assert_destination_clean(hosts)
+
+
+def test_cancelled_with_a_peer_that_stopped_reading(xhosts, counts):
+    """asyncio: cancelling a migration whose peer stopped reading (it sent
+    the banner and went quiet) stops the save, puts the source back and
+    raises CancelledError: nothing waits for the stuck peer."""
+    import asyncio
+    from xensr.migrate import aio_migrate_domain
+
+    hosts = xhosts
+    dom, digest = source(hosts)
+    a, b = socket.socketpair()
+    b.sendall(BANNER)
+
+    async def main():
+        task = asyncio.ensure_future(aio_migrate_domain(hosts.src, dom, a, **hosts.send_kw()))
+        for _ in range(600):
+            await asyncio.sleep(0.05)
+            if hosts.src.domain_state(dom)["logdirty"]:
+                break
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(main())
+    finally:
+        a.close()
+        b.close()
+    assert_source_safe(hosts, dom, digest)
+
+
+def test_no_host(tmp_path):
+    """Without $XENSR_SIMHOST_DIR the commands act on the real host: one
+    line and exit 1 where there is none."""
+    env = {k: v for k, v in os.environ.items() if k != "XENSR_SIMHOST_DIR"}
+    env["PYTHONPATH"] = str(ROOT)
+    p = subprocess.run(_xensr("migrate", "-s", "", "guest", "true"), env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1
+    assert p.stderr.startswith("xensr: ") and len(p.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in p.stderr
+
+
+def test_progress_on_a_terminal(xhosts, counts):
+    """On a terminal, a bar per pass over memory."""
+    import pty
+    hosts = xhosts
+    hosts.src.create_domain(8, name="guest", dirty_pages=64)
+    receiver = (f"XENSR_SIMHOST_DIR={shlex.quote(str(hosts.dst.state_dir))} "
+                f"{shlex.quote(sys.executable)} -m xensr migrate-receive")
+    env = dict(os.environ, XENSR_SIMHOST_DIR=str(hosts.src.state_dir), PYTHONPATH=str(ROOT))
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(_xensr("migrate", "-s", "", "guest", receiver), env=env,
+                                stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        slave = -1
+        out = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:         # EIO: the terminal's last writer is gone
+                break
+            if not chunk:
+                break
+            out += chunk
+        proc.communicate(timeout=60)
+    finally:
+        if slave >= 0:
+            os.close(slave)
+        os.close(master)
+    assert proc.returncode == 0, out
+    text = out.decode()
+    assert "Frames iteration 0" in text and "Frames iteration 1" in text
+    assert "[" + "#" * 30 + "] 2048/2048 pages" in text

@@ -118,7 +118,7 @@ def _exchange(hosts, dst=None, kind="pv"):
     rx = ReceiverThread(rec.receiver, lambda fd: receive_domain(host, fd, fd, **hosts.recv_kw()))
     err = None
     try:
-        migrate_domain(hosts.src, dom, rec.sender, **hosts.send_kw())
+        err = migrate_domain(hosts.src, dom, rec.sender, **hosts.send_kw())
     except Exception as e:
         err = e
     finally:
@@ -137,7 +137,8 @@ def _split_sender_bytes(data: bytes):
 def test_transcript(hosts, kind, tmp_path, verify_stream, counts):
     """A whole exchange as the wire carries it."""
     _, rec, err, rx = _exchange(hosts, kind=kind)
-    assert err is None and rx.error is None
+    assert not isinstance(err, BaseException) and rx.error is None
+    assert err.stream_bytes == len(rec.to_receiver) - 44
     # Receiver -> sender: banner, ready, report and status 0; nothing else.
     assert bytes(rec.to_sender) == XL_BANNER + XL_READY + XL_REPORT + b"\x00"
     # The turns: R banner, S header+stream, R ready, S GO, R report.

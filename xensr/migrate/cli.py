@@ -48,6 +48,17 @@ def _sigterm_as_interrupt() -> Any:
     return signal.signal(signal.SIGTERM, handler)
 
 
+def _logging(args: argparse.Namespace) -> None:
+    """Messages on stderr: warnings, more with each -v (xl's global
+    option), with timestamps under -T."""
+    import logging
+
+    verbose = getattr(args, "verbose", 0) or 0
+    level = max(logging.DEBUG, logging.WARNING - 10 * verbose)
+    fmt = "%(asctime)s " if getattr(args, "timestamps", False) else ""
+    logging.basicConfig(stream=sys.stderr, level=level, format=fmt + f"{_PROG}: %(message)s")
+
+
 def _say(message: str) -> None:
     print(f"{_PROG}: {message}", file=sys.stderr, flush=True)
 
@@ -95,6 +106,7 @@ class _Migrate:
         from .sender import MigrationSender, config_object
         from .transport import CommandTransport
 
+        _logging(args)
         host = _host()
         domid = _domid(host, args.domain)
         config = None
@@ -204,6 +216,7 @@ class _MigrateReceive:
     def run(args: argparse.Namespace) -> int:
         from .receiver import receive_domain, receive_to_file
 
+        _logging(args)
         # The protocol owns the original stdout; anything printed goes to
         # stderr, which ssh carries back to the sender's terminal.
         out = os.dup(1)

@@ -69,6 +69,7 @@ class Relay:
         self.buf = bytearray()
         self.eof = False
         self.error: Optional[OSError] = None
+        self.dropping = False
         #: Bytes written to the transport.
         self.total = 0
 
@@ -83,11 +84,18 @@ class Relay:
             os.close(self.src)
             self.src = -1
 
+    def drop(self) -> None:
+        """The save is being stopped: what the helper still writes is
+        read and thrown away, so that a peer that stopped reading cannot
+        hold the stop up."""
+        self.dropping = True
+        self.buf = bytearray()
+
     def fds(self) -> List[Tuple[int, int]]:
         out = []
         if not self.eof and len(self.buf) < self.CHUNK:
             out.append((self.src, EVENT_READ))
-        if self.buf and self.error is None:
+        if self.buf and self.error is None and not self.dropping:
             out.append((self.dst, EVENT_WRITE))
         return out
 
@@ -103,12 +111,12 @@ class Relay:
             if not data:
                 self.eof = True
                 return
-            if self.error is None:
+            if self.error is None and not self.dropping:
                 self.buf += data
 
     def push(self) -> bool:
         """Write to the transport; False when it failed (self.error)."""
-        while self.buf and self.error is None:
+        while self.buf and self.error is None and not self.dropping:
             try:
                 n = os.write(self.dst, self.buf)
             except BlockingIOError:
@@ -124,7 +132,7 @@ class Relay:
         return self.error is None
 
     def finished(self) -> bool:
-        return self.eof and (not self.buf or self.error is not None)
+        return self.eof and (not self.buf or self.error is not None or self.dropping)
 
 
 @dataclass
@@ -191,6 +199,8 @@ class Exchange:
         self._aborted = True
         step = self._step
         if isinstance(step, Run):
+            if step.relay is not None:
+                step.relay.drop()
             step.op.abort()
         else:
             self._advance(None, Aborted(f"{self._what} aborted"))
@@ -200,6 +210,8 @@ class Exchange:
         if self._state == "running":
             step = self._step
             if isinstance(step, Run):
+                if step.relay is not None:
+                    step.relay.drop()
                 step.op.close()
                 self._finish_run(step)
             if self._state == "running":
@@ -207,6 +219,8 @@ class Exchange:
             while self._state == "running":
                 step = self._step
                 if isinstance(step, Run):
+                    if step.relay is not None:
+                        step.relay.drop()
                     step.op.close()
                     self._finish_run(step)
                 else:
@@ -464,6 +478,10 @@ async def run_async(steps: Steps, fds: Tuple[int, ...], what: str) -> Any:
                 if cancelled is not None:
                     raise cancelled
                 return stop.value
+            except BaseException as e:
+                if cancelled is not None:
+                    raise cancelled from e     # the steps' cleanup is done
+                raise
             value, exc = None, None
             try:
                 if isinstance(step, Run):
@@ -534,6 +552,7 @@ async def _run_relayed(loop: asyncio.AbstractEventLoop, step: Run, run: Any) -> 
                     readers, writers = [], []
                 wake = loop.create_future()
         except asyncio.CancelledError:
+            relay.drop()
             op.abort()
             try:
                 await asyncio.shield(task)

@@ -73,9 +73,11 @@ class MigrationResult:
     #: spent suspended (from the suspend to the report).
     elapsed: float
     suspended: float
-    #: Bytes of the libxl stream the sender wrote (header, config, END...)
-    #: around the helper's; the receiver's status byte.
+    #: The receiver's status byte (0).
     status: int = 0
+    #: Bytes sent before GO: the xl header and configuration, and the
+    #: whole libxl stream with the helper's part.
+    stream_bytes: int = 0
 
     def to_dict(self) -> Dict[str, Any]:
         return {
@@ -84,6 +86,7 @@ class MigrationResult:
                        for r in self.rounds],
             "pages": sum(r.pages for r in self.rounds),
             "bytes": sum(r.bytes for r in self.rounds),
+            "stream_bytes": self.stream_bytes,
             "total_seconds": self.elapsed, "suspended_seconds": self.suspended,
             "helper": self.save.helper,
         }
@@ -206,7 +209,9 @@ def _sender_steps(host: Toolstack, domid: int, send_fd: int, recv_fd: int, *,
             relay.close()
             raise
         save = yield Run(op, relay)
-        yield Write(send_fd, trailer_bytes())
+        trailer = trailer_bytes()
+        yield Write(send_fd, trailer)
+        sent = len(preamble) + relay.total + len(trailer)
     except (XensrError, OSError) as e:
         state = src.put_back()
         if isinstance(e, OSError):
@@ -263,7 +268,8 @@ def _sender_steps(host: Toolstack, domid: int, send_fd: int, recv_fd: int, *,
                                    stage="report", side=side, source=W.SOURCE_UNDEFINED) from e
         suspended = end - src.suspended_at if src.suspended_at is not None else 0.0
         return MigrationResult(domid=domid, name=name, save=save, rounds=tuple(src.rounds),
-                               elapsed=end - t0, suspended=suspended, status=status)
+                               elapsed=end - t0, suspended=suspended, status=status,
+                               stream_bytes=sent)
 
     # The target failed to start its copy: its GO back lets us resume.
     signed = status - 256 if status > 127 else status
