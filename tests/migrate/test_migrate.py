@@ -8,9 +8,7 @@ import socket
 
 import pytest
 
-from xensr.migrate import aio_migrate_domain, migrate_domain
-from xensr.migrate.receiver import MigrationReceiver
-from xensr.migrate.engine import run_async
+from xensr.migrate import aio_migrate_domain, aio_receive_domain, migrate_domain
 from xensr.xlfile import restore_domain_from_file
 
 from .conftest import start_receiver
@@ -96,8 +94,7 @@ def test_many_at_once_asyncio(xhosts, counts):
             jobs = []
             for dom, (a, b) in zip(doms, pairs):
                 jobs.append(aio_migrate_domain(src, dom, a, **xhosts.send_kw()))
-                rx = MigrationReceiver(dst, b.fileno(), b.fileno(), **xhosts.recv_kw())
-                jobs.append(run_async(rx._gen, (b.fileno(),), "receive"))
+                jobs.append(aio_receive_domain(dst, b.fileno(), b.fileno(), **xhosts.recv_kw()))
             return await asyncio.gather(*jobs)
         finally:
             for a, b in pairs:
@@ -136,3 +133,60 @@ def test_receive_to_file(hosts, tmp_path, counts):
                                         helper=hosts.helper, env=dst.env)
     assert restored.config_json["c_info"]["name"] == "guest"
     assert dst.memory_digest(target) == src.destroyed()[0]["memory"]
+
+
+def test_many_at_once_any_loop(xhosts, counts):
+    """Three senders and three receivers driven by one selector loop of
+    the test's own, through fds() / handle() / next_deadline()."""
+    import selectors
+    import time
+
+    from xensr.migrate import MigrationReceiver, MigrationSender
+
+    src, dst = xhosts.src, xhosts.dst
+    doms = [src.create_domain(4, name=f"h{i}", dirty_pages=16) for i in range(3)]
+    pairs = [socket.socketpair() for _ in doms]
+    exs = []
+    for dom, (a, b) in zip(doms, pairs):
+        exs.append(MigrationSender(src, dom, a.fileno(), a.fileno(), **xhosts.send_kw()))
+        exs.append(MigrationReceiver(dst, b.fileno(), b.fileno(), **xhosts.recv_kw()))
+    sel = selectors.DefaultSelector()
+    try:
+        for ex in exs:
+            ex.start()
+        while not all(ex.done() for ex in exs):
+            owners = {}
+            for ex in exs:
+                for fd, ev in ex.fds():
+                    owners.setdefault(fd, []).append((ex, ev))
+                    try:
+                        sel.register(fd, ev)
+                    except KeyError:
+                        sel.modify(fd, sel.get_key(fd).events | ev)
+            deadlines = [d for d in (ex.next_deadline() for ex in exs) if d is not None]
+            timeout = max(0.0, min(deadlines) - time.monotonic()) if deadlines else 1.0
+            ready = sel.select(timeout)
+            for key in list(sel.get_map().values()):
+                sel.unregister(key.fileobj)
+            for key, ev in ready:
+                for ex, want in owners.get(key.fd, []):
+                    if want & ev:
+                        ex.handle(key.fd, want & ev)
+            for ex in exs:
+                d = ex.next_deadline()
+                if d is not None and time.monotonic() >= d:
+                    ex.handle_timeout()
+        results = [ex.result() for ex in exs]
+    finally:
+        sel.close()
+        for ex in exs:
+            ex.close()
+        for a, b in pairs:
+            a.close()
+            b.close()
+    assert src.domain_ids() == []
+    assert sorted(dst.domain_name(d) for d in dst.domain_ids()) == ["h0", "h1", "h2"]
+    recorded = {r["name"]: r["memory"] for r in src.destroyed()}
+    for i in range(3):
+        assert dst.memory_digest(dst.lookup(f"h{i}")) == recorded[f"h{i}--migratedaway"]
+    assert len(results) == 6

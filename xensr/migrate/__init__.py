@@ -16,7 +16,8 @@ Receiver (what ``xensr migrate-receive`` runs, on stdin/stdout)::
 """
 
 from .engine import Exchange
-from .receiver import MigrationReceiver, ReceiveResult, receive_domain, receive_to_file
+from .receiver import (MigrationReceiver, ReceiveResult, aio_receive_domain, receive_domain,
+                       receive_to_file)
 from .sender import (MigrationResult, MigrationSender, Round, aio_migrate_domain,
                      config_object, migrate_domain)
 from .transport import CommandTransport, TransportError
@@ -24,7 +25,8 @@ from .wire import (BANNER, GO, READY, REPORT, HandshakeUndefined, MigrationError
                    TargetFailed, UnexpectedMessage)
 
 __all__ = [
-    "Exchange", "MigrationReceiver", "ReceiveResult", "receive_domain", "receive_to_file",
+    "Exchange", "MigrationReceiver", "ReceiveResult", "receive_domain", "aio_receive_domain",
+    "receive_to_file",
     "MigrationResult", "MigrationSender", "Round", "aio_migrate_domain", "config_object",
     "migrate_domain", "CommandTransport", "TransportError", "BANNER", "GO", "READY",
     "REPORT", "HandshakeUndefined", "MigrationError", "PeerClosed", "TargetFailed",

@@ -29,7 +29,8 @@ from ..xlfile import EmulatorRecord
 from . import wire as W
 from .engine import Exchange, Read, Run, Steps, Write
 
-__all__ = ["ReceiveResult", "MigrationReceiver", "receive_domain", "receive_to_file"]
+__all__ = ["ReceiveResult", "MigrationReceiver", "receive_domain", "aio_receive_domain",
+           "receive_to_file"]
 
 _SIDE = "receiver"
 
@@ -323,6 +324,17 @@ def receive_domain(host: IncomingToolstack, send_fd: int = 1, recv_fd: int = 0,
     """Receive one migration into ``host``; block until done.  Options:
     those of :class:`MigrationReceiver`."""
     r = MigrationReceiver(host, send_fd, recv_fd, **kw).run()
+    assert isinstance(r, ReceiveResult)
+    return r
+
+
+async def aio_receive_domain(host: IncomingToolstack, send_fd: int = 1, recv_fd: int = 0,
+                             **kw: Any) -> ReceiveResult:
+    """:func:`receive_domain` on asyncio (many at once in one thread)."""
+    from .engine import run_async
+
+    ex = MigrationReceiver(host, send_fd, recv_fd, **kw)
+    r = await run_async(ex._gen, (send_fd, recv_fd), "incoming migration")
     assert isinstance(r, ReceiveResult)
     return r
 
