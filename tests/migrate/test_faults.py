@@ -426,3 +426,27 @@ def test_progress_on_a_terminal(xhosts, counts):
     text = out.decode()
     assert "Frames iteration 0" in text and "Frames iteration 1" in text
     assert "[" + "#" * 30 + "] 2048/2048 pages" in text
+
+
+def test_unusable_configuration(xhosts, counts):
+    """A domain whose configuration is not JSON: nothing is sent (as xl,
+    which stops before contacting the receiver)."""
+    hosts = xhosts
+    dom, digest = source(hosts)
+
+    class BadConfig(SimulatedHost):
+        def domain_config(self, domid):
+            return b"name = 'guest'\n"
+
+    a, b = socket.socketpair()
+    try:
+        with pytest.raises(MigrationError) as e:
+            migrate_domain(BadConfig(hosts.src.state_dir), dom, a, **hosts.send_kw())
+        b.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            b.recv(1)
+    finally:
+        a.close()
+        b.close()
+    assert e.value.stage == "header" and e.value.source == "untouched"
+    assert_source_safe(hosts, dom, digest)

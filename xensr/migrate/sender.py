@@ -157,16 +157,19 @@ class _Source:
         return None
 
     def put_back(self) -> str:
-        """After a failure before GO: resume a guest that was suspended.
-        Returns the MigrationError.source value."""
+        """After a failure before GO: resume the guest if it was suspended
+        (suspend-cancel); one that never acknowledged the suspend is left
+        alone, as xl does.  Returns the MigrationError.source value."""
         if self.timed_out:
             return W.SOURCE_NOT_RESUMED
+        if self.suspended_at is None:
+            return W.SOURCE_UNTOUCHED       # libxenguest put log-dirty back off
         try:
             self.host.resume(self.domid)
         except ToolstackError as e:
             _log.error("domain %d: resuming the source failed: %s", self.domid, e)
             return W.SOURCE_UNDEFINED
-        return W.SOURCE_RESUMED if self.suspended_at is not None else W.SOURCE_UNTOUCHED
+        return W.SOURCE_RESUMED
 
 
 def _sender_steps(host: Toolstack, domid: int, send_fd: int, recv_fd: int, *,
@@ -176,13 +179,18 @@ def _sender_steps(host: Toolstack, domid: int, send_fd: int, recv_fd: int, *,
     t0 = time.monotonic()
     side = "sender"
     name = host.domain_name(domid)
-    cfg = dict(config) if config is not None else config_object(host.domain_config(domid))
-    c_info = dict(cfg.get("c_info") or {})
-    c_info["domid"] = domid if preserve_domid else 0
-    c_info.setdefault("name", name)
-    cfg["c_info"] = c_info
-    name = c_info["name"] or name
-    preamble = preamble_bytes(json.dumps(cfg, indent=4))
+    try:
+        cfg = dict(config) if config is not None else config_object(host.domain_config(domid))
+        c_info = dict(cfg.get("c_info") or {})
+        c_info["domid"] = domid if preserve_domid else 0
+        c_info.setdefault("name", name)
+        cfg["c_info"] = c_info
+        name = c_info["name"] or name
+        preamble = preamble_bytes(json.dumps(cfg, indent=4))
+    except (ValueError, TypeError, AttributeError) as e:
+        # As xl: no usable configuration, nothing sent, the guest untouched.
+        raise W.MigrationError(f"no usable configuration for domain {domid}: {e}",
+                               stage="header", side=side, source=W.SOURCE_UNTOUCHED) from e
 
     # banner: nothing was done to the source yet.
     try:
