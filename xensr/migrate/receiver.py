@@ -149,8 +149,10 @@ def _libxl_trailer(fd: int, state: str) -> Steps:
                                stage="stream", side=_SIDE, destination=state)
 
 
-def _handshake(send_fd: int, recv_fd: int, start: Any, destroy: Any, state: str) -> Steps:
-    """ready, GO, start the copy, report; returns the status sent."""
+def _handshake(send_fd: int, recv_fd: int, start: Any, destroy: Any, state: str,
+               started: Optional[List[bool]] = None) -> Steps:
+    """ready, GO, start the copy, report; returns the status sent.
+    ``started[0]`` becomes True once the copy runs (renamed, unpaused)."""
     try:
         yield Write(send_fd, W.READY)
     except OSError as e:
@@ -171,6 +173,8 @@ def _handshake(send_fd: int, recv_fd: int, start: Any, destroy: Any, state: str)
         status = W.STATUS_OK
         try:
             start()
+            if started is not None:
+                started[0] = True   # from here on the copy runs: it stays
         except ToolstackError as e:
             status = W.STATUS_FAIL
             problem = f"starting the copy failed: {e}"
@@ -239,13 +243,24 @@ def _receiver_steps(host: IncomingToolstack, send_fd: int, recv_fd: int, *, paus
             raise
         raise W.MigrationError(f"the restore into {incoming} (domain {domid}) failed: {e}",
                                stage="stream", side=_SIDE, destination="destroyed") from e
+    except BaseException:
+        destroy()           # Ctrl-C, SIGTERM, an abort
+        raise
 
     def start() -> None:
         host.rename(domid, name)
         if not paused:
             host.unpause(domid)
 
-    yield from _handshake(send_fd, recv_fd, start, destroy, "destroyed")
+    started = [False]
+    try:
+        yield from _handshake(send_fd, recv_fd, start, destroy, "destroyed", started)
+    except W.MigrationError:
+        raise
+    except BaseException:
+        if not started[0]:
+            destroy()       # interrupted before the copy was started
+        raise
     return ReceiveResult(domid=domid, name=name, config=config, restore=restore,
                          emulator_records=records, paused=paused)
 

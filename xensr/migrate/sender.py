@@ -230,6 +230,9 @@ def _sender_steps(host: Toolstack, domid: int, send_fd: int, recv_fd: int, *,
             cause = e.__cause__
         raise W.MigrationError(f"the save failed: {cause}", stage="stream", side=side,
                                source=state) from e
+    except BaseException:
+        src.put_back()      # Ctrl-C, an abort: the guest back as it was
+        raise
 
     # ready, then our copy renamed away and GO.
     try:
@@ -246,6 +249,9 @@ def _sender_steps(host: Toolstack, domid: int, send_fd: int, recv_fd: int, *,
             raise
         raise W.MigrationError(f"renaming the source failed: {e}", stage="go", side=side,
                                source=state) from e
+    except BaseException:
+        src.put_back()
+        raise
     try:
         yield Write(send_fd, W.GO)
     except OSError as e:
