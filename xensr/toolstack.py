@@ -91,7 +91,8 @@ class IncomingToolstack(Toolstack, Protocol):
 
 def local_host(state_dir: Optional[str] = None) -> Toolstack:
     """The host the command line acts on: the simulated host whose state
-    directory is ``state_dir`` or ``$XENSR_SIMHOST_DIR``, else the real
+    directory is ``state_dir`` or ``$XENSR_SIMHOST_DIR`` (with the faults of
+    ``$XENSR_SIMHOST_FAULT``), else the real
     Xen host (``xensr.realhost.XenHost``); HostUnavailable when neither
     is there."""
     import os
@@ -102,7 +103,13 @@ def local_host(state_dir: Optional[str] = None) -> Toolstack:
 
         if not os.path.isdir(state_dir):
             raise HostUnavailable(f"simulated host directory {state_dir} does not exist")
-        return SimulatedHost(state_dir)
+        # Its faults and auto suspension as the environment names them.
+        try:
+            return SimulatedHost(
+                state_dir, faults=os.environ.get("XENSR_SIMHOST_FAULT") or None,
+                auto_suspend=os.environ.get("XENSR_SIMHOST_AUTO_SUSPEND") == "1")
+        except ValueError as e:
+            raise HostUnavailable(f"XENSR_SIMHOST_FAULT: {e}") from e
     try:
         from . import realhost
     except ImportError as e:

@@ -26,10 +26,10 @@ from xensr.testing import SimulatedHost
 from .conftest import ReceiverThread, start_receiver
 
 
-def source(hosts, **kw):
+def source(hosts, memory=8, **kw):
     """A guest that dirties no memory, so that its memory must come out
     of a failed migration exactly as it went in."""
-    dom = hosts.src.create_domain(8, name="guest", dirty_pages=0, **kw)
+    dom = hosts.src.create_domain(memory, name="guest", dirty_pages=0, **kw)
     return dom, hosts.src.memory_digest(dom)
 
 
@@ -304,10 +304,10 @@ def _wait_for(predicate, what, limit=600):
 
 def test_receiver_killed_before_ready(xhosts, counts):
     hosts = xhosts
-    dom, digest = source(hosts)
-    hosts.dst.set_fault("stall:200@restore")
+    # 16 batches of 1024 pages, a second each: time enough to be killed in.
+    dom, digest = source(hosts, memory=64)
     env = dict(os.environ, XENSR_SIMHOST_DIR=str(hosts.dst.state_dir), PYTHONPATH=str(ROOT),
-               XENSR_SIMHOST_FAULT="stall:200@restore")
+               XENSR_SIMHOST_FAULT="stall:1000@restore")
     a, b = socket.socketpair()
     proc = subprocess.Popen(_xensr("migrate-receive"), stdin=b, stdout=b, env=env,
                             stderr=subprocess.PIPE)
@@ -331,12 +331,12 @@ def test_receiver_killed_before_ready(xhosts, counts):
 
 def test_sender_killed_mid_stream(xhosts, counts):
     hosts = xhosts
-    dom, digest = source(hosts)
+    # 16 batches of 1024 pages, a second each: time enough to be killed in.
+    dom, digest = source(hosts, memory=64)
     receiver = (f"XENSR_SIMHOST_DIR={shlex.quote(str(hosts.dst.state_dir))} "
                 f"{shlex.quote(sys.executable)} -m xensr migrate-receive")
     env = dict(os.environ, XENSR_SIMHOST_DIR=str(hosts.src.state_dir), PYTHONPATH=str(ROOT))
-    hosts.src.set_fault("stall:200@save")
-    env["XENSR_SIMHOST_FAULT"] = "stall:200@save"
+    env["XENSR_SIMHOST_FAULT"] = "stall:1000@save"
     proc = subprocess.Popen(_xensr("migrate", "-s", "", "guest", receiver), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
