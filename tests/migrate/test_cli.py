@@ -38,7 +38,7 @@ def two(tmp_path, simhost_libs):
 def test_cli_migration(two, counts):
     src, dst = two
     src.create_domain(8, name="guest", dirty_pages=64)
-    receiver = f"XENSR_SIMHOST_DIR={shlex.quote(str(dst.state_dir))} {xensr_cmd()} -t migrate-receive -e -d"
+    receiver = f"XENSR_SIMHOST_DIR={shlex.quote(str(dst.state_dir))} {xensr_cmd()} -v -t -T migrate-receive -e -d"
     p = run_migrate(src.state_dir, ["--json", "-s", "", "guest", receiver])
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)

@@ -190,3 +190,28 @@ def test_many_at_once_any_loop(xhosts, counts):
     for i in range(3):
         assert dst.memory_digest(dst.lookup(f"h{i}")) == recorded[f"h{i}--migratedaway"]
     assert len(results) == 6
+
+
+@pytest.mark.parametrize("direction", ["xensr-to-debian", "debian-to-xensr"])
+def test_mixed_helpers(tmp_path, simhost_libs, debian_helper, direction, counts):
+    """xensr's helper saving and Debian's restoring, and the reverse."""
+    import xensr
+    from .conftest import Hosts
+
+    ours, theirs = xensr.helper_path(), str(debian_helper)
+    send, recv = (ours, theirs) if direction == "xensr-to-debian" else (theirs, ours)
+    h = Hosts(tmp_path, send)
+    try:
+        dom = h.src.create_domain(8, name="guest", dirty_pages=64)
+        a, b = socket.socketpair()
+        rx = start_receiver(h, b, helper=recv)
+        try:
+            result = migrate_domain(h.src, dom, a, **h.send_kw())
+        finally:
+            a.close()
+            rx.join()
+        assert rx.error is None, rx.error
+        assert result.save.helper == send and rx.result.restore.helper == recv
+        assert h.dst.memory_digest(rx.result.domid) == h.src.destroyed()[0]["memory"]
+    finally:
+        h.close()
