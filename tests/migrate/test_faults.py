@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.fixtures import ROOT
 from xensr.errors import ToolstackError
-from xensr.migrate import (BANNER, HandshakeUndefined, MigrationError, PeerClosed,
+from xensr.migrate import (BANNER, MigrationError, PeerClosed,
                            TargetFailed, UnexpectedMessage, migrate_domain)
 from xensr.migrate import receiver as R
 from xensr.migrate.engine import Exchange, Write

@@ -190,7 +190,6 @@ def test_transcript_failed_start(xhosts, counts):
 def test_receiver_bytes_to_a_scripted_sender(xhosts, counts):
     """The receiver role against a sender written here byte by byte from
     xl's layout (not xensr's sender): what it answers and when."""
-    from xensr.xlfile import SaveFileReader
     hosts = xhosts
     # A stream to send: an xl save file of a guest, written by xensr's save.
     from xensr.xlfile import save_domain_to_file

@@ -36,10 +36,6 @@ def _helper_kw(host: Any, args: argparse.Namespace) -> Dict[str, Any]:
     return kw
 
 
-class _Terminated(Exception):
-    pass
-
-
 def _sigterm_as_interrupt() -> Any:
     """SIGTERM stops the command as Ctrl-C does (the helper unwinds, the
     source is put back, a half-made copy destroyed)."""

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Generator, List, Optional, Tuple, Union
 
-from ..api import EVENT_READ, EVENT_WRITE, Operation, OperationResult
+from ..api import EVENT_READ, EVENT_WRITE, Operation
 from ..errors import Aborted, XensrError
 
 __all__ = ["Read", "Write", "Run", "Relay", "Steps", "Exchange", "run_async"]

@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import json
 import os
-import struct
-import sys
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Union
 
 from ..api import RestoreOperation, RestoreResult
 from ..errors import ToolstackError, XensrError

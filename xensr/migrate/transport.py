@@ -10,10 +10,9 @@ does: :meth:`CommandTransport.ssh` builds xl's rune
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-from typing import Any, List, Optional, Sequence
+from typing import Any, Optional
 
 from ..errors import XensrError
 from . import wire as W
