@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.fixtures import ROOT
 from xensr.errors import ToolstackError
-from xensr.migrate import (BANNER, MigrationError, PeerClosed,
+from xensr.migrate import (BANNER, HandshakeUndefined, MigrationError, PeerClosed,
                            TargetFailed, UnexpectedMessage, migrate_domain)
 from xensr.migrate import receiver as R
 from xensr.migrate.engine import Exchange, Write
@@ -450,3 +450,112 @@ def test_unusable_configuration(xhosts, counts):
         b.close()
     assert e.value.stage == "header" and e.value.source == "untouched"
     assert_source_safe(hosts, dom, digest)
+
+
+def test_misspelled_option(xhosts):
+    from xensr.migrate import MigrationReceiver, MigrationSender
+    with pytest.raises(TypeError, match="'pasued'"):
+        MigrationReceiver(xhosts.dst, 1, 0, pasued=True)
+    with pytest.raises(TypeError, match="'debgu'"):
+        MigrationSender(xhosts.src, 1, 1, debgu=True)
+
+
+# ----------------------------------------------------------------------
+# The receiver refuses what is not xl's (stage header or stream), before
+# or after creating the domain, and leaves nothing behind.
+
+def _preamble(config=b'{"c_info": {"type": "pv", "name": "guest"}, "b_info": {"max_memkb": 4096}}',
+              magic=b"Xen saved domain, xl format\n \0 \r", order=0x01020304, mflags=3):
+    import struct
+    opt = struct.pack("=I", len(config) + 1) + config + b"\0"
+    return struct.pack("=32sIIII", magic, order, mflags, 0, len(opt)) + opt
+
+
+LIBXL_HEAD = bytes.fromhex("4c6962786c466d74") + (2).to_bytes(4, "big") + bytes(4)
+LIBXC_CONTEXT = (1).to_bytes(4, "little") + bytes(4)
+
+
+@pytest.mark.parametrize("data, stage, words", [
+    (b"", "header", "closed the connection"),
+    (_preamble(magic=b"Xen saved domain, xl format\n \0 \n"), "header", "bad magic"),
+    (_preamble(order=0x04030201), "header", "other endianness"),
+    (_preamble(mflags=7), "header", "unknown mandatory flags"),
+    (_preamble(mflags=1), "header", "legacy"),
+    (_preamble(mflags=2), "header", "not libxl JSON"),
+    (_preamble(config=b"name = 'guest'"), "header", "names no domain"),
+    (_preamble(config=b'{"c_info": {"name": ""}}'), "header", "names no domain"),
+    (_preamble() + LIBXL_HEAD[:8] + bytes(8) + LIBXC_CONTEXT, "stream", "not a libxl v2 stream"),
+    (_preamble() + LIBXL_HEAD + (3).to_bytes(4, "little") + bytes(4), "stream",
+     "LIBXC_CONTEXT was due"),
+    (_preamble() + LIBXL_HEAD + LIBXC_CONTEXT + b"\xff" * 40, "stream", "restore"),
+    (_preamble() + LIBXL_HEAD + LIBXC_CONTEXT, "stream", "restore"),
+])
+def test_receiver_refuses(xhosts, data, stage, words, counts):
+    hosts = xhosts
+    a, b = socket.socketpair()
+    rx = start_receiver(hosts, b)
+    try:
+        got = b""
+        while len(got) < len(BANNER):
+            got += a.recv(len(BANNER) - len(got))
+        assert got == BANNER
+        try:
+            a.sendall(data)
+            a.shutdown(socket.SHUT_WR)
+            rest = a.recv(100)
+        except ConnectionResetError:    # it closed with our bytes unread
+            rest = b""
+    finally:
+        a.close()
+        rx.join()
+    assert rest == b""                       # no "ready"
+    assert isinstance(rx.error, MigrationError)
+    assert rx.error.stage == stage and rx.error.side == "receiver", rx.error
+    assert words in str(rx.error)
+    assert rx.error.destination in ("none", "destroyed")
+    assert_destination_clean(hosts)
+
+
+# ----------------------------------------------------------------------
+# After GO: xl's rules (nothing resumed or destroyed on a broken handshake)
+
+def _fake_receiver(after_go):
+    def steps(fd):
+        from xensr.migrate.engine import Read
+        yield Write(fd, BANNER)
+        yield from R.read_preamble(fd)
+        yield from R.copy_stream(fd, lambda data: None)
+        yield Write(fd, b"domain received, ready to unpause\0")
+        go = yield Read(fd, 44)
+        assert go == b"domain is yours, you are cleared to unpause\0"
+        if after_go:
+            yield Write(fd, after_go)
+    return lambda fd: Exchange(steps(fd), (fd,), "fake").run()
+
+
+@pytest.mark.parametrize("after_go, what", [
+    (b"", "closed"),
+    (b"my copy unpause results are as follows\0", "status byte"),
+    (b"my copy unpause results are as fallows\0\0", "expected"),
+    (b"my copy unpause results are as follows\0\x05", "GO back"),
+    (b"my copy unpause results are as follows\0\x05domain is yours", "GO back"),
+])
+def test_broken_after_go(xhosts, after_go, what, counts):
+    """Past GO nothing is resumed or destroyed: the source stays suspended
+    under NAME--migratedaway, and the error says the state is undefined."""
+    hosts = xhosts
+    dom, digest = source(hosts)
+    a, b = socket.socketpair()
+    rx = ReceiverThread(b, _fake_receiver(after_go))
+    try:
+        with pytest.raises(HandshakeUndefined) as e:
+            migrate_domain(hosts.src, dom, a, **hosts.send_kw())
+    finally:
+        a.close()
+        rx.join()
+    assert rx.error is None, rx.error
+    assert e.value.source == "undefined" and "undefined" in str(e.value)
+    assert what in str(e.value)
+    s = hosts.src.domain_state(dom)
+    assert s["state"] == "suspended" and s["name"] == "guest--migratedaway"
+    assert not s["logdirty"] and hosts.src.memory_digest(dom) == digest

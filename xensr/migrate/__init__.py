@@ -16,16 +16,16 @@ Receiver (what ``xensr migrate-receive`` runs, on stdin/stdout)::
 """
 
 from .engine import Exchange
-from .receiver import (MigrationReceiver, ReceiveResult, aio_receive_domain, receive_domain,
-                       receive_to_file)
-from .sender import (MigrationResult, MigrationSender, Round, aio_migrate_domain,
-                     config_object, migrate_domain)
+from .receiver import (MigrationReceiver, ReceiveOptions, ReceiveResult, aio_receive_domain,
+                       receive_domain, receive_to_file)
+from .sender import (MigrateOptions, MigrationResult, MigrationSender, Round,
+                     aio_migrate_domain, config_object, migrate_domain)
 from .transport import CommandTransport, TransportError
 from .wire import (BANNER, GO, READY, REPORT, HandshakeUndefined, MigrationError, PeerClosed,
                    TargetFailed, UnexpectedMessage)
 
 __all__ = [
-    "Exchange", "MigrationReceiver", "ReceiveResult", "receive_domain", "aio_receive_domain",
+    "Exchange", "MigrationReceiver", "ReceiveOptions", "MigrateOptions", "ReceiveResult", "receive_domain", "aio_receive_domain",
     "receive_to_file",
     "MigrationResult", "MigrationSender", "Round", "aio_migrate_domain", "config_object",
     "migrate_domain", "CommandTransport", "TransportError", "BANNER", "GO", "READY",

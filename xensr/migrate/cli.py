@@ -229,6 +229,12 @@ class _MigrateReceive:
                      f"({r.file_bytes} bytes)")
                 return 0
             host = _host()
+            from ..toolstack import HostUnavailable, IncomingToolstack
+
+            if not isinstance(host, IncomingToolstack):
+                raise HostUnavailable(
+                    "this host cannot create the incoming domain (xensr receives into a "
+                    "domain only on the simulated host): use --to-file, or xl migrate-receive")
             r2 = receive_domain(host, out, inp, paused=args.paused, debug=args.debug, log=log,
                                 **_helper_kw(host, args))
             _say(f"migrate-receive: {r2.name} is domain {r2.domid}"

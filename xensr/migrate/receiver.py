@@ -17,9 +17,9 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
-from ..api import RestoreOperation, RestoreResult
+from ..api import HelperOptions, RestoreOperation, RestoreResult
 from ..errors import ToolstackError, XensrError
 from ..stream import format as F
 from ..toolstack import IncomingToolstack
@@ -27,7 +27,10 @@ from ..xlfile import EmulatorRecord
 from . import wire as W
 from .engine import Exchange, Read, Run, Steps, Write
 
-__all__ = ["ReceiveResult", "MigrationReceiver", "receive_domain", "aio_receive_domain",
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["ReceiveResult", "ReceiveOptions", "MigrationReceiver", "receive_domain", "aio_receive_domain",
            "receive_to_file"]
 
 _SIDE = "receiver"
@@ -312,18 +315,39 @@ def _to_file_steps(out_fd: int, send_fd: int, recv_fd: int, *, debug: bool, log:
                          emulator_records=records, file_bytes=total[0])
 
 
+class ReceiveOptions(HelperOptions, total=False):
+    """Options of a migration's receiver (and those of the restore's helper)."""
+
+    #: Leave the copy paused (xl's ``-p``).
+    paused: bool
+    #: Hand the configuration received to ``log`` (xl's ``-d``).
+    debug: bool
+    log: Optional[Callable[[str], Any]]
+    #: The restore's callbacks.
+    callbacks: Optional[object]
+
+
+_RECEIVER_KEYS = ("paused", "debug", "log", "callbacks")
+
+
 class MigrationReceiver(Exchange):
     """One incoming migration into ``host`` (see the module doc), driven
     by any loop.  ``send_fd``: where the banner, ready and report go
-    (xl: stdout); ``recv_fd``: the stream (xl: stdin).  ``paused``: leave
-    the copy paused (``-p``).  ``debug``: ``log`` gets the configuration
-    received.  Other keyword options go to the restore."""
+    (xl: stdout); ``recv_fd``: the stream (xl: stdin).  The keyword
+    options are those of :class:`ReceiveOptions`; the helper's go to the
+    restore."""
 
-    def __init__(self, host: IncomingToolstack, send_fd: int, recv_fd: int, *,
-                 paused: bool = False, debug: bool = False, callbacks: Optional[object] = None,
-                 log: Any = None, **restore_options: Any):
-        steps = _receiver_steps(host, send_fd, recv_fd, paused=paused, debug=debug,
-                                callbacks=callbacks, restore_options=restore_options, log=log)
+    def __init__(self, host: IncomingToolstack, send_fd: int, recv_fd: int,
+                 **options: Unpack[ReceiveOptions]):
+        o: Dict[str, Any] = dict(options)
+        for key in o:
+            if key not in ReceiveOptions.__optional_keys__:
+                raise TypeError(f"MigrationReceiver() got an unexpected keyword argument {key!r}")
+        mine = {key: o.pop(key) for key in _RECEIVER_KEYS if key in o}
+        steps = _receiver_steps(host, send_fd, recv_fd, paused=bool(mine.get("paused", False)),
+                                debug=bool(mine.get("debug", False)),
+                                callbacks=mine.get("callbacks"), restore_options=o,
+                                log=mine.get("log"))
         super().__init__(steps, (send_fd, recv_fd), "incoming migration")
 
     def result(self) -> ReceiveResult:
@@ -333,16 +357,16 @@ class MigrationReceiver(Exchange):
 
 
 def receive_domain(host: IncomingToolstack, send_fd: int = 1, recv_fd: int = 0,
-                   **kw: Any) -> ReceiveResult:
+                   **kw: Unpack[ReceiveOptions]) -> ReceiveResult:
     """Receive one migration into ``host``; block until done.  Options:
-    those of :class:`MigrationReceiver`."""
+    :class:`ReceiveOptions`."""
     r = MigrationReceiver(host, send_fd, recv_fd, **kw).run()
     assert isinstance(r, ReceiveResult)
     return r
 
 
 async def aio_receive_domain(host: IncomingToolstack, send_fd: int = 1, recv_fd: int = 0,
-                             **kw: Any) -> ReceiveResult:
+                             **kw: Unpack[ReceiveOptions]) -> ReceiveResult:
     """:func:`receive_domain` on asyncio (many at once in one thread)."""
     from .engine import run_async
 

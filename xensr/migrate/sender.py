@@ -19,9 +19,9 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
 
-from ..api import SaveOperation, SaveResult
+from ..api import HelperOptions, SaveOperation, SaveResult
 from ..callbacks import SAVE_CALLBACKS, find
 from ..errors import SuspendTimeout, ToolstackError, XensrError
 from ..toolstack import Toolstack
@@ -32,9 +32,7 @@ from .engine import Exchange, Read, Relay, Run, Steps, Write, run_async
 if TYPE_CHECKING:
     from typing_extensions import Unpack
 
-    from ..api import HelperOptions
-
-__all__ = ["Round", "MigrationResult", "MigrationSender", "migrate_domain",
+__all__ = ["Round", "MigrationResult", "MigrateOptions", "MigrationSender", "migrate_domain",
            "aio_migrate_domain", "config_object"]
 
 _log = logging.getLogger("xensr.migrate")
@@ -323,31 +321,49 @@ def _undefined(e: OSError, what: str, stage: str, domid: int) -> W.MigrationErro
         source=W.SOURCE_UNDEFINED)
 
 
+class MigrateOptions(HelperOptions, total=False):
+    """Options of a migration's sender (and those of the save's helper)."""
+
+    #: The libxl configuration to send (default: the host's for the
+    #: domain); its ``c_info.domid`` is set to 0, or to the domid with
+    #: ``preserve_domid`` (xl's ``-D``).
+    config: Optional[Mapping[str, Any]]
+    preserve_domid: bool
+    #: XCFLAGS_DEBUG: the helper adds a VERIFY pass the receiver checks.
+    debug: bool
+    #: Seconds the host waits for the guest to acknowledge the suspend.
+    suspend_timeout: float
+    #: ``progress(round, total)``, as pages of each pass go out.
+    progress: Optional[Callable[[Round, int], Any]]
+
+
+_SENDER_KEYS = ("config", "preserve_domid", "debug", "suspend_timeout", "progress")
+
+
 class MigrationSender(Exchange):
     """One live migration of ``domid`` from ``host`` over ``send_fd`` /
     ``recv_fd`` (the same fd for a socket), driven by any loop.
 
-    ``config``: the libxl configuration to send (default: the host's for
-    the domain; its ``c_info.domid`` is set to 0, or to ``domid`` with
-    ``preserve_domid``, as xl's ``-D``).  ``debug``: XCFLAGS_DEBUG (the
-    helper adds a VERIFY pass).  ``callbacks``: passed to the save (its
-    ``suspend``, if any, replaces ``host.suspend``).  ``progress(round,
-    total)`` is called as pages of each pass go out.  Other keyword
-    options go to the save (:class:`xensr.api.HelperOptions`).
+    ``callbacks``: passed to the save (its ``suspend``, if any, replaces
+    ``host.suspend``).  The keyword options are those of
+    :class:`MigrateOptions`; the helper's go to the save.
     """
 
     def __init__(self, host: Toolstack, domid: int, send_fd: int, recv_fd: Optional[int] = None,
-                 callbacks: Optional[object] = None, *,
-                 config: Optional[Mapping[str, Any]] = None, debug: bool = False,
-                 preserve_domid: bool = False, suspend_timeout: float = 60.0,
-                 progress: Any = None, **save_options: Unpack[HelperOptions]):
+                 callbacks: Optional[object] = None, **options: Unpack[MigrateOptions]):
         if recv_fd is None:
             recv_fd = send_fd
         self.domid = domid
-        steps = _sender_steps(host, domid, send_fd, recv_fd, config=config, callbacks=callbacks,
-                              debug=debug, preserve_domid=preserve_domid,
-                              suspend_timeout=suspend_timeout, progress=progress,
-                              save_options=dict(save_options))
+        o: Dict[str, Any] = dict(options)
+        for key in o:
+            if key not in MigrateOptions.__optional_keys__:
+                raise TypeError(f"MigrationSender() got an unexpected keyword argument {key!r}")
+        mine = {key: o.pop(key) for key in _SENDER_KEYS if key in o}
+        steps = _sender_steps(host, domid, send_fd, recv_fd, config=mine.get("config"),
+                              callbacks=callbacks, debug=bool(mine.get("debug", False)),
+                              preserve_domid=bool(mine.get("preserve_domid", False)),
+                              suspend_timeout=float(mine.get("suspend_timeout", 60.0)),
+                              progress=mine.get("progress"), save_options=o)
         super().__init__(steps, (send_fd, recv_fd), f"migration of domain {domid}")
 
     def result(self) -> MigrationResult:
@@ -373,10 +389,11 @@ def _fileno(x: Any) -> int:
 
 
 def migrate_domain(host: Toolstack, domid: int, transport: Any,
-                   callbacks: Optional[object] = None, **kw: Any) -> MigrationResult:
+                   callbacks: Optional[object] = None,
+                   **kw: Unpack[MigrateOptions]) -> MigrationResult:
     """Live-migrate ``domid`` over ``transport`` (a connected socket or fd,
-    a ``(send_fd, recv_fd)`` pair, or a :class:`~xensr.migrate.SshTransport`);
-    block until done.  Options: those of :class:`MigrationSender`."""
+    a ``(send_fd, recv_fd)`` pair, or a :class:`~xensr.migrate.CommandTransport`);
+    block until done.  Options: :class:`MigrateOptions`."""
     send_fd, recv_fd = _fds(transport)
     ex = MigrationSender(host, domid, send_fd, recv_fd, callbacks, **kw)
     r = ex.run()
@@ -385,7 +402,8 @@ def migrate_domain(host: Toolstack, domid: int, transport: Any,
 
 
 async def aio_migrate_domain(host: Toolstack, domid: int, transport: Any,
-                             callbacks: Optional[object] = None, **kw: Any) -> MigrationResult:
+                             callbacks: Optional[object] = None,
+                             **kw: Unpack[MigrateOptions]) -> MigrationResult:
     """:func:`migrate_domain` on asyncio (many at once in one thread;
     callbacks may be coroutine functions)."""
     send_fd, recv_fd = _fds(transport)
