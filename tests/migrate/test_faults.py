@@ -99,7 +99,16 @@ class Cutter:
         self.sender.close()
 
 
-def test_link_cut_during_precopy(hosts, counts):
+@pytest.fixture(params=["splice", "copy"])
+def relay_mode(request, monkeypatch):
+    """The relay with splice(2), then with read/write copies (its way where
+    the transport cannot take a splice)."""
+    if request.param == "copy":
+        monkeypatch.delattr(os, "splice")
+    return request.param
+
+
+def test_link_cut_during_precopy(hosts, relay_mode, counts):
     dom, digest = source(hosts)
     link = Cutter(after=1 << 20)
     rx = start_receiver(hosts, link.receiver)
@@ -118,7 +127,7 @@ def test_link_cut_during_precopy(hosts, counts):
     assert_destination_clean(hosts)
 
 
-def test_link_cut_after_the_suspend(hosts, counts):
+def test_link_cut_after_the_suspend(hosts, relay_mode, counts):
     dom, digest = source(hosts)
     link = Cutter()
 
@@ -352,7 +361,7 @@ def test_sender_killed_mid_stream(xhosts, counts):
     assert_destination_clean(hosts)
 
 
-def test_cancelled_with_a_peer_that_stopped_reading(xhosts, counts):
+def test_cancelled_with_a_peer_that_stopped_reading(xhosts, relay_mode, counts):
     """asyncio: cancelling a migration whose peer stopped reading (it sent
     the banner and went quiet) stops the save, puts the source back and
     raises CancelledError: nothing waits for the stuck peer."""

@@ -4,6 +4,7 @@ each helper on both sides."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 
 import pytest
@@ -29,8 +30,16 @@ def _one(hosts, **kw):
     return dom, result, rx.result
 
 
+@pytest.fixture(params=["splice", "copy"])
+def relay_mode(request, monkeypatch):
+    """The save's relay with splice(2), then with read/write copies."""
+    if request.param == "copy":
+        monkeypatch.delattr(os, "splice")
+    return request.param
+
+
 @pytest.mark.parametrize("kind", ["pv", "hvm"])
-def test_live_migration(hosts, kind, counts):
+def test_live_migration(hosts, kind, relay_mode, counts):
     dom, result, received = _one(hosts, kind=kind)
     src, dst = hosts.src, hosts.dst
     # The source is gone; the destination runs under the original name.

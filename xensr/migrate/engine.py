@@ -17,12 +17,15 @@ clears O_NONBLOCK for its run) and get their flags back at the end.
 from __future__ import annotations
 
 import asyncio
+import collections
+import errno
 import fcntl
 import os
+import select
 import selectors
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Generator, List, Optional, Tuple, Union
+from typing import Any, Deque, Dict, Generator, List, Optional, Tuple, Union
 
 from ..api import EVENT_READ, EVENT_WRITE, Operation
 from ..errors import Aborted, XensrError
@@ -66,10 +69,20 @@ class Relay:
             fcntl.fcntl(self.helper_fd, fcntl.F_SETPIPE_SZ, self.CHUNK)
         except OSError:
             pass                        # the default size works, slower
-        self.buf = bytearray()
+        # What was read and not yet written: whole reads, the first one
+        # from ``off`` on (no copying of what is left after a short write).
+        self.chunks: Deque[bytes] = collections.deque()
+        self.off = 0
+        self.pending = 0
         self.eof = False
         self.error: Optional[OSError] = None
         self.dropping = False
+        # splice(2) moves the bytes from the pipe to the transport without
+        # copying them through this process; read/write where the
+        # transport cannot take it.  When a splice would block,
+        # ``wait_dst`` says whether the transport is what is full.
+        self.splicing = hasattr(os, "splice")
+        self.wait_dst = False
         #: Bytes written to the transport.
         self.total = 0
 
@@ -89,19 +102,58 @@ class Relay:
         read and thrown away, so that a peer that stopped reading cannot
         hold the stop up."""
         self.dropping = True
-        self.buf = bytearray()
+        self._clear()
+
+    def _clear(self) -> None:
+        self.chunks.clear()
+        self.off = 0
+        self.pending = 0
 
     def fds(self) -> List[Tuple[int, int]]:
+        if self.splicing and not self.dropping and self.error is None:
+            if self.wait_dst:
+                return [(self.dst, EVENT_WRITE)]
+            return [] if self.eof else [(self.src, EVENT_READ)]
         out = []
-        if not self.eof and len(self.buf) < self.CHUNK:
+        if not self.eof and self.pending < self.CHUNK:
             out.append((self.src, EVENT_READ))
-        if self.buf and self.error is None and not self.dropping:
+        if self.pending and self.error is None and not self.dropping:
             out.append((self.dst, EVENT_WRITE))
         return out
 
+    def move(self) -> bool:
+        """Carry what can be carried now; False when the transport failed
+        (self.error)."""
+        if self.splicing and not self.dropping and self.error is None:
+            return self._splice()
+        self.pull()
+        return self.push()
+
+    def _splice(self) -> bool:
+        flags = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+        while True:
+            try:
+                n = os.splice(self.src, self.dst, self.CHUNK, flags=flags)
+            except BlockingIOError:
+                self.wait_dst = not _writable(self.dst)
+                return True
+            except InterruptedError:
+                continue
+            except OSError as e:
+                if e.errno in (errno.EINVAL, errno.ENOSYS) and self.total == 0:
+                    self.splicing = False       # not a socket or pipe: copy
+                    return self.move()
+                self.error = e
+                return False
+            if n == 0:
+                self.eof = True
+                return True
+            self.total += n
+            self.wait_dst = False
+
     def pull(self) -> None:
         """Read what the helper wrote (discarded once the transport failed)."""
-        while not self.eof and len(self.buf) < self.CHUNK:
+        while not self.eof and self.pending < self.CHUNK:
             try:
                 data = os.read(self.src, self.CHUNK)
             except BlockingIOError:
@@ -112,27 +164,41 @@ class Relay:
                 self.eof = True
                 return
             if self.error is None and not self.dropping:
-                self.buf += data
+                self.chunks.append(data)
+                self.pending += len(data)
 
     def push(self) -> bool:
         """Write to the transport; False when it failed (self.error)."""
-        while self.buf and self.error is None and not self.dropping:
+        while self.chunks and self.error is None and not self.dropping:
+            head = self.chunks[0]
             try:
-                n = os.write(self.dst, self.buf)
+                n = os.write(self.dst, memoryview(head)[self.off:])
             except BlockingIOError:
                 return True
             except InterruptedError:
                 continue
             except OSError as e:
                 self.error = e
-                self.buf = bytearray()
+                self._clear()
                 return False
-            del self.buf[:n]
             self.total += n
+            self.pending -= n
+            self.off += n
+            if self.off == len(head):
+                self.chunks.popleft()
+                self.off = 0
         return self.error is None
 
     def finished(self) -> bool:
-        return self.eof and (not self.buf or self.error is not None or self.dropping)
+        if self.splicing and not self.dropping and self.error is None:
+            return self.eof
+        return self.eof and (not self.pending or self.error is not None or self.dropping)
+
+
+def _writable(fd: int) -> bool:
+    p = select.poll()
+    p.register(fd, select.POLLOUT)
+    return bool(p.poll(0))
 
 
 @dataclass
@@ -299,8 +365,7 @@ class Exchange:
         if relay is None:
             return True
         relay.close_helper_end()        # the helper is gone: EOF comes
-        relay.pull()
-        relay.push()
+        relay.move()
         return relay.finished()
 
     @staticmethod
@@ -373,9 +438,7 @@ class Exchange:
         if isinstance(step, Run):
             relay = step.relay
             if relay is not None and fd in (relay.src, relay.dst):
-                if fd == relay.src:
-                    relay.pull()
-                if not relay.push():
+                if not relay.move():
                     step.op.abort()     # the peer is gone: the helper unwinds
             else:
                 step.op.handle(fd, events)
@@ -529,8 +592,8 @@ async def _run_relayed(loop: asyncio.AbstractEventLoop, step: Run, run: Any) -> 
             while True:
                 if task.done():
                     relay.close_helper_end()
-                relay.pull()
-                if not relay.push():
+                if not relay.move():
+                    relay.drop()
                     op.abort()
                 if task.done() and relay.finished():
                     break
