@@ -27,14 +27,19 @@ from typing import Dict, List, Mapping, Optional, Sequence
 __all__ = ["TwoHosts", "unavailable"]
 
 SSHD = "/usr/sbin/sshd"
+_NETNS_DIR = "/run/netns"
 _TIMEOUT = 60
+
+
+def _enter(ns: str, argv: Sequence[str]) -> List[str]:
+    """``argv`` in network namespace ``ns``.  nsenter switches only the
+    network namespace; ``ip netns exec`` also makes a mount namespace and
+    remounts /sys, which fails in a chroot whose / is not a mount point."""
+    return ["nsenter", f"--net={_NETNS_DIR}/{ns}", "--", *argv]
 
 
 def _run(argv: Sequence[str], timeout: float = _TIMEOUT) -> subprocess.CompletedProcess:
     return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
-
-
-_NETNS_DIR = "/run/netns"
 
 
 class _NetnsMount:
@@ -66,9 +71,9 @@ def unavailable() -> Optional[str]:
     """Why two namespaces with sshd cannot be made here, or None."""
     if os.geteuid() != 0:
         return "network namespaces need root"
-    for tool in ("ip", "ssh", "ssh-keygen"):
+    for tool in ("ip", "nsenter", "ssh", "ssh-keygen"):
         if shutil.which(tool) is None:
-            return f"{tool} is not installed (iproute2, openssh-client)"
+            return f"{tool} is not installed (iproute2, util-linux, openssh-client)"
     if not os.access(SSHD, os.X_OK):
         return f"{SSHD} is not installed (openssh-server)"
     name = f"xensr-probe-{os.getpid()}"
@@ -77,7 +82,7 @@ def unavailable() -> Optional[str]:
         p = _run(["ip", "netns", "add", name])
         if p.returncode != 0:
             return f"cannot create a network namespace: {p.stderr.strip()}"
-        p = _run(["ip", "netns", "exec", name, "true"])
+        p = _run(_enter(name, ["true"]))
         _run(["ip", "netns", "del", name])
         if p.returncode != 0:
             return f"cannot run in a network namespace: {p.stderr.strip()}"
@@ -121,6 +126,12 @@ class TwoHosts:
         if p.returncode != 0:
             raise RuntimeError(f"ip {' '.join(args)}: {p.stderr.strip()}")
 
+    def _ip_in(self, ns: str, *args: str) -> None:
+        """``ip`` in a namespace (``ip -n`` makes a mount namespace too)."""
+        p = _run(_enter(ns, ["ip", *args]))
+        if p.returncode != 0:
+            raise RuntimeError(f"ip {' '.join(args)} in {ns}: {p.stderr.strip()}")
+
     def _setup(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         for ns in (self.ns_a, self.ns_b):
@@ -130,9 +141,9 @@ class TwoHosts:
                  "peer", "name", self.veth_b, "netns", self.ns_b)
         for ns, dev, addr in ((self.ns_a, self.veth_a, self.addr_a),
                               (self.ns_b, self.veth_b, self.addr_b)):
-            self._ip("-n", ns, "link", "set", "lo", "up")
-            self._ip("-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
-            self._ip("-n", ns, "link", "set", dev, "up")
+            self._ip_in(ns, "link", "set", "lo", "up")
+            self._ip_in(ns, "addr", "add", f"{addr}/24", "dev", dev)
+            self._ip_in(ns, "link", "set", dev, "up")
 
     def close(self) -> None:
         if self.sshd is not None:
@@ -197,7 +208,7 @@ class TwoHosts:
         log = open(d / "sshd.log", "w")
         try:
             self.sshd = subprocess.Popen(
-                ["ip", "netns", "exec", self.ns_b, SSHD, "-D", "-e", "-f", str(d / "sshd_config")],
+                _enter(self.ns_b, [SSHD, "-D", "-e", "-f", str(d / "sshd_config")]),
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         finally:
             log.close()
@@ -229,7 +240,7 @@ class TwoHosts:
 
     def run_in(self, ns: str, argv: Sequence[str], env: Optional[Dict[str, str]] = None,
                timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(["ip", "netns", "exec", ns, *argv], env=env, capture_output=True,
+        return subprocess.run(_enter(ns, argv), env=env, capture_output=True,
                               text=True, timeout=timeout)
 
     def run_a(self, argv: Sequence[str], env: Optional[Dict[str, str]] = None,
@@ -282,7 +293,8 @@ def demo(argv: Sequence[str]) -> int:
                   f"{args.dirty_pages} pages per round")
             cmd = [xensr_cmd, "migrate", "--json", "-s", net.ssh_command,
                    "--remote-program", "xensr", "guest", net.addr_b]
-            print("$ ip netns exec", net.ns_a, *cmd[:4], "'ssh -i KEY ...'", *cmd[5:])
+            print(f"$ nsenter --net={_NETNS_DIR}/{net.ns_a}", *cmd[:4], "'ssh -i KEY ...'",
+                  *cmd[5:])
             r = net.run_a(cmd, env=env_a, timeout=600)
         sys.stderr.write(r.stderr)
         if r.returncode != 0:
