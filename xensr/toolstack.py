@@ -116,5 +116,8 @@ def local_host(state_dir: Optional[str] = None) -> Toolstack:
         raise HostUnavailable(
             "no real-host support in this xensr (xensr.realhost is missing) and "
             "XENSR_SIMHOST_DIR is not set") from e
-    host: Toolstack = realhost.XenHost()
+    try:
+        host: Toolstack = realhost.XenHost()
+    except ImportError as e:       # the Xen bindings it uses
+        raise HostUnavailable(f"the real Xen host cannot be used here: {e}") from e
     return host
