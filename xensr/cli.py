@@ -33,6 +33,8 @@ PROG = "xensr"
 SUBCOMMANDS: Dict[str, str] = {
     "inspect": "xensr.cli:INSPECT",
     "demo": "xensr.demo",
+    "migrate": "xensr.migrate.cli:MIGRATE",
+    "migrate-receive": "xensr.migrate.cli:MIGRATE_RECEIVE",
 }
 
 EXIT_OK = 0
@@ -117,6 +119,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Save and restore Xen domains without blocking; tools for their save files.",
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__} ({built})")
+    # The global options xl puts before its subcommand, so that xensr runs
+    # where xl's migration command line names xl.
+    parser.add_argument("-v", dest="verbose", action="count", default=0,
+                        help="more verbose messages (repeat for more)")
+    parser.add_argument("-t", dest="progress_cr", action="store_true",
+                        help="progress shown with carriage returns (as xl -t)")
+    parser.add_argument("-T", dest="timestamps", action="store_true",
+                        help="timestamps on messages (as xl -T)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in sorted(SUBCOMMANDS):

@@ -88,6 +88,8 @@ _ENV_AUTO_SUSPEND = "XENSR_SIMHOST_AUTO_SUSPEND"
 _OLD_ENV = ("XENSR_SIM_DIR", "XENSR_SIM_FAULT")   # still read when the new are absent
 
 _STATES = ("running", "paused", "suspended", "shutdown")
+_RECORD_DESTROYED = "record-destroyed"
+_DESTROYED_LOG = "destroyed.log"
 
 
 def simhost_lib_dir() -> Path:
@@ -452,12 +454,14 @@ class SimulatedHost:
     def create_domain(self, memory_mib: int, vcpus: int = 1, kind: str = "pv", *,
                       dirty_pages: int = 256, seed: Optional[int] = None,
                       state: str = "running", tsc_khz: int = 2400000,
-                      ignore_suspend: bool = False) -> int:
+                      ignore_suspend: bool = False, name: Optional[str] = None) -> int:
         """Create a running guest of ``memory_mib`` MiB and return its domid.
 
         ``dirty_pages`` pages are dirtied per round while it runs during a
         live save; ``seed`` seeds both its initial memory and that workload
         (default: distinct per domain of this host, deterministic).
+        ``name``: the domain's name (unique on the host; default
+        ``domain-<domid>``).
         """
         memory_mib = _check_int("memory_mib", memory_mib, 1, MAX_MEMORY_MIB)
         vcpus = _check_int("vcpus", vcpus, 1, MAX_VCPUS)
@@ -491,6 +495,11 @@ class SimulatedHost:
             "logdirty": "0", "dirty_pages": str(dirty_pages), "seed": str(seed),
             "tsc_khz": str(tsc_khz), "ignore_suspend": "1" if ignore_suspend else "0",
         })
+        if name is not None:
+            if not name or "\n" in name or "=" in name:
+                raise ValueError(f"bad domain name {name!r}")
+            self.lookup_free(name)
+            meta["name"] = name
 
         tmpdir = Path(tempfile.mkdtemp(prefix=".new-", dir=self._state_dir))
         try:
@@ -578,15 +587,194 @@ class SimulatedHost:
             os.replace(tmp, d / "meta")
 
     def pause(self, domid: int) -> None:
+        self._exists(domid)
         self.update_domain(domid, state="paused")
 
-    def suspend(self, domid: int) -> None:
+    def suspend(self, domid: int, timeout: float = 60.0) -> None:
         """Suspends the guest, as a toolstack's ``suspend`` callback does on
-        real Xen (asking the guest and waiting for it)."""
+        real Xen (asking the guest and waiting for it).  A guest whose meta
+        says ``ignore_suspend=1`` never acknowledges: SuspendTimeout at
+        once (the simulated guest would never answer), state unchanged."""
+        self._exists(domid)
+        if self.read_meta(domid).get("ignore_suspend") == "1":
+            from .errors import SuspendTimeout
+
+            raise SuspendTimeout(
+                f"domain {domid} did not acknowledge the suspend request "
+                f"within {timeout:g} s", domid)
         self.update_domain(domid, state="suspended")
 
     def unpause(self, domid: int) -> None:
+        self._exists(domid)
         self.update_domain(domid, state="running")
+
+    # -- the toolstack interface (xensr.toolstack.Toolstack) -----------------
+
+    def _exists(self, domid: int) -> None:
+        from .errors import DomainNotFound
+
+        try:
+            self._domdir(domid)
+        except LookupError:
+            raise DomainNotFound(f"no domain {domid}", domid) from None
+
+    def domain_name(self, domid: int) -> str:
+        """The name given at creation or by :meth:`rename`; an unnamed
+        domain is ``domain-<domid>``."""
+        self._exists(domid)
+        return self.read_meta(domid).get("name") or f"domain-{domid}"
+
+    def lookup(self, name: str) -> int:
+        """The domid of the domain named ``name`` (DomainNotFound if none)."""
+        from .errors import DomainNotFound
+
+        for domid in self.domain_ids():
+            try:
+                if self.domain_name(domid) == name:
+                    return domid
+            except DomainNotFound:
+                continue          # destroyed meanwhile
+        raise DomainNotFound(f"no domain named {name!r}")
+
+    def domain_type(self, domid: int) -> str:
+        self._exists(domid)
+        return self.read_meta(domid).get("kind") or "pv"
+
+    def domain_config(self, domid: int) -> bytes:
+        """The libxl JSON configuration: the one the domain was created
+        from (:meth:`create_incoming`), with its current name; else one
+        made from its meta (type, name, vCPUs, memory)."""
+        import json
+
+        self._exists(domid)
+        meta = self.read_meta(domid)
+        path = self._domdir(domid) / "config.json"
+        try:
+            config: Dict[str, Any] = json.loads(path.read_text())
+        except FileNotFoundError:
+            kind = meta.get("kind") or "pv"
+            nr = int(meta.get("nr_pages") or 0)
+            memkb = nr * (PAGE_SIZE // 1024)
+            config = {
+                "c_info": {"type": kind, "name": "",
+                           "uuid": _uuid_of(self._state_dir, domid, meta.get("seed", ""))},
+                "b_info": {"max_vcpus": int(meta.get("vcpus") or 1),
+                           "max_memkb": memkb, "target_memkb": memkb,
+                           "type": {kind: {}}},
+            }
+        config.setdefault("c_info", {})["name"] = self.domain_name(domid)
+        return json.dumps(config, indent=4).encode("utf-8")
+
+    def resume(self, domid: int) -> None:
+        """Suspend-cancel resume: a suspended (or paused) guest runs again."""
+        self._exists(domid)
+        self.update_domain(domid, state="running")
+
+    def rename(self, domid: int, name: str) -> None:
+        """Names are unique on a host: NameInUse if another domain has it."""
+        from .toolstack import NameInUse
+
+        self._exists(domid)
+        if not name or "\n" in name or "=" in name:
+            raise ValueError(f"bad domain name {name!r}")
+        for other in self.domain_ids():
+            if other != domid and self.read_meta(other).get("name") == name:
+                raise NameInUse(f"domain with name {name!r} already exists "
+                                f"(domain {other})", domid)
+        self.update_domain(domid, name=name)
+
+    def destroy(self, domid: int) -> None:
+        """Destroys the domain; with :attr:`record_destroyed` set first
+        notes its name, state and memory digest (:meth:`destroyed`)."""
+        self._exists(domid)
+        if self.record_destroyed:
+            meta = self.read_meta(domid)
+            line = (f"domid={domid} name={self.domain_name(domid)} "
+                    f"state={meta.get('state', '')} logdirty={meta.get('logdirty', '0')} "
+                    f"memory={self.memory_digest(domid)}\n")
+            with open(self._state_dir / _DESTROYED_LOG, "a") as f:
+                f.write(line)
+        self.destroy_domain(domid)
+
+    @property
+    def record_destroyed(self) -> bool:
+        """Whether :meth:`destroy` records what it destroyed (a file in the
+        state directory, so every process using it sees the setting): tests
+        compare a migrated guest with its source that way."""
+        return (self._state_dir / _RECORD_DESTROYED).exists()
+
+    @record_destroyed.setter
+    def record_destroyed(self, on: bool) -> None:
+        flag = self._state_dir / _RECORD_DESTROYED
+        if on:
+            flag.touch()
+        else:
+            flag.unlink(missing_ok=True)
+
+    def destroyed(self) -> List[Dict[str, str]]:
+        """What :meth:`destroy` recorded, oldest first: ``domid``,
+        ``name``, ``state``, ``logdirty`` and ``memory`` (sha256)."""
+        try:
+            text = (self._state_dir / _DESTROYED_LOG).read_text()
+        except FileNotFoundError:
+            return []
+        return [dict(item.split("=", 1) for item in line.split(" "))
+                for line in text.splitlines() if line]
+
+    def create_incoming(self, config: bytes, name: str) -> int:
+        """A paused, empty domain to receive a migration into, from the
+        libxl JSON ``config``: its type (``c_info.type``), vCPUs
+        (``b_info.max_vcpus``) and memory (``b_info.max_memkb``, the most
+        a restore may populate), named ``name``."""
+        import json
+
+        from .errors import ToolstackError
+
+        try:
+            text = config.decode("utf-8").rstrip("\0")
+            cfg = json.loads(text)
+            c_info, b_info = cfg.get("c_info") or {}, cfg.get("b_info") or {}
+            kind = c_info.get("type") or "pv"
+            vcpus = int(b_info.get("max_vcpus") or 1)
+            memkb = int(b_info.get("max_memkb") or b_info.get("target_memkb") or 0)
+        except (UnicodeDecodeError, ValueError, TypeError, AttributeError) as e:
+            raise ToolstackError(f"cannot build a domain from the configuration: {e}") from e
+        if kind not in ("pv", "hvm"):
+            raise ToolstackError(f"the simulated host has no {kind!r} guests")
+        if memkb <= 0:
+            raise ToolstackError("the configuration gives no memory size (b_info.max_memkb)")
+        self.lookup_free(name)
+        max_mib = max(1, -(-memkb // 1024))
+        domid = self.create_empty_domain(kind, vcpus, max_mib=max_mib)
+        try:
+            (self._domdir(domid) / "config.json").write_text(text)
+            self.rename(domid, name)
+        except BaseException:
+            self.destroy_domain(domid)
+            raise
+        return domid
+
+    def lookup_free(self, name: str) -> None:
+        """NameInUse if a domain is called ``name``."""
+        from .errors import DomainNotFound
+        from .toolstack import NameInUse
+
+        try:
+            other = self.lookup(name)
+        except DomainNotFound:
+            return
+        raise NameInUse(f"domain with name {name!r} already exists (domain {other})")
+
+    def restore_parameters(self, domid: int) -> Dict[str, Any]:
+        """The event channels and backend domains the restore helper is
+        given (those of :meth:`create_domain`'s guests) and the type."""
+        self._exists(domid)
+        return {"store_evtchn": 1, "console_evtchn": 2, "store_domid": 0,
+                "console_domid": 0, "type": self.read_meta(domid).get("kind") or "pv"}
+
+    def restored(self, domid: int, store_gfn: int, console_gfn: int) -> None:
+        """Records the ring frames the restore reported."""
+        self.update_domain(domid, store_gfn=store_gfn, console_gfn=console_gfn)
 
     def domain_state(self, domid: int) -> Dict[str, object]:
         """A domain's state: every meta key (numbers as ints), plus
@@ -636,6 +824,12 @@ class SimulatedHost:
         with open(self.memory_path(domid), "r+b") as f:
             f.seek(pfn * PAGE_SIZE)
             f.write(data)
+
+
+def _uuid_of(state_dir: Path, domid: int, seed: str) -> str:
+    """A stable uuid for a simulated domain without a configuration."""
+    h = hashlib.sha256(f"{state_dir}:{domid}:{seed}".encode()).hexdigest()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
 
 
 def _check_int(name: str, value: object, lo: int, hi: int) -> int:

@@ -275,10 +275,13 @@ def test_state_directory_is_as_documented(debian_helper, simulated_host, tmp_pat
                         for cells in table(section("State directory"), "Path")}
     keys, files = set(), set()
     for kind in ("pv", "hvm"):
-        dom = host.create_domain(2, kind=kind)
+        dom = host.create_domain(2, kind=kind, name=f"guest-{kind}")
         t, _ = save_to_file(debian_helper, host, dom, tmp_path / kind, live=True)
         assert_completed(t)
-        target = host.create_empty_domain()
+        if kind == "pv":
+            target = host.create_empty_domain()
+        else:   # a migration's target, made from the guest's configuration
+            target = host.create_incoming(host.domain_config(dom), "guest-hvm--incoming")
         assert_completed(restore_from_file(debian_helper, host, target, tmp_path / kind))
         for d in (dom, target):
             keys |= set(host.read_meta(d))
