@@ -492,7 +492,7 @@ static int parse_cmdline(int argc, char **argv, struct cmdline *cl)
 #define POLICY_MAX_ROUNDS_DEFAULT 30
 #define POLICY_FLOOR_PAGES 50
 #define POLICY_MIN_SAMPLE_PAGES 1024
-#define POLICY_SHRINK_FACTOR 2
+#define POLICY_SHRINK_RATIO 0.95
 
 static struct {
     /* configuration */
@@ -610,7 +610,7 @@ static int env_precopy_policy(struct precopy_stats stats, void *data)
     if (count == 0)
         return policy_answer(stats, now, 0, XGS_POLICY_STOP_AND_COPY, "nothing dirty");
     if (env_policy.within) {
-        if (count >= POLICY_FLOOR_PAGES && count * POLICY_SHRINK_FACTOR <= last)
+        if (count >= POLICY_FLOOR_PAGES && (double)count <= (double)last * POLICY_SHRINK_RATIO)
             return policy_answer(stats, now, estimate, XGS_POLICY_CONTINUE_PRECOPY,
                                  "within the limit, still shrinking");
         return policy_answer(stats, now, estimate, XGS_POLICY_STOP_AND_COPY,

@@ -52,11 +52,13 @@ How the estimate is made (the same in xensr's helper, see
   average (halving weights); rounds of fewer than :data:`MIN_SAMPLE_PAGES`
   pages are not sampled once a rate is known (their time is mostly fixed
   costs), which would only lower the rate and lengthen the estimate.
-* Below the limit the policy still goes on while a round at least halves
-  the dirty count (the first round compared with the guest's size; each
-  such round costs at most what is left and halves the downtime), and
-  stops for good below :data:`FLOOR_PAGES` pages, when nothing is dirty,
-  or at ``max_rounds`` / ``max_time`` (then as converged, not giving up).
+* Below the limit the policy still goes on while the dirty count keeps
+  shrinking (each count at most :data:`SHRINK_RATIO` of the one before;
+  the first compared with the guest's size): such a round costs at most
+  the pages left, fewer each time, and lowers the downtime further.  It
+  stops when the count no longer shrinks, below :data:`FLOOR_PAGES`
+  pages, when nothing is dirty, or at ``max_rounds`` / ``max_time`` (then
+  as converged, not giving up).
 
 A policy object holds the state of one save at a time (it starts afresh
 at each ``iteration`` 0 question).  Given as the ``policy`` option of
@@ -98,9 +100,9 @@ DEFAULT_MAX_ROUNDS = 30
 FLOOR_PAGES = 50
 #: Rounds smaller than this are no rate sample once a rate is known.
 MIN_SAMPLE_PAGES = 1024
-#: Below the limit, another round is worth it while it divides the dirty
-#: count at least by this.
-SHRINK_FACTOR = 2
+#: Below the limit, another round is worth it while the dirty count is
+#: at most this fraction of the previous one.
+SHRINK_RATIO = 0.95
 
 #: The helper's environment variables (xensr's helper only; Debian's
 #: ignores them): variable -> what it sets.  The policy is on when
@@ -333,7 +335,7 @@ class DowntimePolicy:
         if estimate is not None and estimate <= self.downtime_limit:
             if count < FLOOR_PAGES:
                 reason = f"within the limit, {count} pages"
-            elif last is not None and count * SHRINK_FACTOR <= last:
+            elif last is not None and count <= last * SHRINK_RATIO:
                 return self._answer(stats, now, estimate, PrecopyDecision.CONTINUE_PRECOPY,
                                     "within the limit, still shrinking")
             else:

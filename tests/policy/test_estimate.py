@@ -75,24 +75,24 @@ def test_stops_once_the_estimate_is_within_the_limit():
     p = DowntimePolicy(0.3, clock=clock)
     s = Save(p, clock, 100000, 10000.0)     # 10 s first round
     s.start()
-    # 5000 dirty: 0.5 s at 10000 pages/s, above 0.3 s.
-    assert s.round(5000) == CONTINUE
-    assert p.decisions[-1].estimate == pytest.approx(0.5)
-    # 2800 dirty: 0.28 s, within; not halved (5000 -> 2800): stop.
-    assert s.round(2800) == STOP
+    # 3100 dirty: 0.31 s at 10000 pages/s, above 0.3 s.
+    assert s.round(3100) == CONTINUE
+    assert p.decisions[-1].estimate == pytest.approx(0.31)
+    # 2990 dirty: 0.299 s, within; hardly shrinking (3100 -> 2990): stop.
+    assert s.round(2990) == STOP
     last = p.decisions[-1]
-    assert last.estimate == pytest.approx(0.28) and last.reason == "within the limit"
+    assert last.estimate == pytest.approx(0.299) and last.reason == "within the limit"
 
 
-def test_goes_on_below_the_limit_while_the_count_halves():
+def test_goes_on_below_the_limit_while_the_count_shrinks():
     clock = Clock()
     p = DowntimePolicy(0.3, clock=clock)
     s = Save(p, clock, 100000, 100000.0)
     s.start()
     assert s.round(2000) == CONTINUE           # 0.02 s, but 100000 -> 2000
     assert p.decisions[-1].reason == "within the limit, still shrinking"
-    assert s.round(900) == CONTINUE            # halved again
-    assert s.round(800) == STOP                # no longer halving
+    assert s.round(900) == CONTINUE            # shrinking
+    assert s.round(880) == STOP                # by less than SHRINK_RATIO
     assert s.iteration == 3
 
 

@@ -32,7 +32,7 @@ def restore_and_compare(host, dom, path):
 
 def test_stops_within_the_limit_where_it_can(simulated_host, tmp_path):
     """100 pages per round against a 10 s limit: reachable at any speed.
-    The policy goes on while the count halves, then stops within it."""
+    The policy goes on while the count shrinks, then stops within it."""
     host = simulated_host
     dom = host.create_domain(MIB, dirty_pages=100)
     r = save(host, dom, tmp_path / "s", policy=DowntimePolicy(10.0))
@@ -40,7 +40,7 @@ def test_stops_within_the_limit_where_it_can(simulated_host, tmp_path):
     assert last.decision == PrecopyDecision.STOP_AND_COPY
     assert last.reason == "within the limit"
     assert last.estimate is not None and last.estimate <= 10.0
-    assert r.precopy.live_rounds == 3          # all, ~100 (halved), ~100: stop
+    assert r.precopy.live_rounds == 3          # all, ~100 (shrunk), ~100: stop
     assert r.precopy.pages_after_suspend == r.precopy.rounds[-1].pages > 0
     assert r.precopy.suspended_time is not None and r.precopy.suspended_time >= 0
     assert host.domain_state(dom)["save_iterations"] == len(r.precopy.rounds)
