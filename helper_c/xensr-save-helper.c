@@ -68,6 +68,10 @@
  *   - SIGPIPE is reset to its default action and unblocked, as libxl does
  *     in the child before exec, so the helper behaves the same whatever
  *     its parent left in place.
+ *   - with XENSR_PRECOPY_DOWNTIME_LIMIT_MS in the environment a live save
+ *     uses xensr's downtime policy (below, "precopy policy from the
+ *     environment") unless the parent answers precopy_policy; a bad
+ *     XENSR_PRECOPY_* value fails a save with status 255.
  *
  * The first frame is the DEBUG log "starting save (xensr VERSION, table
  * DIGEST16)" or "starting restore (...)", context "libxl-save-helper",
