@@ -1075,7 +1075,10 @@ class _Messages:
         m = _VERSION_RE.search(text)
         if m is None:
             for info in C.MESSAGES:
-                if info.extension and _cb.find(op.callbacks, info.name) is not None:
+                if info.extension and (
+                        _cb.find(op.callbacks, info.name) is not None
+                        or (info.name == "precopy_policy"
+                            and getattr(op, "policy", None) is not None)):
                     _log.warning(
                         "domain %d: the helper %s is not xensr's: %s "
                         "will not be called", op.domid, op.helper, info.name)

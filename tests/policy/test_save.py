@@ -157,3 +157,41 @@ def test_aio_many_saves_share_one_policy(simulated_host, tmp_path):
         assert r.precopy.live_rounds == 2
         assert r.precopy.decisions[-1].reason.startswith("no convergence after 2")
     assert policy.decisions == []             # each save used its own copy
+
+
+def test_debian_helper_keeps_its_policy_and_xensr_warns(debian_helper, simulated_host,
+                                                        tmp_path, caplog):
+    host = simulated_host
+    dom = host.create_domain(MIB, dirty_pages=2000)
+    caplog.set_level("WARNING", logger="xensr")
+    r = save(host, dom, tmp_path / "s", helper=str(debian_helper),
+             policy=DowntimePolicy(1e-6, max_rounds=2, on_no_convergence="abort"))
+    assert "is not xensr's: precopy_policy will not be called" in caplog.text
+    assert r.precopy.decisions == () and r.precopy.live_rounds == 5
+
+
+@pytest.mark.parametrize("dirty,limit,rounds,onc", [
+    (100, 10.0, 30, "stop-and-copy"), (4000, 1e-3, 3, "stop-and-copy"),
+    (4000, 1e-3, 4, "abort"), (0, 0.3, 30, "abort"), (30, 10.0, 30, "abort"),
+])
+def test_the_helpers_policy_decides_as_the_python_one(simulated_host, tmp_path, dirty, limit,
+                                                      rounds, onc):
+    """Per-round workloads (no timing in the counts) with limits far from
+    the estimates: the same rounds and outcome from the helper's
+    environment (a parent without the extension) as from DowntimePolicy."""
+    from tests.support.simhost import save_to_file
+    from xensr.api import helper_path
+
+    host = simulated_host
+    policy = DowntimePolicy(limit, max_rounds=rounds, on_no_convergence=onc)
+    a = host.create_domain(MIB, dirty_pages=dirty, seed=5)
+    try:
+        save(host, a, tmp_path / "a", policy=policy)
+    except SaveRestoreError:
+        pass
+    b = host.create_domain(MIB, dirty_pages=dirty, seed=5)
+    env = dict(host.env, **policy.environ())
+    save_to_file(helper_path(), host, b, tmp_path / "b", live=True, env=env)
+    sa, sb = host.domain_state(a), host.domain_state(b)
+    assert (sa["save_iterations"], sa["save_result"]) == \
+        (sb["save_iterations"], sb["save_result"])
