@@ -60,9 +60,10 @@ RATES: Tuple[Tuple[str, int, int], ...] = (
 def run(quick: bool, reps: int) -> Result:
     from xensr.testing import SimulatedHost
 
-    mib = 16 if quick else 64
-    scale = mib / 64
+    mib = 8 if quick else 64
     bps = (16 if quick else 64) << 20
+    # Rates scale with the link, working sets with the guest.
+    rate_scale, ws_scale = bps / (64 << 20), mib / 64
     res = Result("downtime", "live save: DowntimePolicy against libxenguest's default",
                  params={"guest_mib": mib, "transport_bytes_per_s": bps, "reps": reps,
                          "downtime_limit_s": LIMIT, "max_time_s": FIRST_ROUNDS * mib / (bps >> 20)})
@@ -70,7 +71,7 @@ def run(quick: bool, reps: int) -> Result:
     with tempfile.TemporaryDirectory(prefix="xensr-bench-downtime-") as tmp, \
             SimulatedHost(os.path.join(tmp, "host"), auto_suspend=True) as host:
         for name, rate, ws in RATES:
-            rate, ws = max(1, int(rate * scale)), max(1, int(ws * scale))
+            rate, ws = max(1, int(rate * rate_scale)), max(1, int(ws * ws_scale))
             bench = _Saves(host, mib, rate, ws, bps)
             raw[name] = interleave(bench.variants(), reps, warmup=0)
     _add_figures(res, raw)

@@ -186,6 +186,14 @@ class PrecopyReport:
     #: the receiver's unpause to get the whole downtime.
     suspended_at: Optional[float] = None
 
+    def downtime_until(self, unpaused_at: float) -> Optional[float]:
+        """Seconds from the suspension to ``unpaused_at`` (a
+        :func:`time.monotonic` reading where the guest runs again, e.g. the
+        receiver's unpause in a migration); None without a suspension."""
+        if self.suspended_at is None:
+            return None
+        return max(0.0, unpaused_at - self.suspended_at)
+
     @property
     def live_rounds(self) -> int:
         return sum(1 for r in self.rounds if not r.suspended)

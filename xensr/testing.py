@@ -460,7 +460,8 @@ class SimulatedHost:
         live save; ``seed`` seeds both its initial memory and that workload
         (default: distinct per domain of this host, deterministic).
         ``dirty_rate`` pages per second of wall time are dirtied too while
-        it runs, drawn from its first ``working_set`` pages (default: all).
+        it runs, drawn from its first ``working_set`` pages (default: all,
+        written as 0).
         """
         memory_mib = _check_int("memory_mib", memory_mib, 1, MAX_MEMORY_MIB)
         vcpus = _check_int("vcpus", vcpus, 1, MAX_VCPUS)
@@ -495,10 +496,9 @@ class SimulatedHost:
             "logdirty": "0", "dirty_pages": str(dirty_pages), "seed": str(seed),
             "tsc_khz": str(tsc_khz), "ignore_suspend": "1" if ignore_suspend else "0",
         })
-        if dirty_rate:
-            meta["dirty_rate"] = str(dirty_rate)
-            meta["dirty_working_set"] = str(
-                nr if working_set is None else _check_int("working_set", working_set, 1, nr))
+        meta["dirty_rate"] = str(dirty_rate)
+        meta["dirty_working_set"] = str(
+            0 if working_set is None else _check_int("working_set", working_set, 1, nr))
 
         tmpdir = Path(tempfile.mkdtemp(prefix=".new-", dir=self._state_dir))
         try:

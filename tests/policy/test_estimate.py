@@ -234,3 +234,10 @@ def test_round_recorder_from_progress_reports():
     assert rep.suspended_time == 4.0          # suspended report -> Complete
     assert rep.bytes == page_data_bytes(3000) + page_data_bytes(40) + page_data_bytes(7)
     assert page_data_bytes(1025) == 1025 * 4104 + 32
+
+
+def test_downtime_until():
+    from xensr.policy import PrecopyReport
+
+    assert PrecopyReport(suspended_at=10.0).downtime_until(10.25) == 0.25
+    assert PrecopyReport().downtime_until(3.0) is None
