@@ -545,7 +545,7 @@ static int policy_answer(struct precopy_stats stats, double now, double estimate
         ? env_policy.sample : env_policy.average;
 
     xtl_log(&logger, decision == XGS_POLICY_CONTINUE_PRECOPY ? XTL_DETAIL : XTL_INFO,
-            -1, log_context,
+            0, log_context,
             "precopy policy: iteration %u, dirty %ld, %.3f s, rate %.0f pages/s, "
             "estimate %.1f ms: %s (%s)", stats.iteration, stats.dirty_count,
             now - env_policy.t0, env_policy.have_rate ? rate : 0.0,
@@ -662,13 +662,13 @@ static void setup_env_policy(struct save_callbacks *cb)
     env_policy.abort_on_no_convergence = onc && !strcmp(onc, "abort");
 
     if (cb->precopy_policy) {
-        xtl_log(&logger, XTL_INFO, -1, log_context,
+        xtl_log(&logger, XTL_INFO, 0, log_context,
                 "%s is set but the toolstack answers precopy_policy: its answers decide",
                 limit_var);
         return;
     }
     cb->precopy_policy = env_precopy_policy;
-    xtl_log(&logger, XTL_INFO, -1, log_context,
+    xtl_log(&logger, XTL_INFO, 0, log_context,
             "precopy policy from the environment: downtime limit %llu ms, at most %lu "
             "rounds, %s%llu ms, then %s", limit_ms, env_policy.max_rounds,
             time_ms ? "at most " : "no time limit", time_ms,
