@@ -68,6 +68,10 @@
  *   - SIGPIPE is reset to its default action and unblocked, as libxl does
  *     in the child before exec, so the helper behaves the same whatever
  *     its parent left in place.
+ *   - with XENSR_PRECOPY_DOWNTIME_LIMIT_MS in the environment a live save
+ *     uses xensr's downtime policy (below, "precopy policy from the
+ *     environment") unless the parent answers precopy_policy; a bad
+ *     XENSR_PRECOPY_* value fails a save with status 255.
  *
  * The first frame is the DEBUG log "starting save (xensr VERSION, table
  * DIGEST16)" or "starting restore (...)", context "libxl-save-helper",
@@ -83,6 +87,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <xenctrl.h>
@@ -467,6 +472,209 @@ static int parse_cmdline(int argc, char **argv, struct cmdline *cl)
     return mode;
 }
 
+/*----- precopy policy from the environment (xensr extension) -----*/
+
+/*
+ * A live save's precopy policy aiming at a downtime, configured by the
+ * environment the helper inherits (xl passes its own), so that a stock
+ * toolstack gets it by pointing LIBXL_SAVE_HELPER here.  The same policy
+ * as xensr.policy.DowntimePolicy (its docstring explains the estimate):
+ *
+ *   XENSR_PRECOPY_DOWNTIME_LIMIT_MS   1 .. 3600000; setting it turns the
+ *                                     policy on
+ *   XENSR_PRECOPY_MAX_ROUNDS          1 .. 1000000 (default 30)
+ *   XENSR_PRECOPY_MAX_TIME_MS         1 .. 2147483647 (default: none)
+ *   XENSR_PRECOPY_ON_NO_CONVERGENCE   stop-and-copy (default) or abort
+ *
+ * A value that does not parse, or another variable set without the limit,
+ * fails the save before libxenguest runs (an ERROR frame naming it, exit
+ * 255): never a silent default.  When the parent set the precopy_policy
+ * cbflag (xensr's Python parent with a policy), the parent's answers
+ * decide and the environment only has to be valid.
+ */
+
+#define POLICY_MAX_ROUNDS_DEFAULT 30
+#define POLICY_FLOOR_PAGES 50
+#define POLICY_MIN_SAMPLE_PAGES 1024
+#define POLICY_SHRINK_RATIO 0.95
+
+static struct {
+    /* configuration */
+    double limit;               /* seconds */
+    unsigned long max_rounds;
+    double max_time;            /* seconds; 0: no limit */
+    int abort_on_no_convergence;
+    /* state of the save */
+    double t0, round_start, sample, average;
+    int have_rate, within;
+    unsigned long round_pages, rounds;
+    long last_count;
+} env_policy;
+
+static double monotonic_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* NAME's value as a number from 1 to max; 0 if NAME is unset. */
+static unsigned long long env_number(const char *name, unsigned long long max)
+{
+    const char *v = getenv(name);
+    unsigned long long n;
+
+    if (!v)
+        return 0;
+    if (parse_decimal(v, max, &n) || n < 1)
+        fail(EINVAL, "%s='%s': must be a whole number from 1 to %llu", name, v, max);
+    return n;
+}
+
+static const char *policy_word(int decision)
+{
+    return decision == XGS_POLICY_ABORT ? "abort"
+        : decision == XGS_POLICY_STOP_AND_COPY ? "stop and copy" : "continue";
+}
+
+static int policy_answer(struct precopy_stats stats, double now, double estimate,
+                         int decision, const char *reason)
+{
+    double rate = env_policy.sample < env_policy.average
+        ? env_policy.sample : env_policy.average;
+
+    xtl_log(&logger, decision == XGS_POLICY_CONTINUE_PRECOPY ? XTL_DETAIL : XTL_INFO,
+            0, log_context,
+            "precopy policy: iteration %u, dirty %ld, %.3f s, rate %.0f pages/s, "
+            "estimate %.1f ms: %s (%s)", stats.iteration, stats.dirty_count,
+            now - env_policy.t0, env_policy.have_rate ? rate : 0.0,
+            estimate < 0 ? -1.0 : estimate * 1000, policy_word(decision), reason);
+    return decision;
+}
+
+static int policy_give_up(struct precopy_stats stats, double now, double estimate)
+{
+    if (env_policy.abort_on_no_convergence)
+        return policy_answer(stats, now, estimate, XGS_POLICY_ABORT,
+                             "no convergence: abort");
+    return policy_answer(stats, now, estimate, XGS_POLICY_STOP_AND_COPY,
+                         "no convergence: stop and copy anyway");
+}
+
+/* libxenguest's question before the first round, then twice per round. */
+static int env_precopy_policy(struct precopy_stats stats, void *data)
+{
+    double now = monotonic_now(), seconds, estimate = -1, rate;
+    long count = stats.dirty_count, last;
+
+    (void)data;
+    if (stats.iteration == 0 && count >= 0) {
+        env_policy.t0 = env_policy.round_start = now;
+        env_policy.round_pages = (unsigned long)count;
+        env_policy.last_count = count;
+        env_policy.rounds = 0;
+        env_policy.have_rate = env_policy.within = 0;
+        return policy_answer(stats, now, -1, XGS_POLICY_CONTINUE_PRECOPY,
+                             "first round: every page");
+    }
+
+    if (count < 0) {
+        /* The round just ended: a rate sample, then the limits. */
+        env_policy.rounds++;
+        seconds = now - env_policy.round_start;
+        if (env_policy.round_pages > 0 && seconds > 0 &&
+            (!env_policy.have_rate || env_policy.round_pages >= POLICY_MIN_SAMPLE_PAGES)) {
+            env_policy.sample = (double)env_policy.round_pages / seconds;
+            env_policy.average = env_policy.have_rate
+                ? (env_policy.average + env_policy.sample) / 2 : env_policy.sample;
+            env_policy.have_rate = 1;
+        }
+        if (env_policy.rounds >= env_policy.max_rounds ||
+            (env_policy.max_time > 0 && now - env_policy.t0 >= env_policy.max_time)) {
+            if (env_policy.within)
+                return policy_answer(stats, now, -1, XGS_POLICY_STOP_AND_COPY,
+                                     "within the limit, stopped at a limit");
+            return policy_give_up(stats, now, -1);
+        }
+        return policy_answer(stats, now, -1, XGS_POLICY_CONTINUE_PRECOPY,
+                             "round sent, count not known yet");
+    }
+
+    last = env_policy.last_count;
+    env_policy.last_count = count;
+    env_policy.round_start = now;
+    env_policy.round_pages = (unsigned long)count;
+    if (env_policy.have_rate) {
+        rate = env_policy.sample < env_policy.average
+            ? env_policy.sample : env_policy.average;
+        estimate = (double)count / rate;
+    }
+    env_policy.within = estimate >= 0 && estimate <= env_policy.limit;
+    if (count == 0)
+        return policy_answer(stats, now, 0, XGS_POLICY_STOP_AND_COPY, "nothing dirty");
+    if (env_policy.within) {
+        if (count >= POLICY_FLOOR_PAGES && (double)count <= (double)last * POLICY_SHRINK_RATIO)
+            return policy_answer(stats, now, estimate, XGS_POLICY_CONTINUE_PRECOPY,
+                                 "within the limit, still shrinking");
+        return policy_answer(stats, now, estimate, XGS_POLICY_STOP_AND_COPY,
+                             "within the limit");
+    }
+    if (env_policy.max_time > 0 && now - env_policy.t0 >= env_policy.max_time)
+        return policy_give_up(stats, now, estimate);
+    return policy_answer(stats, now, estimate, XGS_POLICY_CONTINUE_PRECOPY,
+                         "above the limit");
+}
+
+/*
+ * Read the environment; install the policy unless the parent answers
+ * precopy_policy itself.
+ */
+static void setup_env_policy(struct save_callbacks *cb)
+{
+    static const char limit_var[] = "XENSR_PRECOPY_DOWNTIME_LIMIT_MS";
+    static const char *const others[] = {
+        "XENSR_PRECOPY_MAX_ROUNDS", "XENSR_PRECOPY_MAX_TIME_MS",
+        "XENSR_PRECOPY_ON_NO_CONVERGENCE",
+    };
+    unsigned long long limit_ms, rounds, time_ms;
+    const char *onc;
+    unsigned i;
+
+    limit_ms = env_number(limit_var, 3600000);
+    rounds = env_number("XENSR_PRECOPY_MAX_ROUNDS", 1000000);
+    time_ms = env_number("XENSR_PRECOPY_MAX_TIME_MS", INT_MAX);
+    onc = getenv("XENSR_PRECOPY_ON_NO_CONVERGENCE");
+    if (onc && strcmp(onc, "stop-and-copy") && strcmp(onc, "abort"))
+        fail(EINVAL, "XENSR_PRECOPY_ON_NO_CONVERGENCE='%s': must be stop-and-copy or abort",
+             onc);
+    if (!limit_ms) {
+        for (i = 0; i < sizeof(others) / sizeof(others[0]); i++)
+            if (getenv(others[i]))
+                fail(EINVAL, "%s is set but %s is not: set the downtime limit to use "
+                     "xensr's precopy policy", others[i], limit_var);
+        return;
+    }
+
+    env_policy.limit = (double)limit_ms / 1000;
+    env_policy.max_rounds = rounds ? (unsigned long)rounds : POLICY_MAX_ROUNDS_DEFAULT;
+    env_policy.max_time = (double)time_ms / 1000;
+    env_policy.abort_on_no_convergence = onc && !strcmp(onc, "abort");
+
+    if (cb->precopy_policy) {
+        xtl_log(&logger, XTL_INFO, 0, log_context,
+                "%s is set but the toolstack answers precopy_policy: its answers decide",
+                limit_var);
+        return;
+    }
+    cb->precopy_policy = env_precopy_policy;
+    xtl_log(&logger, XTL_INFO, 0, log_context,
+            "precopy policy from the environment: downtime limit %llu ms, at most %lu "
+            "rounds, %s%llu ms, then %s", limit_ms, env_policy.max_rounds,
+            time_ms ? "at most " : "no time limit", time_ms,
+            env_policy.abort_on_no_convergence ? "abort" : "stop and copy");
+}
+
 /*----- the operation -----*/
 
 /* After the command line was parsed, before the first frame. */
@@ -549,6 +757,7 @@ static void run_save(struct cmdline *cl)
     xensr_setcallbacks_save(&cb, cbflags);
 
     startup("save");
+    setup_env_policy(&cb);
     check_save_callbacks(&cb, stream_type, cbflags);
     setup_signals(save_sigterm_handler);
 

@@ -16,6 +16,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "simhost.h"
@@ -508,6 +509,11 @@ void sim_workload_init(struct sim_workload *w, const struct sim_domain *d)
     memset(w, 0, sizeof(*w));
     w->state = 0x9e3779b97f4a7c15ull ^ ((uint64_t)seed * 0xbf58476d1ce4e5b9ull);
     w->per_round = sim_meta_get_ul(&d->meta, "dirty_pages", 0);
+    w->rate = sim_meta_get_ul(&d->meta, "dirty_rate", 0);
+    w->working_set = sim_meta_get_ul(&d->meta, "dirty_working_set", 0);
+    if (!w->working_set || w->working_set > d->nr_pages)
+        w->working_set = d->nr_pages;
+    w->last = sim_monotonic();
 
     if (kind && !strcmp(kind, "pv")) {
         unsigned long si = sim_meta_get_ul(&d->meta, "start_info_pfn",
@@ -522,10 +528,30 @@ void sim_workload_init(struct sim_workload *w, const struct sim_domain *d)
     }
 }
 
+/* The guest writes 64 bytes of page pfn (not a reserved one): 1 if the
+ * page was not dirty yet in bitmap. */
+static unsigned long dirty_page(struct sim_workload *w, struct sim_domain *d,
+                                unsigned long pfn, unsigned long *bitmap)
+{
+    const unsigned long bpl = sizeof(unsigned long) * 8;
+    uint64_t words[8];
+    unsigned int j;
+
+    if (pfn >= w->lo_res && pfn < w->hi_res)
+        return 0;
+    for (j = 0; j < 8; j++)
+        words[j] = sim_rand_next(&w->state);
+    memcpy(d->mem + (pfn << SIM_PAGE_SHIFT) + (words[0] % 64) * 64,
+           words, sizeof(words));
+    if (bitmap[pfn / bpl] & (1ul << (pfn % bpl)))
+        return 0;
+    bitmap[pfn / bpl] |= 1ul << (pfn % bpl);
+    return 1;
+}
+
 unsigned long sim_workload_round(struct sim_workload *w, struct sim_domain *d,
                                  unsigned long *bitmap)
 {
-    const unsigned long bpl = sizeof(unsigned long) * 8;
     unsigned long i, newly = 0;
 
     if (!d->nr_pages)
@@ -533,20 +559,46 @@ unsigned long sim_workload_round(struct sim_workload *w, struct sim_domain *d,
 
     for (i = 0; i < w->per_round; i++) {
         uint64_t r = sim_rand_next(&w->state);
-        unsigned long pfn = r % d->nr_pages;
-        uint64_t words[8];
-        unsigned int j;
 
-        if (pfn >= w->lo_res && pfn < w->hi_res)
-            continue;
-        for (j = 0; j < 8; j++)
-            words[j] = sim_rand_next(&w->state);
-        memcpy(d->mem + (pfn << SIM_PAGE_SHIFT) + (words[0] % 64) * 64,
-               words, sizeof(words));
-        if (!(bitmap[pfn / bpl] & (1ul << (pfn % bpl)))) {
-            bitmap[pfn / bpl] |= 1ul << (pfn % bpl);
-            newly++;
-        }
+        newly += dirty_page(w, d, r % d->nr_pages, bitmap);
     }
+    return newly;
+}
+
+double sim_monotonic(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Writes are drawn at random (with repeats) from the working set; past
+ * this many working sets in one tick every page of it is written once
+ * instead (a long stall of a fast guest costs the simulation no more). */
+#define TICK_FULL_SETS 3
+
+unsigned long sim_workload_tick(struct sim_workload *w, struct sim_domain *d,
+                                unsigned long *bitmap, bool running)
+{
+    double now = sim_monotonic(), owed;
+    unsigned long n, i, newly = 0, ws = w->working_set;
+
+    owed = w->carry + (now - w->last) * (double)w->rate;
+    w->last = now;
+    if (!running || !w->rate || !ws || !d->nr_pages) {
+        w->carry = 0;
+        return 0;
+    }
+    if (owed >= (double)ws * TICK_FULL_SETS) {
+        w->carry = 0;
+        for (i = 0; i < ws; i++)
+            newly += dirty_page(w, d, i, bitmap);
+        return newly;
+    }
+    n = (unsigned long)owed;
+    w->carry = owed - (double)n;
+    for (i = 0; i < n; i++)
+        newly += dirty_page(w, d, sim_rand_next(&w->state) % ws, bitmap);
     return newly;
 }

@@ -13,8 +13,10 @@
  * Live saves enable log-dirty, iterate with the precopy policy (the
  * installed precopy_policy callback, else libxenguest's: stop after 5
  * iterations or below 50 dirty pages), suspend, send the rest.  The
- * simulated guest runs its workload (dirty_pages pages per round, seeded by
- * seed) during each round in which it is running.
+ * simulated guest runs its workload (seeded by seed) while it is running:
+ * dirty_pages pages per round, and dirty_rate pages per second of wall
+ * time from its working set, ticked before each PAGE_DATA batch, before
+ * each log-dirty read and around the suspend callback.
  *
  * Behaviour of the simulated host (README.md, "Saves"): a nonzero
  * suspend reply suspends the simulated domain (unless its meta says
@@ -90,6 +92,13 @@ static void next_fault(struct save_ctx *ctx, unsigned long from)
     unsigned long b = sim_fault_page_budget(ctx->xch, SCOPE_SAVE, from);
 
     ctx->fault_at = b == ULONG_MAX ? ULONG_MAX : from + b;
+}
+
+/* The time-based workload (README.md, "Live saves"): the guest dirtied
+ * pages while it ran since the last tick, log-dirty records them. */
+static void guest_ticks(struct save_ctx *ctx)
+{
+    sim_workload_tick(&ctx->w, &ctx->d, ctx->hv_dirty, ctx->guest_running);
 }
 
 /* ------------------------------------------------------------------ */
@@ -409,6 +418,7 @@ static int write_batch(struct save_ctx *ctx)
         return 0;
 
     sim_stall(xch, SCOPE_SAVE);
+    guest_ticks(ctx);
 
     ctx->iov[iovcnt].iov_base = &hdrs;
     ctx->iov[iovcnt++].iov_len = sizeof(hdrs);
@@ -519,6 +529,8 @@ static unsigned long logdirty_clean(struct save_ctx *ctx)
     size_t longs = BITMAP_LONGS(ctx->p2m_size), i;
     unsigned long count = 0;
 
+    guest_ticks(ctx);
+
     memcpy(ctx->dirty, ctx->hv_dirty, longs * sizeof(unsigned long));
     memset(ctx->hv_dirty, 0, longs * sizeof(unsigned long));
     for (i = 0; i < longs; i++)
@@ -550,8 +562,11 @@ static int suspend_domain(struct save_ctx *ctx)
     xc_interface *xch = ctx->xch;
     int cb_rc;
 
+    guest_ticks(ctx);
     sim_fault_point(xch, SCOPE_SAVE, "suspend");
     cb_rc = ctx->cb->suspend(ctx->cb->data);
+    /* The guest ran until the toolstack's suspend returned. */
+    guest_ticks(ctx);
     if (cb_rc == 0) {
         SIM_ERROR("save callback suspend() failed: %d", cb_rc);
         errno = EINVAL;
@@ -959,6 +974,7 @@ static int next_checkpoint(struct save_ctx *ctx)
         SIM_PERROR("Unable to update domain state");
         return -1;
     }
+    guest_ticks(ctx);           /* its clock starts now */
     ctx->guest_running = true;
 
     if (colo) {

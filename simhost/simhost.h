@@ -210,13 +210,27 @@ struct sim_workload {
     uint64_t state;            /* xorshift64* state */
     unsigned long per_round;
     unsigned long lo_res, hi_res;   /* reserved pfn range [lo, hi) */
+    /* Time-based dirtying (meta dirty_rate, dirty_working_set): pages per
+     * second of wall time, drawn from pfns [0, working_set). */
+    unsigned long rate;
+    unsigned long working_set;
+    double last;               /* CLOCK_MONOTONIC seconds of the last tick */
+    double carry;              /* fraction of a page owed from last tick */
 };
 
 void sim_workload_init(struct sim_workload *w, const struct sim_domain *d);
 /* Dirty up to per_round pages of d's memory, setting bits in bitmap. */
 unsigned long sim_workload_round(struct sim_workload *w, struct sim_domain *d,
                                  unsigned long *bitmap);
+/* The guest ran from the last tick until now: dirty rate x elapsed pages
+ * of its working set (nothing without a dirty_rate), setting bits in
+ * bitmap.  running false: only restart the clock (the guest was not
+ * running since the last tick). */
+unsigned long sim_workload_tick(struct sim_workload *w, struct sim_domain *d,
+                                unsigned long *bitmap, bool running);
 uint64_t sim_rand_next(uint64_t *state);
+/* CLOCK_MONOTONIC, in seconds. */
+double sim_monotonic(void);
 
 /* Strict unsigned decimal: digits only, no sign, no overflow. */
 int sim_parse_ul(const char *s, unsigned long *out);

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 from . import callbacks as _cb
 from .callbacks import DEFERRED
 from .xlfile import check_file_position
+from .policy import DowntimePolicy, PrecopyReport, RoundRecorder
 from .errors import (Aborted, CallbackError, HelperExitError,
                      HelperStartError, HelperTimeout, ProtocolError,
                      SaveRestoreError, StalledFrameError, XensrError)
@@ -148,6 +149,10 @@ class SaveFileOptions(HelperOptions, total=False):
     debug: bool
     #: The back channel (COLO).
     recv_fd: Optional[FileDescriptor]
+    #: A precopy policy for a live save (:class:`xensr.policy.DowntimePolicy`,
+    #: copied for each save), instead of libxenguest's default; xensr's
+    #: helper only.  The callbacks object then has no precopy_policy.
+    policy: Optional[Any]
 
 
 class SaveOptions(SaveFileOptions, total=False):
@@ -192,7 +197,7 @@ _DEFAULTS: Dict[str, Any] = {
     "helper": None, "env": None, "timeout": None, "idle_timeout": None,
     "kill_grace": DEFAULT_KILL_GRACE, "frame_timeout": DEFAULT_FRAME_TIMEOUT,
     "log_tail": 20, "stream_type": C.XC_STREAM_PLAIN,
-    "live": False, "debug": False, "recv_fd": None,
+    "live": False, "debug": False, "recv_fd": None, "policy": None,
     "store_domid": 0, "console_domid": 0, "send_back_fd": None,
 }
 
@@ -276,6 +281,10 @@ class SaveResult(OperationResult):
     #: without one): libxenguest asks twice per round, the second time
     #: with ``dirty_count`` -1, and that counts once.
     precopy_iterations: int = 0
+    #: Rounds, pages and bytes per round, the policy's decisions, pages
+    #: sent after the suspend and the time suspended
+    #: (:class:`xensr.policy.PrecopyReport`).
+    precopy: PrecopyReport = PrecopyReport()
 
 
 @dataclass(frozen=True)
@@ -426,6 +435,7 @@ class Operation:
     direction: int
     kind: str
     _mode: str
+    _extra_cbflags = 0
 
     def __init__(self, domid: int, fd: FileDescriptor, callbacks: Optional[object],
                  *, back_fd: Optional[FileDescriptor], stream_type: int,
@@ -457,7 +467,7 @@ class Operation:
 
         # The libxc callbacks the toolstack has, and those always installed.
         self.cbflags = (_xc.compute_cbflags(callbacks, self.direction)
-                        | C.ALWAYS_CBFLAGS[self.direction])
+                        | C.ALWAYS_CBFLAGS[self.direction] | self._extra_cbflags)
         self._callout = _xc.Callout(self.direction, self.cbflags, log_tail)
         self._messages = _Messages(self)
         self._set_callbacks()
@@ -1065,7 +1075,10 @@ class _Messages:
         m = _VERSION_RE.search(text)
         if m is None:
             for info in C.MESSAGES:
-                if info.extension and _cb.find(op.callbacks, info.name) is not None:
+                if info.extension and (
+                        _cb.find(op.callbacks, info.name) is not None
+                        or (info.name == "precopy_policy"
+                            and getattr(op, "policy", None) is not None)):
                     _log.warning(
                         "domain %d: the helper %s is not xensr's: %s "
                         "will not be called", op.domid, op.helper, info.name)
@@ -1094,6 +1107,9 @@ class SaveOperation(Operation):
     def __init__(self, domid: int, fd: FileDescriptor, callbacks: Optional[object] = None,
                  **options: Unpack[SaveOperationOptions]):
         o = _options("SaveOperation", options, SaveOperationOptions)
+        self.policy = _save_policy(o["policy"], callbacks)
+        if self.policy is not None:
+            self._extra_cbflags = C.CBFLAG_PRECOPY_POLICY
         self.live = bool(o["live"])
         self.debug = bool(o["debug"])
         self.xcflags = ((C.XCFLAGS_LIVE if self.live else 0)
@@ -1107,13 +1123,35 @@ class SaveOperation(Operation):
             self._require("checkpoint", "postcopy", "wait_checkpoint")
         elif self.stream_type == C.XC_STREAM_REMUS:
             self._require("checkpoint", "postcopy")
+        # The rounds for the result: every progress report passes through
+        # the recorder on its way to the toolstack's progress callback.
+        self._rounds = RoundRecorder(_cb.find(callbacks, "progress"))
+        self._callout.set_direct(C.MSG_PROGRESS, self._rounds.progress)
+        self._callout.progress_wanted = True
+        if self.policy is not None:
+            self._callout.set_direct(C.MSG_PRECOPY_POLICY, self.policy.precopy_policy,
+                                     C.STRUCT_CLASSES["precopy_policy"])
 
     def _args(self) -> List[int]:
         return [self.domid, self.xcflags, self.cbflags, self.stream_type]
 
     def _make_result(self) -> SaveResult:
+        source = self.policy if self.policy is not None else self.callbacks
+        decisions = tuple(source.decisions) if isinstance(source, DowntimePolicy) else ()
         return SaveResult(precopy_iterations=self._callout.precopy_rounds,
+                          precopy=self._rounds.report(decisions, time.monotonic()),
                           **self._result_fields())
+
+
+def _save_policy(policy: Optional[Any], callbacks: Optional[object]) -> Optional[DowntimePolicy]:
+    """The ``policy`` option checked, as the save's own copy."""
+    if policy is None:
+        return None
+    if not isinstance(policy, DowntimePolicy):
+        raise TypeError(f"policy must be a xensr.policy.DowntimePolicy, not {type(policy).__name__}")
+    if _cb.find(callbacks, "precopy_policy") is not None:
+        raise ValueError("a save takes the policy option or a precopy_policy callback, not both")
+    return policy.fresh()
 
 
 class RestoreOperation(Operation):

@@ -17,6 +17,7 @@ Save:
       Live saves, xensr's helper only: before the first precopy round and
       twice after each (the first time with ``stats.dirty_count`` -1),
       return a :class:`PrecopyDecision` (``XGS_POLICY_*``).
+      :class:`xensr.policy.DowntimePolicy` is one, aiming at a downtime.
   ``postcopy() -> bool``, ``checkpoint() -> bool``, ``wait_checkpoint()
   -> bool``
       Checkpointed streams (Remus/COLO): resume the guest after a

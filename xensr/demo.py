@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, TextIO
 
+from .policy import add_precopy_arguments, policy_from_args
+
 HELP = "save a live simulated guest to an xl save file and restore it"
 
 #: Where Debian's xen-utils-4.17 installs libxl's helper.
@@ -45,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="write the save file here and keep it (default: a temporary file)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_precopy_arguments(p)
 
 
 def _positive(text: str) -> int:
@@ -257,7 +260,8 @@ def _migrate(args: argparse.Namespace, helper: Optional[str], bar: ProgressBar,
         callbacks = DemoCallbacks(bar, out, lambda: host.suspend(src))
         t0 = time.monotonic()
         saved = save_domain_to_file(src, path, callbacks, config=json.dumps(config),
-                                    live=args.live, helper=helper, env=host.env)
+                                    live=args.live, helper=helper, env=host.env,
+                                    policy=policy_from_args(args))
         t_save = time.monotonic() - t0
         bar.end()
         saved_state = host.domain_state(src)
@@ -308,6 +312,8 @@ def _report(args: argparse.Namespace, helper: Optional[str], o: _Outcome,
         "restored_memory_sha256": o.dst_digest,
         "memory_identical": o.src_digest == o.dst_digest,
         "restored_state": o.restored_state.get("state"),
+        "pages_after_suspend": o.saved.precopy.pages_after_suspend,
+        "suspended_seconds": o.saved.precopy.suspended_time,
     }
 
 

@@ -454,7 +454,8 @@ class SimulatedHost:
     def create_domain(self, memory_mib: int, vcpus: int = 1, kind: str = "pv", *,
                       dirty_pages: int = 256, seed: Optional[int] = None,
                       state: str = "running", tsc_khz: int = 2400000,
-                      ignore_suspend: bool = False, name: Optional[str] = None) -> int:
+                      ignore_suspend: bool = False, name: Optional[str] = None,
+                      dirty_rate: int = 0, working_set: Optional[int] = None) -> int:
         """Create a running guest of ``memory_mib`` MiB and return its domid.
 
         ``dirty_pages`` pages are dirtied per round while it runs during a
@@ -462,10 +463,14 @@ class SimulatedHost:
         (default: distinct per domain of this host, deterministic).
         ``name``: the domain's name (unique on the host; default
         ``domain-<domid>``).
+        ``dirty_rate`` pages per second of wall time are dirtied too while
+        it runs, drawn from its first ``working_set`` pages (default: all,
+        written as 0).
         """
         memory_mib = _check_int("memory_mib", memory_mib, 1, MAX_MEMORY_MIB)
         vcpus = _check_int("vcpus", vcpus, 1, MAX_VCPUS)
         dirty_pages = _check_int("dirty_pages", dirty_pages, 0, 1 << 30)
+        dirty_rate = _check_int("dirty_rate", dirty_rate, 0, 1 << 40)
         tsc_khz = _check_int("tsc_khz", tsc_khz, 1, 0xffffffff)
         if kind not in ("pv", "hvm"):
             raise ValueError(f"kind must be 'pv' or 'hvm', not {kind!r}")
@@ -500,6 +505,9 @@ class SimulatedHost:
                 raise ValueError(f"bad domain name {name!r}")
             self.lookup_free(name)
             meta["name"] = name
+        meta["dirty_rate"] = str(dirty_rate)
+        meta["dirty_working_set"] = str(
+            0 if working_set is None else _check_int("working_set", working_set, 1, nr))
 
         tmpdir = Path(tempfile.mkdtemp(prefix=".new-", dir=self._state_dir))
         try:
