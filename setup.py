@@ -176,7 +176,7 @@ def helper_command(out, variant=None):
         *cc(), "-std=gnu11", *HELPER_VARIANTS[variant], *WARN, *PREFIX_MAP,
         "-D_GNU_SOURCE", f'-DXENSR_VERSION="{package_version()}"',
         "-Ihelper_c", *pkg_config("--cflags", *HELPER["pkgs"]),
-        *extra("CFLAGS"), *HELPER["sources"], "-o", out,
+        *extra("CPPFLAGS"), *extra("CFLAGS"), *HELPER["sources"], "-o", out,
         "-Wl,--as-needed", *extra("LDFLAGS"),
         *pkg_config("--libs", *HELPER["pkgs"]),
     ]
@@ -217,7 +217,7 @@ def build_simhost(outdir, tempdir, release):
         cmd = [
             *cc(), "-std=gnu11", "-O2", "-g", *WARN, *PREFIX_MAP, "-D_GNU_SOURCE", "-fPIC",
             "-shared", "-Isimhost", *RELEASES.c_defines(release),
-            *pkg_config("--cflags", *XEN_PKGS), *extra("CFLAGS"),
+            *pkg_config("--cflags", *XEN_PKGS), *extra("CPPFLAGS"), *extra("CFLAGS"),
             *sources, "-o", out,
             f"-Wl,-soname,{RELEASES.soname(lib, release)}",
             f"-Wl,--version-script={script}",
@@ -290,7 +290,8 @@ class Build(build):
     def run(self):
         super().run()
         mandir = os.path.abspath(os.path.join(self.build_base, MAN_DIR))
-        env = dict(os.environ, PYTHONPATH=os.path.abspath(self.build_lib))
+        env = dict(os.environ, PYTHONPATH=os.path.abspath(self.build_lib),
+                   PYTHONDONTWRITEBYTECODE="1")
         for old in glob.glob(os.path.join(mandir, "*.1")):
             os.unlink(old)
         subprocess.run([sys.executable, "-m", "xensr._manpage", mandir],
@@ -354,6 +355,17 @@ class Sdist(sdist):
         return archive
 
 
+def license_metadata():
+    """MIT, as a License-Expression (PEP 639) where setuptools writes one
+    (77 and later); older ones (Debian 12 has 66) write the License field.
+    LICENSE is shipped either way (setuptools' default license files)."""
+    import setuptools
+
+    if int(setuptools.__version__.split(".")[0]) >= 77:
+        return {"license_expression": "MIT"}
+    return {"license": "MIT"}
+
+
 def extensions():
     from Cython.Build import cythonize
 
@@ -379,6 +391,7 @@ def extensions():
 
 
 setup(
+    **license_metadata(),
     ext_modules=extensions(),
     # Filled in by InstallData: the pages are named after the subcommands.
     data_files=[(MAN_INSTALL, [])],
