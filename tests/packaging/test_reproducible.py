@@ -40,7 +40,10 @@ def builds(tmp_path_factory):
         dest.mkdir(parents=True)
         with tarfile.open(seed) as tar:
             (name,) = {m.name.split("/")[0] for m in tar.getmembers()}
-            tar.extractall(dest)
+            if hasattr(tarfile, "data_filter"):
+                tar.extractall(dest, filter="data")
+            else:
+                tar.extractall(dest)
         trees.append(dest / name)
     procs = [build(trees[0], top / "out-one", 0o022, "C.UTF-8"),
              build(trees[1], top / "out-two", 0o002, "C")]
