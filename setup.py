@@ -7,24 +7,40 @@ Three kinds of native artifact are built here, all from this tree:
   libxenctrl, libxenguest and libxentoollog);
 * the simulated host's ``libxenctrl.so.4.X`` / ``libxenguest.so.4.X``
   (sources in ``simhost/``, see simhost/README.md) in ``xensr/_simhost/``;
-* ``xensr/_build.py``, which records the Xen release built for.
+* ``xensr/_build.py``, which records the Xen release built for;
+* the manual pages (``python -m xensr._manpage``), installed as data files
+  in ``share/man/man1``.
+
+Builds are reproducible: given the same ``SOURCE_DATE_EPOCH`` the sdist
+and the wheel are the same bytes whatever the build directory, umask or
+locale (``-ffile-prefix-map``, file modes and archive order normalised).
 
 Xen is found through pkg-config (Debian: ``apt-get install libxen-dev``);
 its version picks the sonames and symbol-version nodes of the simulated
 libraries from simhost/releases.py, the one table of known releases.
 """
 
+import glob
+import gzip
 import os
 import shlex
+import stat
 import subprocess
 import sys
+import tarfile
 
 from setuptools import Extension, setup
+from setuptools.command.build import build
 from setuptools.command.build_ext import build_ext
+from distutils.command.install_data import install_data
+from setuptools.command.sdist import sdist
 
 XEN_PKGS = ("xencontrol", "xenguest", "xentoollog")
 WARN = ["-Wall", "-Wextra", "-Werror"]
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The build directory is not written into any object: file names in debug
+# information and __FILE__ become relative to the project root.
+PREFIX_MAP = [f"-ffile-prefix-map={HERE}=."]
 
 # The helper: sources relative to the project root (the generated
 # xensr_msgs.c includes helper_c/frame.c).
@@ -75,6 +91,10 @@ def load_releases():
 
 
 RELEASES = load_releases()
+
+# What the build writes is readable by all, writable by its owner, whatever
+# umask the build was started with (it would show in the wheel's modes).
+os.umask(0o022)
 
 
 def pkg_config(*args):
@@ -153,10 +173,10 @@ def helper_command(out, variant=None):
             f"{', '.join(sorted(HELPER_VARIANTS))}"
         )
     return [
-        *cc(), "-std=gnu11", *HELPER_VARIANTS[variant], *WARN,
+        *cc(), "-std=gnu11", *HELPER_VARIANTS[variant], *WARN, *PREFIX_MAP,
         "-D_GNU_SOURCE", f'-DXENSR_VERSION="{package_version()}"',
         "-Ihelper_c", *pkg_config("--cflags", *HELPER["pkgs"]),
-        *extra("CFLAGS"), *HELPER["sources"], "-o", out,
+        *extra("CPPFLAGS"), *extra("CFLAGS"), *HELPER["sources"], "-o", out,
         "-Wl,--as-needed", *extra("LDFLAGS"),
         *pkg_config("--libs", *HELPER["pkgs"]),
     ]
@@ -195,9 +215,9 @@ def build_simhost(outdir, tempdir, release):
         with open(script, "w", encoding="utf-8") as f:
             f.write(RELEASES.version_script(lib, release))
         cmd = [
-            *cc(), "-std=gnu11", "-O2", "-g", *WARN, "-D_GNU_SOURCE", "-fPIC",
+            *cc(), "-std=gnu11", "-O2", "-g", *WARN, *PREFIX_MAP, "-D_GNU_SOURCE", "-fPIC",
             "-shared", "-Isimhost", *RELEASES.c_defines(release),
-            *pkg_config("--cflags", *XEN_PKGS), *extra("CFLAGS"),
+            *pkg_config("--cflags", *XEN_PKGS), *extra("CPPFLAGS"), *extra("CFLAGS"),
             *sources, "-o", out,
             f"-Wl,-soname,{RELEASES.soname(lib, release)}",
             f"-Wl,--version-script={script}",
@@ -246,6 +266,106 @@ class BuildExt(build_ext):
         return super().get_outputs() + extra_outputs
 
 
+MAN_DIR = "man"         # under the build directory
+MAN_INSTALL = "share/man/man1"
+
+
+def normalise_modes(top):
+    """Files under TOP 0644, or 0755 when anyone may execute them;
+    directories 0755: what the umask left is not recorded in the wheel."""
+    for base, dirs, files in os.walk(top):
+        for d in dirs:
+            os.chmod(os.path.join(base, d), 0o755)
+        for f in files:
+            path = os.path.join(base, f)
+            mode = os.lstat(path).st_mode
+            if stat.S_ISREG(mode):
+                os.chmod(path, 0o755 if mode & 0o111 else 0o644)
+
+
+class Build(build):
+    """The usual build, then the manual pages from the built package's
+    parsers, then file modes made independent of the umask."""
+
+    def run(self):
+        super().run()
+        mandir = os.path.abspath(os.path.join(self.build_base, MAN_DIR))
+        env = dict(os.environ, PYTHONPATH=os.path.abspath(self.build_lib),
+                   PYTHONDONTWRITEBYTECODE="1")
+        for old in glob.glob(os.path.join(mandir, "*.1")):
+            os.unlink(old)
+        subprocess.run([sys.executable, "-m", "xensr._manpage", mandir],
+                       check=True, env=env, cwd=self.build_base)
+        normalise_modes(self.build_lib)
+        normalise_modes(mandir)
+
+
+class InstallData(install_data):
+    """The manual pages the build made (their names come from the parsers)."""
+
+    def run(self):
+        base = self.get_finalized_command("build").build_base
+        self.data_files = [
+            (MAN_INSTALL, sorted(glob.glob(os.path.join(base, MAN_DIR, "*.1")))),
+        ]
+        super().run()
+
+
+class Sdist(sdist):
+    """A tar.gz whose bytes depend only on the files' contents, their
+    executable bits and SOURCE_DATE_EPOCH: members sorted, owner root,
+    modes 0644/0755, times clamped, no name or time in the gzip header."""
+
+    def make_archive(self, base_name, format, root_dir=None, base_dir=None,
+                     owner=None, group=None):
+        if format != "gztar":
+            return super().make_archive(base_name, format, root_dir, base_dir, owner, group)
+        epoch = os.environ.get("SOURCE_DATE_EPOCH")
+        epoch = int(epoch) if epoch is not None else None
+        root_dir = root_dir or os.curdir
+        paths = []
+        for base, dirs, files in os.walk(os.path.join(root_dir, base_dir)):
+            dirs.sort()
+            paths.append(base)
+            paths += [os.path.join(base, f) for f in sorted(files)]
+        archive = base_name + ".tar.gz"
+
+        def member(path):
+            info = tar.gettarinfo(path, os.path.relpath(path, root_dir))
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            if info.isdir() or info.mode & 0o111:
+                info.mode = 0o755
+            else:
+                info.mode = 0o644
+            if epoch is not None:
+                info.mtime = min(int(info.mtime), epoch)
+            return info
+
+        with open(archive, "wb") as raw, \
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=epoch or 0) as gz, \
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for path in paths:
+                info = member(path)
+                if info.isreg():
+                    with open(path, "rb") as f:
+                        tar.addfile(info, f)
+                else:
+                    tar.addfile(info)
+        return archive
+
+
+def license_metadata():
+    """MIT, as a License-Expression (PEP 639) where setuptools writes one
+    (77 and later); older ones (Debian 12 has 66) write the License field.
+    LICENSE is shipped either way (setuptools' default license files)."""
+    import setuptools
+
+    if int(setuptools.__version__.split(".")[0]) >= 77:
+        return {"license_expression": "MIT"}
+    return {"license": "MIT"}
+
+
 def extensions():
     from Cython.Build import cythonize
 
@@ -261,7 +381,7 @@ def extensions():
             "xensr/_spawn.pxd",
             "xensr/_libc.pxd",
         ],
-        extra_compile_args=["-Wno-unused-function"],
+        extra_compile_args=["-Wno-unused-function", *PREFIX_MAP],
     )
     return cythonize(
         [ext],
@@ -270,4 +390,11 @@ def extensions():
     )
 
 
-setup(ext_modules=extensions(), cmdclass={"build_ext": BuildExt})
+setup(
+    **license_metadata(),
+    ext_modules=extensions(),
+    # Filled in by InstallData: the pages are named after the subcommands.
+    data_files=[(MAN_INSTALL, [])],
+    cmdclass={"build": Build, "build_ext": BuildExt, "install_data": InstallData,
+              "sdist": Sdist},
+)

@@ -1,4 +1,6 @@
-# libc declarations Cython's bundled posix/*.pxd do not have.
+# libc and CPython declarations Cython's bundled *.pxd do not have (or, for
+# the close-on-exec flags and PyLong_AsLongLongAndOverflow, not before
+# Cython 3.0: declared here, the extension builds with Debian 12's 0.29).
 # (_GNU_SOURCE comes from pyconfig.h, which Python.h includes first.)
 
 cdef extern from "<unistd.h>" nogil:
@@ -37,3 +39,13 @@ cdef extern from "<time.h>" nogil:
     enum:
         CLOCK_MONOTONIC
     int clock_gettime(int clk_id, timespec *tp)
+
+
+cdef extern from "<fcntl.h>" nogil:
+    enum:
+        O_CLOEXEC
+        F_DUPFD_CLOEXEC
+
+
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object vv, int *overflow) except? -1

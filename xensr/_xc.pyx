@@ -31,25 +31,27 @@ from libc.signal cimport SIGKILL
 from libc.stdint cimport int32_t, int64_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memchr, memcpy, memmove
-from posix.fcntl cimport F_DUPFD_CLOEXEC, F_GETFL, F_SETFL, O_CLOEXEC, O_NONBLOCK, fcntl
+from posix.fcntl cimport F_GETFL, F_SETFL, O_NONBLOCK, fcntl
 from posix.signal cimport siginfo_t
 from posix.types cimport pid_t
 from posix.unistd cimport close, getpid, read, write
 from posix.wait cimport P_PID, WEXITED, WNOHANG, waitid
 
 from cpython.exc cimport PyErr_CheckSignals
-from cpython.long cimport PyLong_AsLongLongAndOverflow
 
 from ._libc cimport (
     CLD_DUMPED,
     CLD_EXITED,
     CLD_KILLED,
     CLOCK_MONOTONIC,
+    F_DUPFD_CLOEXEC,
+    O_CLOEXEC,
     POLLERR,
     POLLHUP,
     POLLIN,
     POLLNVAL,
     POLLOUT,
+    PyLong_AsLongLongAndOverflow,
     clock_gettime,
     environ,
     pipe2,

@@ -92,6 +92,24 @@ def test_wheel_contents(dist):
             assert b"bad fault" in data  # the simulated host's own library (fault.c)
 
 
+def test_wheel_carries_the_manual_pages_and_no_bytecode(dist):
+    """One page per subcommand plus the command's, as data files (installed
+    under <prefix>/share/man/man1); nothing compiled by the build's own
+    imports of the package."""
+    from xensr import _manpage
+
+    with zipfile.ZipFile(dist) as z:
+        names = z.namelist()
+    prefix = f"xensr-{package_version()}.data/data/share/man/man1/"
+    assert sorted(n[len(prefix):] for n in names if n.startswith(prefix)) == sorted(_manpage.pages())
+    assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
+
+
+def test_installed_wheel_has_the_man_pages(venv):
+    page = venv / "share" / "man" / "man1" / "xensr.1"
+    assert page.is_file() and page.read_text().startswith('.TH "XENSR" "1"')
+
+
 def run_outside(venv, *args, **kw):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "XENSR_"))}
     env.update(kw.pop("env", {}))
