@@ -89,6 +89,7 @@ def test_policy_abort_leaves_the_source_running(xhosts, counts):
         rx.join()
     e = ei.value
     assert e.side == "sender" and e.stage == "stream" and e.source == "untouched"
+    assert "the precopy policy aborted the save (no convergence after 3 live rounds" in str(e)
     assert isinstance(e.__cause__, SaveRestoreError)
     assert e.__cause__.errno == errno.ECANCELED
     state = xhosts.src.domain_state(dom)
@@ -143,7 +144,7 @@ def test_cli_policy_abort(two, counts):
                                     "--on-no-convergence", "abort", "-s", "", "guest",
                                     _receiver(dst)])
     assert p.returncode == 1
-    assert "migrate: migration sender, stream:" in p.stderr
+    assert "migrate: migration sender, stream: the precopy policy aborted the save" in p.stderr
     assert "migrate-receive: migration receiver, stream:" in p.stderr
     assert "Traceback" not in p.stderr
     state = src.domain_state(dom)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from ..api import HelperOptions, SaveOperation, SaveResult
-from ..callbacks import SAVE_CALLBACKS, find
+from ..callbacks import SAVE_CALLBACKS, PrecopyDecision, find
 from ..errors import SuspendTimeout, ToolstackError, XensrError
 from ..policy import DowntimePolicy, Round, RoundRecorder
 from ..toolstack import Toolstack
@@ -207,6 +207,7 @@ def _sender_steps(host: Toolstack, domid: int, send_fd: int, recv_fd: int, *,
 
     # stream: the helper's save, live, then END.
     src = _Source(host, domid, callbacks, suspend_timeout, progress)
+    op: Optional[SaveOperation] = None
     try:
         relay = Relay(send_fd)
         try:
@@ -228,6 +229,10 @@ def _sender_steps(host: Toolstack, domid: int, send_fd: int, recv_fd: int, *,
         cause: BaseException = e
         if src.timed_out and isinstance(e.__cause__, SuspendTimeout):
             cause = e.__cause__
+        why = _policy_abort(op)
+        if why is not None:
+            raise W.MigrationError(f"the precopy policy aborted the save ({why}): {cause}",
+                                   stage="stream", side=side, source=state) from e
         raise W.MigrationError(f"the save failed: {cause}", stage="stream", side=side,
                                source=state) from e
     except BaseException:
@@ -310,6 +315,15 @@ def _sender_steps(host: Toolstack, domid: int, send_fd: int, recv_fd: int, *,
     raise W.TargetFailed(f"the target reports startup failure (status code {signed}); "
                          f"the source was {'resumed' if state == W.SOURCE_RESUMED else 'not resumed'}",
                          status=status, stage="report", side=side, source=state)
+
+
+def _policy_abort(op: Optional[SaveOperation]) -> Optional[str]:
+    """The reason of the save's policy, when its last answer was ABORT."""
+    policy = op.policy if op is not None else None
+    if policy is None or not policy.decisions:
+        return None
+    last = policy.decisions[-1]
+    return last.reason if last.decision == PrecopyDecision.ABORT else None
 
 
 def _plain(e: W.MigrationError) -> str:
