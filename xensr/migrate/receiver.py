@@ -24,7 +24,7 @@ from ..api import HelperOptions, RestoreOperation, RestoreResult
 from ..errors import ToolstackError, XensrError
 from ..stream import format as F
 from ..toolstack import IncomingToolstack
-from ..xlfile import EmulatorRecord
+from ..xlfile import EmulatorRecord, _write_all
 from . import wire as W
 from .engine import Exchange, Read, Run, Steps, Write
 
@@ -314,11 +314,7 @@ def _to_file_steps(out_fd: int, send_fd: int, recv_fd: int, *, debug: bool, log:
     total = [0]
 
     def out(data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.write(out_fd, view)
-            view = view[n:]
-        total[0] += len(data)
+        total[0] += _write_all(out_fd, data)
 
     try:
         out(pre)
