@@ -1142,6 +1142,13 @@ class SaveOperation(Operation):
                           precopy=self._rounds.report(decisions, time.monotonic()),
                           **self._result_fields())
 
+    @property
+    def rounds(self) -> RoundRecorder:
+        """The rounds as they are reported (``rounds.current()``: the one
+        being sent, for a live display); the result's ``precopy`` is made
+        from them."""
+        return self._rounds
+
 
 def _save_policy(policy: Optional[Any], callbacks: Optional[object]) -> Optional[DowntimePolicy]:
     """The ``policy`` option checked, as the save's own copy."""

@@ -160,8 +160,16 @@ class Round:
     bytes: int
     #: Seconds from the round's first progress report to its last.
     seconds: float
-    #: Sent while the guest was suspended (the stop-and-copy round).
+    #: Sent while the guest was suspended (the stop-and-copy round, and
+    #: the VERIFY pass of a debug save).
     suspended: bool
+    #: libxenguest's text for it ("Frames iteration 0", "Frames"...).
+    name: str = ""
+
+    @property
+    def live(self) -> bool:
+        """Sent while the guest ran."""
+        return not self.suspended
 
 
 @dataclass(frozen=True)
@@ -197,6 +205,23 @@ class PrecopyReport:
     @property
     def live_rounds(self) -> int:
         return sum(1 for r in self.rounds if not r.suspended)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """As JSON: the rounds, the decisions (``decision`` as
+        "continue-precopy", "stop-and-copy" or "abort"), the totals."""
+        return {
+            "rounds": [{"number": r.number, "name": r.name, "pages": r.pages,
+                        "bytes": r.bytes, "seconds": r.seconds, "live": r.live}
+                       for r in self.rounds],
+            "pages": self.pages, "bytes": self.bytes,
+            "decisions": [{"iteration": d.iteration, "dirty_count": d.dirty_count,
+                           "seconds": d.time, "rate": d.rate, "estimate": d.estimate,
+                           "decision": d.decision.name.lower().replace("_", "-"),
+                           "reason": d.reason}
+                          for d in self.decisions],
+            "pages_after_suspend": self.pages_after_suspend,
+            "suspended_seconds": self.suspended_time,
+        }
 
     @property
     def pages(self) -> int:
@@ -385,7 +410,9 @@ class RoundRecorder:
     suspended" as soon as the suspend callback returned; "Complete" once
     the stream is written.  A round starts at each "Frames..." report whose
     text differs from the report before it (the round after the suspend
-    may repeat the last live round's text).
+    may repeat the last live round's text).  :meth:`current` is the round
+    being sent, for a live display (``forward`` runs after the report was
+    recorded).
     """
 
     __slots__ = ("forward", "clock", "_rounds", "_last_text", "_suspended_at",
@@ -395,7 +422,7 @@ class RoundRecorder:
                  clock: Callable[[], float] = time.monotonic):
         self.forward = forward
         self.clock = clock
-        # [pages, first report time, last report time, suspended]
+        # [pages, first report time, last report time, suspended, text]
         self._rounds: List[List[Any]] = []
         self._last_text = ""
         self._in_round = False
@@ -409,7 +436,8 @@ class RoundRecorder:
             self._in_round = (doing_what == "Frames"
                               or doing_what.startswith("Frames iteration"))
             if self._in_round:
-                self._rounds.append([total, now, now, self._suspended_at is not None])
+                self._rounds.append([total, now, now, self._suspended_at is not None,
+                                     doing_what])
             elif doing_what == "Domain now suspended":
                 self._suspended_at = now
             elif doing_what == "Complete":
@@ -422,12 +450,20 @@ class RoundRecorder:
             return self.forward(context, doing_what, done, total)
         return None
 
+    def current(self) -> Optional[Round]:
+        """The round being sent, as far as it went; None between rounds."""
+        if not self._in_round:
+            return None
+        return self._round(len(self._rounds) - 1)
+
+    def _round(self, i: int) -> Round:
+        pages, first, last, suspended, text = self._rounds[i]
+        return Round(number=i + 1, pages=pages, bytes=page_data_bytes(pages),
+                     seconds=last - first, suspended=suspended, name=text)
+
     def report(self, decisions: Tuple[Decision, ...] = (),
                ended_at: Optional[float] = None) -> PrecopyReport:
-        rounds = tuple(
-            Round(number=i + 1, pages=pages, bytes=page_data_bytes(pages),
-                  seconds=last - first, suspended=suspended)
-            for i, (pages, first, last, suspended) in enumerate(self._rounds))
+        rounds = tuple(self._round(i) for i in range(len(self._rounds)))
         suspended_time = None
         if self._suspended_at is not None:
             end = self._complete_at if self._complete_at is not None else ended_at

@@ -43,8 +43,13 @@ def test_cli_migration(two, counts):
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
     assert doc["name"] == "guest" and doc["rounds"][0]["pages"] == 2048
-    assert doc["rounds"][0]["bytes"] == 2048 * 4096 and doc["rounds"][-1]["live"] is False
-    assert doc["suspended_seconds"] <= doc["total_seconds"]
+    # PAGE_DATA records: 4096 bytes and a pfn per page, a header per batch of 1024.
+    assert doc["rounds"][0]["bytes"] == 2048 * (4096 + 8) + 2 * 16
+    assert doc["rounds"][-1]["live"] is False
+    assert doc["bytes"] == sum(r["bytes"] for r in doc["rounds"])
+    assert doc["pages_after_suspend"] == doc["rounds"][-1]["pages"] > 0
+    assert doc["decisions"] == []           # libxenguest's own policy
+    assert doc["stream_suspended_seconds"] <= doc["suspended_seconds"] <= doc["total_seconds"]
     assert "configuration received" in p.stderr      # -d on the receiver
     new = dst.lookup("guest")
     assert dst.domain_state(new)["state"] == "running"

@@ -59,13 +59,22 @@ def test_live_migration(hosts, kind, relay_mode, counts):
     assert len(live) > 1 and live[0].pages == 2048
     assert all(r.pages > 0 for r in live[1:])
     assert result.save.domid == dom and received.restore.domid == new
-    assert result.suspended <= result.elapsed
+    assert result.rounds == result.save.precopy.rounds
+    # The downtime runs from the suspend (sender) over the receiver's
+    # unpause (its clock is this one: the receiver is a thread here) to the
+    # report; the receiver's own part from the end of the stream.
+    p = result.save.precopy
+    assert p.suspended_at is not None and received.unpaused_at is not None
+    assert p.suspended_at <= received.unpaused_at <= p.suspended_at + result.suspended
+    assert 0 <= received.unpause_seconds <= result.suspended
+    assert p.suspended_time <= result.suspended <= result.elapsed
 
 
 def test_paused(hosts, counts):
     _, _, received = _one(hosts, paused=True)
     assert hosts.dst.domain_state(received.domid)["state"] == "paused"
     assert received.paused
+    assert received.unpaused_at is None and received.unpause_seconds is None
 
 
 def test_debug_verify(hosts, tmp_path, counts):

@@ -223,11 +223,27 @@ def test_round_recorder_from_progress_reports():
                ("Domain now suspended", 0, 0),
                ("Frames iteration 1", 0, 7), ("Frames iteration 1", 7, 7),
                ("End of stream", 0, 0), ("Complete", 0, 0)]
+    current = []
     for what, done, total in reports:
         clock.now += 1
         r.progress("xc", what, done, total)
+        c = r.current()
+        current.append(None if c is None else (c.number, c.name, c.pages, c.suspended))
     rep = r.report((), ended_at=clock.now + 5)
     assert len(seen) == len(reports)
+    # The round being sent, for a live display; None between rounds.
+    assert current == [None, (1, "Frames iteration 0", 3000, False),
+                       (1, "Frames iteration 0", 3000, False),
+                       (1, "Frames iteration 0", 3000, False),
+                       (2, "Frames iteration 1", 40, False), (2, "Frames iteration 1", 40, False),
+                       None, (3, "Frames iteration 1", 7, True), (3, "Frames iteration 1", 7, True),
+                       None, None]
+    assert [x.name for x in rep.rounds] == ["Frames iteration 0", "Frames iteration 1",
+                                            "Frames iteration 1"]
+    assert [x.live for x in rep.rounds] == [True, True, False]
+    doc = rep.to_dict()
+    assert [x["pages"] for x in doc["rounds"]] == [3000, 40, 7]
+    assert doc["pages_after_suspend"] == 7 and doc["suspended_seconds"] == 4.0
     assert [(x.pages, x.suspended, x.seconds) for x in rep.rounds] == \
         [(3000, False, 2.0), (40, False, 1.0), (7, True, 1.0)]
     assert rep.pages_after_suspend == 7 and rep.live_rounds == 2

@@ -4,7 +4,7 @@ Sender::
 
     from xensr.migrate import CommandTransport, migrate_domain
     with CommandTransport.ssh("host2", program="xensr") as t:
-        result = migrate_domain(host, domid, t)
+        result = migrate_domain(host, domid, t)     # policy=DowntimePolicy(...) too
 
 Receiver (what ``xensr migrate-receive`` runs, on stdin/stdout)::
 

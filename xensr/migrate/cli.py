@@ -11,10 +11,14 @@ import json
 import os
 import signal
 import sys
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from ..errors import ToolstackError, XensrError
+from ..policy import add_precopy_arguments, policy_from_args
 from . import wire as W
+
+if TYPE_CHECKING:
+    from ..policy import Round
 
 _PROG = "xensr"
 
@@ -91,11 +95,13 @@ class _Migrate:
         p.add_argument("--helper", metavar="PATH",
                        help="the save helper to run (default: xensr's)")
         p.add_argument("--json", action="store_true",
-                       help="print a JSON summary: rounds, pages and bytes per round, "
-                            "total and suspended time")
+                       help="print a JSON summary: rounds, pages and bytes per round, the "
+                            "policy's decisions, pages sent after the suspend, total and "
+                            "suspended time")
         p.add_argument("domain", metavar="DOMAIN", help="the domain's name or domid")
         p.add_argument("host", metavar="HOST",
                        help="the host to migrate to (with -s '', the receiver's command)")
+        add_precopy_arguments(p)
 
     @staticmethod
     def run(args: argparse.Namespace) -> int:
@@ -125,7 +131,7 @@ class _Migrate:
             ex = MigrationSender(host, domid, transport.send_fd, transport.recv_fd,
                                  config=config, debug=args.debug,
                                  preserve_domid=args.preserve_domid, progress=progress,
-                                 **_helper_kw(host, args))
+                                 policy=policy_from_args(args), **_helper_kw(host, args))
             try:
                 result = ex.run()
             except KeyboardInterrupt:
@@ -150,6 +156,9 @@ class _Migrate:
         else:
             _say(f"migrate: domain {domid} ({result.name}) migrated in {result.elapsed:.3f} s, "
                  f"suspended {result.suspended:.3f} s, {len(result.rounds)} rounds")
+            last = result.save.precopy.decisions[-1:]
+            if last:
+                _say(f"migrate: the precopy policy stopped: {last[0].reason}")
         return 0
 
 
@@ -165,14 +174,16 @@ class _Progress:
     def __init__(self) -> None:
         self.last: Optional[str] = None
 
-    def __call__(self, rnd: Any, total: int) -> None:
+    def __call__(self, rnd: Round, done: int) -> None:
         width = 30
-        frac = rnd.pages / total if total else 1.0
+        total = rnd.pages
+        frac = min(1.0, done / total) if total else 1.0
         bar = "#" * int(frac * width)
-        if self.last is not None and self.last != rnd.name:
+        label = rnd.name or f"round {rnd.number}"
+        if self.last is not None and self.last != label:
             sys.stderr.write("\n")
-        self.last = rnd.name
-        sys.stderr.write(f"\r{rnd.name:<22} [{bar:<{width}}] {rnd.pages}/{total} pages")
+        self.last = label
+        sys.stderr.write(f"\r{label:<22} [{bar:<{width}}] {done}/{total} pages")
         sys.stderr.flush()
 
     def end(self) -> None:
@@ -237,8 +248,10 @@ class _MigrateReceive:
                     "domain only on the simulated host): use --to-file, or xl migrate-receive")
             r2 = receive_domain(host, out, inp, paused=args.paused, debug=args.debug, log=log,
                                 **_helper_kw(host, args))
-            _say(f"migrate-receive: {r2.name} is domain {r2.domid}"
-                 f"{' (paused)' if r2.paused else ''}")
+            started = (" (paused)" if r2.paused else
+                       f" (unpaused {r2.unpause_seconds:.3f} s after the end of the stream)"
+                       if r2.unpause_seconds is not None else "")
+            _say(f"migrate-receive: {r2.name} is domain {r2.domid}{started}")
             return 0
         except KeyboardInterrupt:
             _say("migrate-receive: interrupted; the incoming domain was destroyed")

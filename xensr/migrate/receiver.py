@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Union
 
@@ -23,7 +24,7 @@ from ..api import HelperOptions, RestoreOperation, RestoreResult
 from ..errors import ToolstackError, XensrError
 from ..stream import format as F
 from ..toolstack import IncomingToolstack
-from ..xlfile import EmulatorRecord
+from ..xlfile import EmulatorRecord, _write_all
 from . import wire as W
 from .engine import Exchange, Read, Run, Steps, Write
 
@@ -53,6 +54,15 @@ class ReceiveResult:
     paused: bool = False
     #: Bytes of the stream written to the file (``receive_to_file``).
     file_bytes: int = 0
+    #: :func:`time.monotonic` when the unpause returned (None: left
+    #: paused, or received into a file).
+    unpaused_at: Optional[float] = None
+    #: This side's part of the downtime, in seconds: from the end of the
+    #: stream (the libxl END record read, the restore done) to the
+    #: unpause's return: "ready", the wait for GO, the rename and the
+    #: unpause.  None as ``unpaused_at``.  The sender's
+    #: :attr:`MigrationResult.suspended` covers it, from the suspend.
+    unpause_seconds: Optional[float] = None
 
 
 def _header_error(message: str) -> W.MigrationError:
@@ -237,6 +247,7 @@ def _receiver_steps(host: IncomingToolstack, send_fd: int, recv_fd: int, *, paus
                               **restore_options)
         restore = yield Run(op)
         records, _ = yield from _libxl_trailer(recv_fd, "destroyed")
+        stream_end = time.monotonic()
         host.restored(domid, restore.store_gfn, restore.console_gfn)
     except (XensrError, OSError) as e:
         destroy()
@@ -248,10 +259,13 @@ def _receiver_steps(host: IncomingToolstack, send_fd: int, recv_fd: int, *, paus
         destroy()           # Ctrl-C, SIGTERM, an abort
         raise
 
+    unpaused: List[float] = []
+
     def start() -> None:
         host.rename(domid, name)
         if not paused:
             host.unpause(domid)
+            unpaused.append(time.monotonic())
 
     started = [False]
     try:
@@ -263,7 +277,9 @@ def _receiver_steps(host: IncomingToolstack, send_fd: int, recv_fd: int, *, paus
             destroy()       # interrupted before the copy was started
         raise
     return ReceiveResult(domid=domid, name=name, config=config, restore=restore,
-                         emulator_records=records, paused=paused)
+                         emulator_records=records, paused=paused,
+                         unpaused_at=unpaused[0] if unpaused else None,
+                         unpause_seconds=unpaused[0] - stream_end if unpaused else None)
 
 
 def copy_stream(recv_fd: int, out: Any) -> Steps:
@@ -298,11 +314,7 @@ def _to_file_steps(out_fd: int, send_fd: int, recv_fd: int, *, debug: bool, log:
     total = [0]
 
     def out(data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            n = os.write(out_fd, view)
-            view = view[n:]
-        total[0] += len(data)
+        total[0] += _write_all(out_fd, data)
 
     try:
         out(pre)

@@ -11,6 +11,13 @@ resumed with suspend-cancel after its suspend (not when it never
 acknowledged the suspend); after GO, xl's rules: the receiver's GO back
 after a failed start resumes it, anything else leaves both ends as they
 are (HandshakeUndefined).
+
+The ``policy`` option (a :class:`xensr.policy.DowntimePolicy`) decides
+when the save stops the guest, as for any live save; the result's
+``save.precopy`` (:class:`xensr.policy.PrecopyReport`) has the rounds,
+the policy's decisions and the pages sent after the suspend, and
+:attr:`MigrationResult.suspended` the whole downtime as this side
+measures it (see there).
 """
 
 from __future__ import annotations
@@ -19,11 +26,12 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
 from ..api import HelperOptions, SaveOperation, SaveResult
-from ..callbacks import SAVE_CALLBACKS, find
+from ..callbacks import SAVE_CALLBACKS, PrecopyDecision, find
 from ..errors import SuspendTimeout, ToolstackError, XensrError
+from ..policy import DowntimePolicy, Round, RoundRecorder
 from ..toolstack import Toolstack
 from ..xlfile import _WrappedCallbacks, preamble_bytes, trailer_bytes
 from . import wire as W
@@ -37,23 +45,6 @@ __all__ = ["Round", "MigrationResult", "MigrateOptions", "MigrationSender", "mig
 
 _log = logging.getLogger("xensr.migrate")
 
-PAGE_SIZE = 4096
-
-
-@dataclass
-class Round:
-    """One pass over guest memory: ``name`` as libxenguest reports it
-    ("Frames iteration 0"...), the pages sent and their bytes (pages ×
-    4096); ``live``: sent while the guest ran (False for the pass after
-    the suspend, and the VERIFY pass)."""
-    name: str
-    pages: int = 0
-    live: bool = True
-
-    @property
-    def bytes(self) -> int:
-        return self.pages * PAGE_SIZE
-
 
 @dataclass(frozen=True)
 class MigrationResult:
@@ -62,13 +53,19 @@ class MigrationResult:
     #: The source domain (destroyed now) and its name.
     domid: int
     name: str
-    #: The underlying save's result (helper, callbacks, statistics).
+    #: The underlying save's result; ``save.precopy`` has the rounds, the
+    #: policy's decisions, the pages sent after the suspend and the time
+    #: from the suspend to the end of the stream.
     save: SaveResult
-    #: The passes over memory, in order.
-    rounds: Tuple[Round, ...]
-    #: Seconds from the start to the receiver's report; seconds the guest
-    #: spent suspended (from the suspend to the report).
+    #: Seconds from the start to the receiver's report.
     elapsed: float
+    #: The whole downtime as the sender measures it, in seconds: from the
+    #: suspend (the helper's report that the guest is suspended, sent as
+    #: soon as the suspend callback returned) to the receiver's report
+    #: read here.  The receiver sends that report once its copy is
+    #: renamed and unpaused (with ``-p``: left paused), so this is the
+    #: stop-and-copy, the libxl trailer, ready, GO, the receiver's rename
+    #: and unpause, and one trip of the report over the transport.
     suspended: float
     #: The receiver's status byte (0).
     status: int = 0
@@ -76,17 +73,22 @@ class MigrationResult:
     #: whole libxl stream with the helper's part.
     stream_bytes: int = 0
 
+    @property
+    def rounds(self) -> Tuple[Round, ...]:
+        """The passes over memory, in order (``save.precopy.rounds``)."""
+        return self.save.precopy.rounds
+
     def to_dict(self) -> Dict[str, Any]:
-        return {
-            "domid": self.domid, "name": self.name,
-            "rounds": [{"name": r.name, "pages": r.pages, "bytes": r.bytes, "live": r.live}
-                       for r in self.rounds],
-            "pages": sum(r.pages for r in self.rounds),
-            "bytes": sum(r.bytes for r in self.rounds),
-            "stream_bytes": self.stream_bytes,
-            "total_seconds": self.elapsed, "suspended_seconds": self.suspended,
-            "helper": self.save.helper,
-        }
+        """As JSON (``xensr migrate --json``): the save's precopy report
+        (:meth:`xensr.policy.PrecopyReport.to_dict`), its
+        ``suspended_seconds`` as ``stream_suspended_seconds`` beside this
+        result's whole downtime."""
+        doc: Dict[str, Any] = {"domid": self.domid, "name": self.name}
+        doc.update(self.save.precopy.to_dict())
+        doc["stream_suspended_seconds"] = doc.pop("suspended_seconds")
+        doc.update({"stream_bytes": self.stream_bytes, "total_seconds": self.elapsed,
+                    "suspended_seconds": self.suspended, "helper": self.save.helper})
+        return doc
 
 
 def config_object(raw: Union[bytes, str, Mapping[str, Any]]) -> Dict[str, Any]:
@@ -118,9 +120,11 @@ class _Source:
         self.domid = domid
         self.user = user
         self.suspend_timeout = suspend_timeout
+        #: time.monotonic() when the suspend callback returned.
         self.suspended_at: Optional[float] = None
         self.timed_out = False
-        self.rounds: List[Round] = []
+        #: The save's rounds (SaveOperation.rounds), once it is made.
+        self.recorder: Optional[RoundRecorder] = None
         self.progress_to = progress_to
         self.callbacks = _WrappedCallbacks(user, SAVE_CALLBACKS, suspend=self.suspend,
                                            progress=self.progress)
@@ -141,13 +145,11 @@ class _Source:
         return ok
 
     def progress(self, context: str, doing_what: str, done: int, total: int) -> Any:
-        if doing_what.startswith("Frames"):
-            if not self.rounds or self.rounds[-1].name != doing_what or done < self.rounds[-1].pages:
-                self.rounds.append(Round(doing_what, live=self.suspended_at is None))
-            r = self.rounds[-1]
-            r.pages = max(r.pages, done)
-            if self.progress_to is not None:
-                self.progress_to(r, total)
+        # Called by the save's RoundRecorder once it recorded the report.
+        if self.progress_to is not None and self.recorder is not None:
+            current = self.recorder.current()
+            if current is not None:
+                self.progress_to(current, done)
         fn = find(self.user, "progress")
         if fn is not None:
             return fn(context, doing_what, done, total)
@@ -205,6 +207,7 @@ def _sender_steps(host: Toolstack, domid: int, send_fd: int, recv_fd: int, *,
 
     # stream: the helper's save, live, then END.
     src = _Source(host, domid, callbacks, suspend_timeout, progress)
+    op: Optional[SaveOperation] = None
     try:
         relay = Relay(send_fd)
         try:
@@ -213,6 +216,7 @@ def _sender_steps(host: Toolstack, domid: int, send_fd: int, recv_fd: int, *,
         except BaseException:
             relay.close()
             raise
+        src.recorder = op.rounds
         save = yield Run(op, relay)
         trailer = trailer_bytes()
         yield Write(send_fd, trailer)
@@ -225,6 +229,10 @@ def _sender_steps(host: Toolstack, domid: int, send_fd: int, recv_fd: int, *,
         cause: BaseException = e
         if src.timed_out and isinstance(e.__cause__, SuspendTimeout):
             cause = e.__cause__
+        why = _policy_abort(op)
+        if why is not None:
+            raise W.MigrationError(f"the precopy policy aborted the save ({why}): {cause}",
+                                   stage="stream", side=side, source=state) from e
         raise W.MigrationError(f"the save failed: {cause}", stage="stream", side=side,
                                source=state) from e
     except BaseException:
@@ -277,10 +285,12 @@ def _sender_steps(host: Toolstack, domid: int, send_fd: int, recv_fd: int, *,
             _log.error("domain %d: destroying the migrated source failed: %s", domid, e)
             raise W.MigrationError(f"the destination runs, but destroying the source failed: {e}",
                                    stage="report", side=side, source=W.SOURCE_UNDEFINED) from e
-        suspended = end - src.suspended_at if src.suspended_at is not None else 0.0
-        return MigrationResult(domid=domid, name=name, save=save, rounds=tuple(src.rounds),
-                               elapsed=end - t0, suspended=suspended, status=status,
-                               stream_bytes=sent)
+        downtime = save.precopy.downtime_until(end)
+        if downtime is None:
+            # A helper that sent no "suspended" report: the callback's time.
+            downtime = end - src.suspended_at if src.suspended_at is not None else 0.0
+        return MigrationResult(domid=domid, name=name, save=save, elapsed=end - t0,
+                               suspended=downtime, status=status, stream_bytes=sent)
 
     # The target failed to start its copy: its GO back lets us resume.
     signed = status - 256 if status > 127 else status
@@ -305,6 +315,15 @@ def _sender_steps(host: Toolstack, domid: int, send_fd: int, recv_fd: int, *,
     raise W.TargetFailed(f"the target reports startup failure (status code {signed}); "
                          f"the source was {'resumed' if state == W.SOURCE_RESUMED else 'not resumed'}",
                          status=status, stage="report", side=side, source=state)
+
+
+def _policy_abort(op: Optional[SaveOperation]) -> Optional[str]:
+    """The reason of the save's policy, when its last answer was ABORT."""
+    policy = op.policy if op is not None else None
+    if policy is None or not policy.decisions:
+        return None
+    last = policy.decisions[-1]
+    return last.reason if last.decision == PrecopyDecision.ABORT else None
 
 
 def _plain(e: W.MigrationError) -> str:
@@ -333,7 +352,12 @@ class MigrateOptions(HelperOptions, total=False):
     debug: bool
     #: Seconds the host waits for the guest to acknowledge the suspend.
     suspend_timeout: float
-    #: ``progress(round, total)``, as pages of each pass go out.
+    #: When the save stops the guest (default: libxenguest's policy);
+    #: xensr's helper only.
+    policy: Optional[DowntimePolicy]
+    #: ``progress(round, done)`` as pages of each pass go out: the
+    #: :class:`xensr.policy.Round` so far (its ``pages``: the pass's
+    #: count) and how many of them were sent.
     progress: Optional[Callable[[Round, int], Any]]
 
 
