@@ -43,8 +43,9 @@ def test_every_option_of_every_subcommand_is_in_its_page():
                 continue
             for opt in action.option_strings:
                 assert f"\\fB{roff(opt)}\\fR" in page, f"{opt} missing from {name}.1"
-            if not action.option_strings:
-                assert f"\\fI{roff(action.dest)}\\fR" in page, f"{action.dest} missing from {name}.1"
+            if not action.option_strings:   # a positional, named as its usage names it
+                shown = action.metavar if isinstance(action.metavar, str) else action.dest
+                assert f"\\fI{roff(shown)}\\fR" in page, f"{shown} missing from {name}.1"
             if action.help:
                 first = " ".join(action.help.split())[:20]
                 if "%" not in first:
