@@ -5,8 +5,10 @@ frames nobody wants."""
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
+import sys
 import time
 
 import pytest
@@ -228,6 +230,45 @@ def test_direct_callback_exception_goes_to_direct_failed_and_clear_direct():
         co2.set_direct(10, print)
     with pytest.raises(TypeError):
         co2.set_direct(3, 5)
+
+
+class Stats(tuple):
+    """A tuple subclass with a __dict__ (a NamedTuple has none)."""
+
+
+@pytest.mark.parametrize("wrap", [PrecopyStats, Stats])
+def test_direct_callback_struct_is_what_tuple_new_makes(wrap):
+    co = _xc.Callout(_xc.DIR_SAVE, SAVE_FLAGS)
+    got = []
+    co.set_direct(11, got.append, wrap)
+    co.feed(Handler(), fh.precopy(1, 2**40, -1) + fh.precopy(2, 3, 4))
+    want = [tuple.__new__(wrap, (1, 2**40, -1)), tuple.__new__(wrap, (2, 3, 4))]
+    assert got == want and [type(s) for s in got] == [wrap, wrap]
+    assert gc.is_tracked(got[0]) == gc.is_tracked(want[0])
+    if wrap is PrecopyStats:
+        assert got[0].total_written == 2**40 and got[0].dirty_count == -1
+    else:
+        got[0].note = "kept"          # the instance dict works
+        assert got[0].__dict__ == {"note": "kept"}
+    # Held the same ways (a list, the loop variable): no reference leaked.
+    assert [sys.getrefcount(s) for s in got] == [sys.getrefcount(s) for s in want]
+
+
+def test_direct_callback_struct_of_plain_tuple_is_the_args():
+    co = _xc.Callout(_xc.DIR_SAVE, SAVE_FLAGS)
+    got = []
+    co.set_direct(11, got.append, tuple)
+    co.feed(Handler(), fh.precopy(1, 2, 3))
+    assert got == [(1, 2, 3)] and type(got[0]) is tuple
+
+
+@pytest.mark.parametrize("wrap", [list, os.stat_result, "x", (1, 2, 3)])
+def test_direct_callback_struct_must_be_a_class_derived_from_tuple(wrap):
+    co = _xc.Callout(_xc.DIR_SAVE, SAVE_FLAGS)
+    with pytest.raises(TypeError, match="derived from tuple"):
+        co.set_direct(11, print, wrap)
+    co.set_direct(3, print, wrap)     # not a struct message: wrap unused
+    co.set_direct(11, None, wrap)     # removed: nothing to wrap
 
 
 def test_log_frames_below_the_mask_are_kept_raw_and_formatted_lazily():
