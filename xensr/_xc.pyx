@@ -1086,8 +1086,9 @@ cdef class Callout:
         until something needs the caller: a blocking event loop of its own
         for callers that have none (:meth:`xensr.Operation.run`).
 
-        Dispatches frames to ``handler`` as :meth:`on_readable`, writes
-        pending replies as :meth:`on_writable`.  Returns 0 once
+        Dispatches frames to ``handler`` as :meth:`on_readable` (with
+        SERVE_AHEAD_FACTOR times as many reads ahead before the next
+        poll), writes pending replies as :meth:`on_writable`.  Returns 0 once
         ``time.monotonic()`` reaches ``until``, 1 when the pidfd is readable
         (call :meth:`poll_exit`), 2 after :meth:`wake`, 3 when there is
         nothing to watch.  With ``stamp``, :attr:`last_read_at` is set after
