@@ -2,7 +2,7 @@
 
     python -m benchmarks [--quick] [--only NAME[,NAME...]] [--reps N] [--json PATH]
 
-Names: roundtrip, decode, spawn, concurrency, datapath, inspect, downtime.  The JSON goes to
+Names: roundtrip, decode, spawn, concurrency, datapath, inspect, downtime, callcost.  The JSON goes to
 benchmarks/results/<UTC time>.json and, with --json, to PATH as well.
 """
 
@@ -20,11 +20,13 @@ from typing import Any, Callable, Dict, List
 
 from .harness import HERE, CBuild, Result, loadavg, machine, render
 
-NAMES = ("roundtrip", "decode", "spawn", "concurrency", "datapath", "inspect", "downtime")
+NAMES = ("roundtrip", "decode", "spawn", "concurrency", "datapath", "inspect", "downtime",
+         "callcost")
 
 
 def _runners(args: argparse.Namespace, build: CBuild) -> Dict[str, Callable[[], Result]]:
-    from . import concurrency, datapath, decode, downtime, inspectspeed, roundtrip, spawn
+    from . import (callcost, concurrency, datapath, decode, downtime, inspectspeed, roundtrip,
+                   spawn)
 
     reps = args.reps or (3 if args.quick else 9)
     return {
@@ -36,6 +38,7 @@ def _runners(args: argparse.Namespace, build: CBuild) -> Dict[str, Callable[[], 
         "datapath": lambda: datapath.run(build, args.quick, max(3, reps // 2)),
         "inspect": lambda: inspectspeed.run(args.quick, max(3, reps // 3)),
         "downtime": lambda: downtime.run(args.quick, max(3, reps // 3)),
+        "callcost": lambda: callcost.run(build, args.quick, reps),
     }
 
 

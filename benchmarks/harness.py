@@ -248,6 +248,11 @@ class CBuild:
         return self._compile("xensr-bench-cparent",
                              [os.path.join(CSRC, "cparent.c")], [])
 
+    def vg_pidfd(self) -> str:
+        """The pidfd stand-ins preloaded under valgrind (csrc/vg_pidfd.c)."""
+        return self._compile("vg_pidfd.so", [os.path.join(CSRC, "vg_pidfd.c")],
+                             ["-shared", "-fPIC"])
+
 
 def _xensr_version() -> str:
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from . import purepy, xapi
 from .harness import CBuild, Group, Result, Series, Target, cpu_seconds, interleave
@@ -48,6 +48,8 @@ class _RoundTrips:
             "C floor (poll + read)": self.c_floor_poll,
             "xensr blocking": self.xensr_blocking,
             "xensr asyncio": self.xensr_asyncio,
+            "xensr blocking, no read-ahead": self.xensr_blocking_na,
+            "xensr asyncio, no read-ahead": self.xensr_asyncio_na,
             "xensr _xc.Callout alone (poll loop)": self.xensr_callout,
             "pure Python blocking": self.py_blocking,
             "pure Python asyncio add_reader": self.py_asyncio,
@@ -68,27 +70,36 @@ class _RoundTrips:
     def c_floor_poll(self) -> Dict[str, float]:
         return self.c_floor(poll=True)
 
-    def xensr_blocking(self) -> Dict[str, float]:
+    def xensr_blocking(self, read_ahead: Optional[int] = None) -> Dict[str, float]:
         cb = xapi.PolicyCallbacks()
         c0 = cpu_seconds()
         t0 = time.perf_counter()
-        xapi.save_blocking(self.devnull, cb, helper=self.helper, env=self.env)
+        xapi.save_blocking(self.devnull, cb, helper=self.helper, env=self.env,
+                           read_ahead=read_ahead)
         t = time.perf_counter() - t0
         c = cpu_seconds() - c0
         assert cb.calls == self.n, cb.calls
         return self.per_rt(t, c)
 
-    async def _aio(self, cb: "xapi.PolicyCallbacks") -> Tuple[float, float]:
+    def xensr_blocking_na(self) -> Dict[str, float]:
+        return self.xensr_blocking(read_ahead=0)
+
+    async def _aio(self, cb: "xapi.PolicyCallbacks",
+                   read_ahead: Optional[int]) -> Tuple[float, float]:
         c0 = cpu_seconds()
         t0 = time.perf_counter()
-        await xapi.save_aio(self.devnull, cb, helper=self.helper, env=self.env)
+        await xapi.save_aio(self.devnull, cb, helper=self.helper, env=self.env,
+                            read_ahead=read_ahead)
         return time.perf_counter() - t0, cpu_seconds() - c0
 
-    def xensr_asyncio(self) -> Dict[str, float]:
+    def xensr_asyncio(self, read_ahead: Optional[int] = None) -> Dict[str, float]:
         cb = xapi.PolicyCallbacks()
-        t, c = self.loop.run_until_complete(self._aio(cb))
+        t, c = self.loop.run_until_complete(self._aio(cb, read_ahead))
         assert cb.calls == self.n, cb.calls
         return self.per_rt(t, c)
+
+    def xensr_asyncio_na(self) -> Dict[str, float]:
+        return self.xensr_asyncio(read_ahead=0)
 
     def xensr_callout(self) -> Dict[str, float]:
         h = xapi.BareHandler()
@@ -137,10 +148,25 @@ def _result(raw: Dict[str, Dict[str, List[float]]], n: int, reps: int) -> Result
         "xensr blocking / C floor", group.ratio("xensr blocking"), 1.1, "<="))
     res.targets.append(Target(
         "xensr asyncio / C floor", group.ratio("xensr asyncio"), 1.4, "<="))
+    # Each xensr row against what a user would write instead, in wall
+    # time and in parent CPU: the callout must cost less.
+    for g, what in ((group, "wall"), (cpu, "CPU")):
+        for ours, theirs in (("xensr blocking", "pure Python blocking"),
+                             ("xensr blocking, no read-ahead", "pure Python blocking"),
+                             ("xensr _xc.Callout alone (poll loop)", "pure Python blocking"),
+                             ("xensr asyncio", "pure Python asyncio add_reader"),
+                             ("xensr asyncio, no read-ahead",
+                              "pure Python asyncio add_reader")):
+            res.targets.append(Target(
+                f"{ours} / {theirs} ({what})", g.ratio(ours, theirs), 1.0, "<="))
     res.notes.append(
         "each sample is one whole operation (spawn, starting line, N requests, "
         "complete, reap) divided by N; the C floor is the same bench helper "
         "driven by a C parent over the same two pipes; '_xc.Callout alone' drives "
         "the callout object with a bare poll loop and plain handler methods (no "
-        "Operation layer), to show what each layer costs")
+        "Operation layer), to show what each layer costs; 'no read-ahead' sets the "
+        "callout's read_ahead to 0, so that every frame waits for the loop's "
+        "poll/epoll (the path of a helper that answers more slowly than the parent "
+        "gets back to its loop); `python -m benchmarks --only callcost` counts "
+        "the instructions of each row's round trip")
     return res

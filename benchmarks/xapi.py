@@ -40,15 +40,29 @@ class ProgressCallbacks:
 
 def save_blocking(fd: int, callbacks: Any, *, helper: Optional[str],
                   env: Dict[str, str], domid: int = BENCH_DOMID,
-                  live: bool = False) -> Any:
-    return xensr.save_domain(domid, fd, callbacks, live=live, helper=helper, env=env)
+                  live: bool = False, read_ahead: Optional[int] = None) -> Any:
+    if read_ahead is None:
+        return xensr.save_domain(domid, fd, callbacks, live=live, helper=helper, env=env)
+    return _operation(fd, callbacks, helper, env, domid, live, read_ahead).run()
 
 
 async def save_aio(fd: int, callbacks: Any, *, helper: Optional[str],
                    env: Dict[str, str], domid: int = BENCH_DOMID,
-                   live: bool = False) -> Any:
-    return await xensr.aio.save_domain(domid, fd, callbacks, live=live,
-                                       helper=helper, env=env)
+                   live: bool = False, read_ahead: Optional[int] = None) -> Any:
+    if read_ahead is None:
+        return await xensr.aio.save_domain(domid, fd, callbacks, live=live,
+                                           helper=helper, env=env)
+    return await xensr.aio.run(
+        _operation(fd, callbacks, helper, env, domid, live, read_ahead))
+
+
+def _operation(fd: int, callbacks: Any, helper: Optional[str], env: Dict[str, str],
+               domid: int, live: bool, read_ahead: int) -> Any:
+    """save_domain's operation with the callout's reads ahead set (the
+    Callout's read_ahead; 0: every frame waits for the loop's poll)."""
+    op = xensr.SaveOperation(domid, fd, callbacks, live=live, helper=helper, env=env)
+    op._callout.read_ahead = read_ahead
+    return op
 
 
 @contextlib.contextmanager
@@ -105,7 +119,8 @@ def env_bytes(env: Dict[str, str]) -> List[bytes]:
 
 def callout_save(helper: str, io_fd: int, cbflags: int, env: List[bytes],
                  handler: Any, domid: int = BENCH_DOMID,
-                 spawn_ms: Optional[List[float]] = None) -> Any:
+                 spawn_ms: Optional[List[float]] = None,
+                 read_ahead: Optional[int] = None) -> Any:
     """One save through _xc.Callout alone; returns the finished Callout.
     With spawn_ms, the duration of the spawn call is appended to it."""
     import time
@@ -113,6 +128,8 @@ def callout_save(helper: str, io_fd: int, cbflags: int, env: List[bytes],
     from xensr import _xc
 
     co = _xc.Callout(_xc.DIR_SAVE, cbflags)
+    if read_ahead is not None:
+        co.read_ahead = read_ahead
     try:
         t0 = time.perf_counter()
         co.spawn(helper, "--save-domain", io_fd, -1, [domid, 0, cbflags, 0], env)

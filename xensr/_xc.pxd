@@ -2,6 +2,7 @@
 # built from (the log ring, the spawn plan).  The code is in _xc.pyx.
 
 cimport cython
+from libc.stdint cimport int32_t
 from posix.signal cimport siginfo_t
 from posix.types cimport pid_t
 
@@ -50,6 +51,11 @@ cdef class Callout:
     cdef Py_ssize_t _len
     # Replies not yet written.
     cdef bytes _wbuf
+    # A reply was written whole while the last read's frames were parsed.
+    cdef bint _replied
+    # Read-ahead chances to let pass after one that found nothing
+    # (_read_loop).
+    cdef int _ahead_skip
     cdef bint _reading
     cdef bint _in_parse
     cdef bint _closed
@@ -84,6 +90,9 @@ cdef class Callout:
     cdef public unsigned log_levels
     #: False: progress frames are checked and counted, not handed on.
     cdef public bint progress_wanted
+    #: Reads ahead per on_readable() call after a reply written at once
+    #: (0: none); serve() makes SERVE_AHEAD_FACTOR times as many per poll.
+    cdef public int read_ahead
     #: time.monotonic() after the last read that brought a frame, when
     #: :meth:`serve` was asked to keep it.
     cdef readonly double last_read_at
@@ -117,7 +126,8 @@ cdef class Callout:
                        int back_flags) except -1
     cdef bint _owned(self) noexcept
     # Frames
-    cdef bint _read_loop(self, handler, int max_reads, bint until_empty) except? True
+    cdef bint _read_loop(self, handler, int max_reads, bint until_empty,
+                         int max_ahead) except? True
     cdef int _at_eof(self) except -1
     cdef Py_ssize_t _parse(self, handler, Py_ssize_t fresh) except -1
     cdef int _frame(self, handler, const unsigned char *body, Py_ssize_t n) except -1
@@ -131,6 +141,8 @@ cdef class Callout:
     cdef int _bind(self, tp) except -1
     cdef object _call_direct(self, handler, int t, fn, tuple args)
     # Replies, exit, teardown
+    cdef int _reply(self, value) except -1
+    cdef bint _write_int(self, int32_t v) except? False
     cdef bint _flush(self) except? False
     cdef Py_ssize_t _write_reply(self, const char *p, Py_ssize_t n) noexcept
     cdef void _set_status(self, siginfo_t *info)

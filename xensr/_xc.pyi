@@ -35,6 +35,7 @@ class Callout:
     partial_since: float
     log_levels: int
     progress_wanted: bool
+    read_ahead: int
     last_read_at: float
 
     def __init__(self, direction: int, cbflags: int, log_tail: int = ...) -> None: ...
@@ -71,6 +72,8 @@ class Callout:
     def reading(self) -> bool: ...
     @property
     def wants_write(self) -> bool: ...
+    @property
+    def watch(self) -> int: ...
     @property
     def stdout_fd(self) -> int: ...
     @property

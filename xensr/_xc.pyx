@@ -38,6 +38,10 @@ from posix.unistd cimport close, getpid, read, write
 from posix.wait cimport P_PID, WEXITED, WNOHANG, waitid
 
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.long cimport PyLong_AsLongLong
+from cpython.object cimport Py_TPFLAGS_HAVE_GC
+from cpython.ref cimport PyObject, Py_DECREF, Py_INCREF
+from cpython.tuple cimport PyTuple_SET_ITEM
 
 from ._libc cimport (
     CLD_DUMPED,
@@ -71,6 +75,14 @@ from ._spawn cimport (
     xensr_write_nosigpipe,
 )
 
+cdef extern from "Python.h":
+    # A type's allocator, which Cython's PyTypeObject does not declare
+    # (for _as_struct).
+    ctypedef struct _AllocType "PyTypeObject":
+        PyObject *(*tp_alloc)(_AllocType *tp, Py_ssize_t nitems)
+    int PyObject_GC_IsTracked(object o)
+    void PyObject_GC_Track(object o)
+
 import os
 import signal as _signal
 import types as _types
@@ -93,6 +105,12 @@ cdef enum:
     BUF_SIZE = 2 * FRAME_SIZE_MAX
     # Reads per readiness call before giving the loop back (log floods).
     MAX_READS = 4
+    # Reads ahead (see _read_loop): the default per on_readable call
+    # (Callout.read_ahead), serve()'s per poll (its loop is its own) as a
+    # multiple of it, the chances let pass after one that found nothing.
+    READ_AHEAD = 8
+    SERVE_AHEAD_FACTOR = 4
+    AHEAD_BACKOFF = 8
     # log_levels: the bit for xentoollog levels above the table's.
     LOG_OTHER_BIT = XTL_LEVEL_COUNT
 
@@ -208,6 +226,42 @@ def map_reply(int msgtype, value):
 cdef inline bint _plain_reply(object v) noexcept:
     """A value whose reply the callout works out itself, without Python."""
     return type(v) is int or v is True or v is False or v is None
+
+
+cdef bint _struct_class(wrap):
+    """A class that tuple.__new__ takes (a subclass of tuple that allows
+    it: not a structseq such as os.stat_result)."""
+    if not (isinstance(wrap, type) and issubclass(wrap, tuple)):
+        return False
+    try:
+        tuple.__new__(wrap, ())
+    except TypeError:
+        return False
+    return True
+
+
+cdef object _as_struct(type wrap, tuple args):
+    """tuple.__new__(wrap, args) for a _struct_class, as tuple's own
+    constructor makes it for a subclass (the class's allocator, then the
+    items, then tracked by the GC), without looking up, packing and
+    parsing a call."""
+    cdef Py_ssize_t i, n = len(args)
+    cdef _AllocType *tp = <_AllocType *>wrap
+    cdef PyObject *p
+    if wrap is tuple:
+        return args
+    p = tp.tp_alloc(tp, n)
+    if p == NULL:
+        raise MemoryError()
+    s = <object>p
+    Py_DECREF(s)        # <object> took a reference of its own
+    for i in range(n):
+        x = args[i]
+        Py_INCREF(x)
+        PyTuple_SET_ITEM(s, i, x)
+    if (<type>wrap).__flags__ & Py_TPFLAGS_HAVE_GC and not PyObject_GC_IsTracked(s):
+        PyObject_GC_Track(s)
+    return s
 
 
 cdef int _make_pipe(int *fds) except -1:
@@ -425,6 +479,15 @@ cdef void _plan_release(SpawnPlan *plan, int io_fd, int back_fd) noexcept:
 
 
 # ----------------------------------------------------------------------
+# Callout.watch's bits
+cdef enum:
+    BIT_READ = 1
+    BIT_WRITE = 2
+    BIT_EXIT = 4
+    BIT_PARTIAL = 8
+
+
+# ----------------------------------------------------------------------
 # serve()'s poll set
 
 cdef enum:
@@ -554,6 +617,7 @@ cdef class Callout:
         self._wrap = [None] * MSG_SLOTS
         self.log_levels = 0xffffffffu
         self.progress_wanted = True
+        self.read_ahead = READ_AHEAD
         self._reading = True
 
     # ------------------------------------------------------------------
@@ -656,8 +720,13 @@ cdef class Callout:
         ProtocolError (and stops reading) on a malformed frame or EOF in
         the middle of a frame; an exception from the handler propagates
         with the frame consumed.
+
+        After frames whose reply was written at once, it reads again (up
+        to :attr:`read_ahead` times) without waiting to be told: the
+        helper often runs as soon as the reply wakes it, and has its next
+        frame written before the parent is back in its loop.
         """
-        return self._read_loop(handler, MAX_READS, False)
+        return self._read_loop(handler, MAX_READS, False, self.read_ahead)
 
     def drain(self, handler):
         """Once the helper exited: read and dispatch up to EOF.
@@ -665,11 +734,20 @@ cdef class Callout:
         Stops early (without EOF) only if the pipe is empty but still has
         a writer, i.e. something the helper started holds its stdout.
         """
-        self._read_loop(handler, 0, True)
+        self._read_loop(handler, 0, True, 0)
 
-    cdef bint _read_loop(self, handler, int max_reads, bint until_empty) except? True:
+    cdef bint _read_loop(self, handler, int max_reads, bint until_empty,
+                         int max_ahead) except? True:
+        """Read and parse: until EAGAIN/EOF with until_empty, else until a
+        read leaves the pipe drained (False) or max_reads reads filled the
+        buffer (True).  A drained read whose frames got their reply written
+        at once is followed by one more read, max_ahead times at most
+        (True once they are used up): a read ahead.  One that finds
+        nothing lets the next AHEAD_BACKOFF chances pass, so that a helper
+        slower to answer costs few reads that find nothing."""
         cdef Py_ssize_t r, space
-        cdef int loops = 0
+        cdef int loops = 0, ahead = 0, err
+        cdef bint guessed = False
         if not self._reading or self._stdout_r < 0:
             return False
         if self._in_parse:
@@ -682,6 +760,8 @@ cdef class Callout:
                 if err == EINTR:
                     continue
                 if err == EAGAIN:
+                    if guessed:
+                        self._ahead_skip = AHEAD_BACKOFF
                     return False
                 self._reading = False
                 raise ProtocolError(f"reading the helper's stdout failed: {os.strerror(err)}")
@@ -689,16 +769,29 @@ cdef class Callout:
                 self._at_eof()
                 return False
             self._len += r
+            self._replied = False
             self._parse(handler, r)
             if not self._reading:
                 return False
             if until_empty:
                 continue
-            if r < space:
+            if r == space:
+                guessed = False
+                loops += 1
+                if loops >= max_reads:
+                    return True
+                continue
+            # Drained.  Read ahead only for a reply just written whole
+            # (not one deferred, nor one the pipe did not take).
+            if not self._replied or self._wbuf:
                 return False
-            loops += 1
-            if loops >= max_reads:
-                return True
+            if ahead >= max_ahead:
+                return max_ahead > 0
+            if self._ahead_skip:
+                self._ahead_skip -= 1
+                return False
+            ahead += 1
+            guessed = True
 
     def feed(self, handler, data, bint eof=False):
         """Process bytes as if read from the helper's stdout (for tests)."""
@@ -788,7 +881,7 @@ cdef class Callout:
         self._counts[t] += 1
         # libxenguest asks twice per precopy round, the second time with
         # dirty_count (argument 2) -1: a round is a question with a count.
-        if t == MSG_PRECOPY_POLICY and args[2] != -1:
+        if t == MSG_PRECOPY_POLICY and PyLong_AsLongLong(args[2]) != -1:
             self.precopy_rounds += 1
         if role == ROLE_COMPLETE:
             # As libxl: nothing after complete is read.
@@ -800,7 +893,7 @@ cdef class Callout:
             self.awaiting = t
         ret = self._deliver(handler, t, role, args)
         if kind and ret is not None and self.awaiting == t:
-            self.send_reply(ret)
+            self._reply(ret)
         return 0
 
     cdef int _log_frame(self, handler, int t, const unsigned char *body,
@@ -902,18 +995,23 @@ cdef class Callout:
         cdef int i, reply
         wrap = self._wrap[t]
         if wrap is not None:
-            a = (tuple.__new__(wrap, args),)
-        elif as_bool:
-            a = list(args)
-            for i in range(len(a)):
-                if (as_bool >> i) & 1:
-                    a[i] = a[i] != 0
+            s = _as_struct(<type>wrap, args)
+            try:
+                v = fn(s)
+            except Exception as exc:
+                return handler.direct_failed(t, exc)
         else:
-            a = args
-        try:
-            v = fn(*a)
-        except Exception as exc:
-            return handler.direct_failed(t, exc)
+            if as_bool:
+                a = list(args)
+                for i in range(len(a)):
+                    if (as_bool >> i) & 1:
+                        a[i] = a[i] != 0
+            else:
+                a = args
+            try:
+                v = fn(*a)
+            except Exception as exc:
+                return handler.direct_failed(t, exc)
         if _plain_reply(v):
             if _reply_map(t) == MAP_NONE:
                 if v is None:
@@ -940,6 +1038,9 @@ cdef class Callout:
             raise ValueError(f"message type {msgtype} cannot have a direct callback")
         if fn is not None and not callable(fn):
             raise TypeError("the direct callback must be callable")
+        if (fn is not None and wrap is not None and _struct_args(msgtype)
+                and not _struct_class(wrap)):
+            raise TypeError(f"wrap must be a class derived from tuple, not {wrap!r}")
         self._direct[msgtype] = fn
         self._wrap[msgtype] = wrap if fn is not None and _struct_args(msgtype) else None
 
@@ -988,8 +1089,9 @@ cdef class Callout:
         until something needs the caller: a blocking event loop of its own
         for callers that have none (:meth:`xensr.Operation.run`).
 
-        Dispatches frames to ``handler`` as :meth:`on_readable`, writes
-        pending replies as :meth:`on_writable`.  Returns 0 once
+        Dispatches frames to ``handler`` as :meth:`on_readable` (with
+        SERVE_AHEAD_FACTOR times as many reads ahead before the next
+        poll), writes pending replies as :meth:`on_writable`.  Returns 0 once
         ``time.monotonic()`` reaches ``until``, 1 when the pidfd is readable
         (call :meth:`poll_exit`), 2 after :meth:`wake`, 3 when there is
         nothing to watch.  With ``stamp``, :attr:`last_read_at` is set after
@@ -1033,7 +1135,8 @@ cdef class Callout:
                 self._flush()
             if at[WATCH_FRAMES] >= 0 and fds[at[WATCH_FRAMES]].revents:
                 frames = self.frames
-                self._read_loop(handler, MAX_READS, False)
+                self._read_loop(handler, MAX_READS, False,
+                                SERVE_AHEAD_FACTOR * self.read_ahead)
                 if stamp and self.frames != frames:
                     self.last_read_at = _monotonic()
             if at[WATCH_EXIT] >= 0 and fds[at[WATCH_EXIT]].revents:
@@ -1048,22 +1151,70 @@ cdef class Callout:
         Never blocks: what the pipe does not take now is written by
         :meth:`on_writable`.  Returns True when everything was written.
         """
+        cdef int32_t v
         if not self.awaiting:
             raise RuntimeError("no helper request is waiting for a reply")
         data = _encode_reply(value)
         self.awaiting = 0
-        if self._stdin_w < 0 or self.stdin_broken:
-            return False
-        self._wbuf = self._wbuf + data if self._wbuf else data
-        return self._flush()
+        memcpy(&v, <const char *>data, 4)
+        return self._write_int(v)
 
     def on_writable(self):
         """Write pending replies; True when none is left."""
         return self._flush()
 
+    cdef int _reply(self, value) except -1:
+        """Answer the request being dispatched with what _deliver returned:
+        an int that fits is written straight from C, anything else goes
+        through the checks of send_reply."""
+        cdef long long x
+        cdef int overflow = 0
+        cdef int32_t v
+        if type(value) is int:
+            x = PyLong_AsLongLongAndOverflow(value, &overflow)
+            if not overflow and -0x80000000 <= x <= 0x7fffffff:
+                self.awaiting = 0
+                self._write_int(<int32_t>x)
+                return 0
+        data = _encode_reply(value)
+        self.awaiting = 0
+        memcpy(&v, <const char *>data, 4)
+        self._write_int(v)
+        return 0
+
+    cdef bint _write_int(self, int32_t v) except? False:
+        """Write one reply, or queue it behind what the pipe has not taken
+        yet; True when nothing is left to write."""
+        cdef Py_ssize_t r
+        cdef int err
+        if self._stdin_w < 0 or self.stdin_broken:
+            return False
+        if self._wbuf:
+            self._wbuf += (<char *>&v)[:4]
+            return self._flush()
+        while True:
+            r = self._write_reply(<const char *>&v, 4)
+            if r == 4:
+                self._replied = True
+                return True
+            if r >= 0:
+                # Part of it (a pipe takes 4 bytes whole: not expected).
+                self._wbuf = (<char *>&v)[r:4]
+                return self._flush()
+            err = errno
+            if err == EINTR:
+                continue
+            if err == EAGAIN:
+                self._wbuf = (<char *>&v)[:4]
+                return False
+            # EPIPE: the helper is gone; its exit status says why.
+            self.stdin_broken = True
+            return False
+
     cdef bint _flush(self) except? False:
         cdef Py_ssize_t r
         cdef const char *p
+        cdef int err
         while self._wbuf:
             p = self._wbuf
             r = self._write_reply(p, len(self._wbuf))
@@ -1174,6 +1325,24 @@ cdef class Callout:
     def wants_write(self):
         """True while replies wait for :attr:`stdin_fd` to become writable."""
         return bool(self._wbuf) and self._stdin_w >= 0
+
+    @property
+    def watch(self):
+        """What an event loop watches now, as bits: 1 :attr:`reading`,
+        2 :attr:`wants_write`, 4 not :attr:`reaped`, 8 an incomplete frame
+        waits (:attr:`partial_since` set, a frame deadline).  One int, so
+        that a loop can tell cheaply whether handling frames changed any
+        of them."""
+        cdef int bits = 0
+        if self._reading and self._stdout_r >= 0:
+            bits |= BIT_READ
+        if self._wbuf and self._stdin_w >= 0:
+            bits |= BIT_WRITE
+        if not self.reaped:
+            bits |= BIT_EXIT
+        if self.partial_since != 0.0:
+            bits |= BIT_PARTIAL
+        return bits
 
     @property
     def stdout_fd(self):

@@ -39,6 +39,8 @@ class _Driver:
         self.timer: Optional[asyncio.TimerHandle] = None
         self.timer_at: Optional[float] = None
         self.last_fds: Optional[List[Tuple[int, int]]] = None
+        # The callout's watch bits when sync() last looked.
+        self.watch = -1
         self.tasks: Set["asyncio.Task[Any]"] = set()
         self.closed = False
         op._set_runner(self.run_awaitable)
@@ -58,6 +60,7 @@ class _Driver:
             if not self.done.done():
                 self.done.set_result(None)
             return
+        self.watch = op._callout.watch
         fds = op.fds()
         if fds != self.last_fds:    # most wake-ups change nothing
             self.last_fds = fds
@@ -81,10 +84,14 @@ class _Driver:
             if ev & EVENT_WRITE:
                 want_w.add(fd)
         loop = self.loop
+        frames_fd = self.op._callout.stdout_fd
         for fd in self.readers - want_r:
             loop.remove_reader(fd)
         for fd in want_r - self.readers:
-            loop.add_reader(fd, self.on_ready, fd, EVENT_READ)
+            if fd == frames_fd:
+                loop.add_reader(fd, self.on_frames)
+            else:
+                loop.add_reader(fd, self.on_ready, fd, EVENT_READ)
         for fd in self.writers - want_w:
             loop.remove_writer(fd)
         for fd in want_w - self.writers:
@@ -99,6 +106,21 @@ class _Driver:
             self.crash(exc)
             return
         self.sync()
+
+    def on_frames(self) -> None:
+        """The frame pipe is readable: on_ready's hot path.  fds() and
+        next_deadline() are looked at again only if the frames changed
+        what the callout watches or the operation is stopping; a deadline
+        that only moved later (idle, frame) is left to the timer: early,
+        handle_timeout() does nothing and sync() sets the new one."""
+        op = self.op
+        try:
+            op._read_frames()
+        except BaseException as exc:  # a callback's KeyboardInterrupt, a bug
+            self.crash(exc)
+            return
+        if op._error is not None or op._callout.watch != self.watch:
+            self.sync()
 
     def on_timer(self) -> None:
         self.timer = None

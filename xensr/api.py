@@ -628,22 +628,29 @@ class Operation:
             return
         co = self._callout
         if fd == co.stdout_fd:
-            if co.reading:
-                frames = co.frames
-                try:
-                    co.on_readable(self._messages)
-                except ProtocolError as exc:
-                    self._fail(exc)
-                if co.frames != frames:
-                    if self.idle_timeout is not None:
-                        self._last_frame = time.monotonic()
-                    if co.log_lines != self._log_seen:
-                        self._refresh_log_levels()
+            self._read_frames()
         elif fd == co.stdin_fd:
             co.on_writable()
         elif fd == co.pidfd:
             if co.poll_exit():
                 self._exited()
+
+    def _read_frames(self) -> None:
+        """The frame pipe is readable: read and dispatch its frames (the
+        hot path of :meth:`handle`)."""
+        co = self._callout
+        if self._state != "running" or not co.reading:
+            return
+        frames = co.frames
+        try:
+            co.on_readable(self._messages)
+        except ProtocolError as exc:
+            self._fail(exc)
+        if co.frames != frames:
+            if self.idle_timeout is not None:
+                self._last_frame = time.monotonic()
+            if co.log_lines != self._log_seen:
+                self._refresh_log_levels()
 
     def next_deadline(self) -> Optional[float]:
         """When :meth:`handle_timeout` must be called (a

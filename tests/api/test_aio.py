@@ -255,6 +255,31 @@ def test_timeouts_in_aio(fake, iofd):
     assert info.value.kind == "idle"
 
 
+def test_idle_deadline_moved_by_frames_does_not_time_out_in_aio(fake, iofd):
+    """Frames keep the idle deadline moving later; the loop's timer, set
+    for an earlier one, fires early and must only be set again."""
+    script = Script()
+    for i in range(8):
+        script.write(fh.progress(b"save", b"pages", i, 8)).sleep(100)
+    script.request(fh.SUSPEND).save_ok()
+    calls = []
+    res = asyncio.run(xensr.aio.save_domain(
+        1, iofd, _Progress(calls), helper=fake.path, env=fake.env(script),
+        idle_timeout=0.4))
+    assert res.retval == 0 and calls == list(range(8))
+
+
+class _Progress:
+    def __init__(self, calls):
+        self.calls = calls
+
+    def progress(self, context, doing_what, done, total):
+        self.calls.append(done)
+
+    def suspend(self):
+        return True
+
+
 def test_deferred_reply_from_a_thread_free_loop(fake, iofd):
     """A callback returning DEFERRED, answered later from the loop."""
     class CB:

@@ -5,8 +5,11 @@ frames nobody wants."""
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import os
+import select
+import sys
 import time
 
 import pytest
@@ -230,6 +233,45 @@ def test_direct_callback_exception_goes_to_direct_failed_and_clear_direct():
         co2.set_direct(3, 5)
 
 
+class Stats(tuple):
+    """A tuple subclass with a __dict__ (a NamedTuple has none)."""
+
+
+@pytest.mark.parametrize("wrap", [PrecopyStats, Stats])
+def test_direct_callback_struct_is_what_tuple_new_makes(wrap):
+    co = _xc.Callout(_xc.DIR_SAVE, SAVE_FLAGS)
+    got = []
+    co.set_direct(11, got.append, wrap)
+    co.feed(Handler(), fh.precopy(1, 2**40, -1) + fh.precopy(2, 3, 4))
+    want = [tuple.__new__(wrap, (1, 2**40, -1)), tuple.__new__(wrap, (2, 3, 4))]
+    assert got == want and [type(s) for s in got] == [wrap, wrap]
+    assert gc.is_tracked(got[0]) == gc.is_tracked(want[0])
+    if wrap is PrecopyStats:
+        assert got[0].total_written == 2**40 and got[0].dirty_count == -1
+    else:
+        got[0].note = "kept"          # the instance dict works
+        assert got[0].__dict__ == {"note": "kept"}
+    # Held the same ways (a list, the loop variable): no reference leaked.
+    assert [sys.getrefcount(s) for s in got] == [sys.getrefcount(s) for s in want]
+
+
+def test_direct_callback_struct_of_plain_tuple_is_the_args():
+    co = _xc.Callout(_xc.DIR_SAVE, SAVE_FLAGS)
+    got = []
+    co.set_direct(11, got.append, tuple)
+    co.feed(Handler(), fh.precopy(1, 2, 3))
+    assert got == [(1, 2, 3)] and type(got[0]) is tuple
+
+
+@pytest.mark.parametrize("wrap", [list, os.stat_result, "x", (1, 2, 3)])
+def test_direct_callback_struct_must_be_a_class_derived_from_tuple(wrap):
+    co = _xc.Callout(_xc.DIR_SAVE, SAVE_FLAGS)
+    with pytest.raises(TypeError, match="derived from tuple"):
+        co.set_direct(11, print, wrap)
+    co.set_direct(3, print, wrap)     # not a struct message: wrap unused
+    co.set_direct(11, None, wrap)     # removed: nothing to wrap
+
+
 def test_log_frames_below_the_mask_are_kept_raw_and_formatted_lazily():
     co = _xc.Callout(_xc.DIR_SAVE, SAVE_FLAGS, log_tail=3)
     co.log_levels = 1 << C.XTL_ERROR
@@ -345,3 +387,75 @@ def test_serve_times_out_while_the_helper_hangs(fake, iofd):
         assert not co.reaped
     finally:
         co.close()
+
+
+# Reads ahead: after a reply written at once, the callout reads again
+# without waiting for readiness (Callout.read_ahead per on_readable call).
+
+def _rounds_script(n):
+    s = Script()
+    for i in range(n):
+        s.request(fh.precopy(i, i * 4096, n - i))
+    return s.request(fh.SUSPEND).save_ok()
+
+
+def _run_polled(fake, iofd, read_ahead, n):
+    """Drive a helper of n precopy requests with on_readable and poll();
+    return the handler, the frames each call handled and the replies."""
+    co = _xc.Callout(_xc.DIR_SAVE, SAVE_FLAGS)
+    assert co.read_ahead == 8
+    if read_ahead is not None:
+        co.read_ahead = read_ahead
+    h = Handler()
+    env = [os.fsencode(k) + b"=" + os.fsencode(v)
+           for k, v in fake.env(_rounds_script(n)).items()]
+    co.spawn(fake.path, "--save-domain", iofd, -1, [3, 0, SAVE_FLAGS, 0], env)
+    per_call = []
+    try:
+        p = select.poll()
+        p.register(co.stdout_fd, select.POLLIN)
+        while co.reading:
+            p.poll(30000)
+            before = co.frames
+            co.on_readable(h)
+            per_call.append(co.frames - before)
+        while not co.poll_exit():
+            time.sleep(0.001)
+        assert co.returncode == 0 and co.completed
+    finally:
+        co.close()
+    return h, per_call, fake.report().replies
+
+
+@pytest.mark.parametrize("read_ahead", [None, 0, 1, 3])
+def test_reads_ahead_dispatch_and_reply_as_without(fake, iofd, read_ahead):
+    n = 40
+    h, per_call, replies = _run_polled(fake, iofd, read_ahead, n)
+    assert h.calls == ([("precopy", (i, i * 4096, n - i)) for i in range(n)]
+                       + [("suspend", ())])
+    assert replies == [0] * n + [1, 0]
+    assert sum(per_call) == n + 2
+    # Each request waits for its reply, so one read brings one request:
+    # a call handles at most one plus the reads ahead it may make.
+    limit = 1 + (8 if read_ahead is None else read_ahead)
+    assert max(per_call) <= limit, per_call
+
+
+def test_serve_without_reads_ahead_answers_the_same(fake, iofd):
+    replies = []
+    for read_ahead in (0, 8):
+        co = _xc.Callout(_xc.DIR_SAVE, SAVE_FLAGS)
+        co.read_ahead = read_ahead
+        h = Handler()
+        env = [os.fsencode(k) + b"=" + os.fsencode(v)
+               for k, v in fake.env(_rounds_script(25)).items()]
+        co.spawn(fake.path, "--save-domain", iofd, -1, [3, 0, SAVE_FLAGS, 0], env)
+        try:
+            while co.serve(h, time.monotonic() + 30) != 1:
+                pass
+            assert co.poll_exit() and co.returncode == 0
+        finally:
+            co.close()
+        assert len(h.calls) == 26 and co.precopy_rounds == 25
+        replies.append(fake.report().replies)
+    assert replies[0] == replies[1] == [0] * 25 + [1, 0]
