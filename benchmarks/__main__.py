@@ -2,7 +2,8 @@
 
     python -m benchmarks [--quick] [--only NAME[,NAME...]] [--reps N] [--json PATH]
 
-Names: roundtrip, decode, spawn, concurrency, datapath, inspect.  The JSON goes to
+Names: roundtrip, decode, spawn, concurrency, datapath, inspect, migrate-throughput,
+migrate-many.  The JSON goes to
 benchmarks/results/<UTC time>.json and, with --json, to PATH as well.
 """
 
@@ -20,11 +21,13 @@ from typing import Any, Callable, Dict, List
 
 from .harness import HERE, CBuild, Result, loadavg, machine, render
 
-NAMES = ("roundtrip", "decode", "spawn", "concurrency", "datapath", "inspect")
+NAMES = ("roundtrip", "decode", "spawn", "concurrency", "datapath", "inspect",
+         "migrate-throughput", "migrate-many")
 
 
 def _runners(args: argparse.Namespace, build: CBuild) -> Dict[str, Callable[[], Result]]:
     from . import concurrency, datapath, decode, inspectspeed, roundtrip, spawn
+    from . import migmany, migthroughput
 
     reps = args.reps or (3 if args.quick else 9)
     return {
@@ -35,6 +38,8 @@ def _runners(args: argparse.Namespace, build: CBuild) -> Dict[str, Callable[[], 
             build, args.quick, max(3, reps // 3), args.conc_kinds),
         "datapath": lambda: datapath.run(build, args.quick, max(3, reps // 2)),
         "inspect": lambda: inspectspeed.run(args.quick, max(3, reps // 3)),
+        "migrate-throughput": lambda: migthroughput.run(build, args.quick, max(3, reps // 2)),
+        "migrate-many": lambda: migmany.run(build, args.quick, max(3, reps // 3)),
     }
 
 
