@@ -52,8 +52,15 @@ def _scratch(need: int) -> Optional[str]:
     return "/dev/shm" if st.f_bavail * st.f_frsize >= need else None
 
 
-def _cpu() -> float:
+def _cpu() -> "tuple[float, float]":
+    """This process's (user, system) CPU seconds."""
     r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime, r.ru_stime
+
+
+def _kids() -> float:
+    """CPU seconds of the children reaped so far (and of theirs)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
 
@@ -134,9 +141,13 @@ class _Rig:
         self.a = host_cls(tmp / "host-a")
         self.b = host_cls(tmp / "host-b")
         self.domid = self.a.create_domain(mib, name="guest", dirty_pages=0)
+        self.host_cpu = 0.0
+        self._meter(self.a)
         self.ref = tmp / "reference.stream"
         self.out = tmp / "floor.out"
         self.nbytes = 0
+        # The receivers' messages ("guest is domain N"), shown on a failure.
+        self.log = open(tmp / "receiver.log", "w+")
         bindir = tmp / "bin"
         bindir.mkdir()
         # `xensr` for host B: this tree's, run by this Python.
@@ -147,6 +158,7 @@ class _Rig:
                           PYTHONPATH=ROOT, XENSR_SAVE_HELPER=self.helper)
 
     def close(self) -> None:
+        self.log.close()
         self.a.close()
         self.b.close()
 
@@ -174,20 +186,45 @@ class _Rig:
         from xensr.migrate import migrate_domain
 
         self.a.update_domain(self.domid, dirty_pages=dirty)
-        c0 = _cpu()
+        self.host_cpu = 0.0
+        u0, s0 = _cpu()
+        k0 = _kids()
         t0 = time.perf_counter()
         with t.connect() as fds:
             def go() -> Any:
                 return migrate_domain(self.a, self.domid, fds.pair, helper=self.helper,
                                       env=self.a.env)
             r = wrap(go) if wrap is not None else go()
-            wall = time.perf_counter() - t0
-            cpu = _cpu() - c0
+        wall = time.perf_counter() - t0
+        u1, s1 = _cpu()
+        kids = _kids() - k0
         self.move_back()
+        user, system = u1 - u0, s1 - s0
+        cpu = user + system
+        # The simulated host's own work in this process (destroying the
+        # source frees its memory file): not the stream's.
+        net = cpu - self.host_cpu
         return {"wall_ms": wall * 1e3, "mbps": r.stream_bytes / wall / 1e6,
-                "parent_cpu_ms": cpu * 1e3, "parent_cpu_frac": cpu / wall,
-                "parent_cpu_ns_per_byte": cpu * 1e9 / r.stream_bytes,
+                "parent_cpu_ms": cpu * 1e3, "parent_user_ms": user * 1e3,
+                "parent_sys_ms": system * 1e3, "host_cpu_ms": self.host_cpu * 1e3,
+                "parent_cpu_frac": net / wall,
+                "parent_cpu_ns_per_byte": net * 1e9 / r.stream_bytes,
+                "children_cpu_ms": kids * 1e3,
                 "stream_mib": r.stream_bytes / 2**20}
+
+    def _meter(self, host: Any) -> None:
+        """host's toolstack calls add their CPU time to self.host_cpu."""
+        for name in ("destroy", "suspend", "rename", "domain_config", "domain_name"):
+            fn = getattr(host, name)
+
+            def metered(*a: Any, _fn: Any = fn, **kw: Any) -> Any:
+                u0, s0 = _cpu()
+                try:
+                    return _fn(*a, **kw)
+                finally:
+                    u1, s1 = _cpu()
+                    self.host_cpu += (u1 - u0) + (s1 - s0)
+            setattr(host, name, metered)
 
     def move_back(self) -> None:
         from xensr.migrate import migrate_domain, receive_domain
@@ -255,10 +292,14 @@ class _Transport:
         raise NotImplementedError
 
 
-def _check(proc: "subprocess.Popen[bytes]", what: str) -> None:
+def _check(proc: "subprocess.Popen[bytes]", what: str, log: Any = None) -> None:
     rc = proc.wait(600)
     if rc:
-        raise RuntimeError(f"{what} exited with status {rc}")
+        tail = ""
+        if log is not None:
+            log.seek(0)
+            tail = ":\n" + log.read()[-2000:]
+        raise RuntimeError(f"{what} exited with status {rc}{tail}")
 
 
 class _Tcp(_Transport):
@@ -277,19 +318,21 @@ class _Tcp(_Transport):
         c, s = self._pair()
         try:
             recv = subprocess.Popen([sys.executable, "-m", "xensr", "migrate-receive"],
-                                    stdin=s, stdout=s, env=self.rig.env_b, cwd=ROOT)
+                                    stdin=s, stdout=s, stderr=self.rig.log, env=self.rig.env_b,
+                                    cwd=ROOT)
         finally:
             s.close()
 
         def close() -> None:
             c.close()
-            _check(recv, "xensr migrate-receive")
+            _check(recv, "xensr migrate-receive", self.rig.log)
 
         return _Fds(c, close)
 
     def floor(self) -> Dict[str, float]:
         rig = self.rig
         c, s = self._pair()
+        k0 = _kids()
         t0 = time.perf_counter()
         try:
             sink = subprocess.Popen(["dd", f"of={rig.out}", "bs=1M", "status=none"], stdin=s)
@@ -300,10 +343,12 @@ class _Tcp(_Transport):
         _check(src, "dd (sender)")
         _check(sink, "dd (receiver)")
         wall = time.perf_counter() - t0
+        kids = _kids() - k0
         got = rig.out.stat().st_size
         rig.out.unlink()
         assert got == rig.nbytes, (got, rig.nbytes)
-        return {"wall_ms": wall * 1e3, "mbps": rig.nbytes / wall / 1e6}
+        return {"wall_ms": wall * 1e3, "mbps": rig.nbytes / wall / 1e6,
+                "children_cpu_ms": kids * 1e3}
 
 
 class _Ssh(_Transport):
@@ -323,12 +368,14 @@ class _Ssh(_Transport):
         from xensr.migrate import CommandTransport
 
         t = CommandTransport.ssh(self.net.addr_b, ssh_command=self.ssh, program="xensr",
-                                 wait_timeout=60)
+                                 wait_timeout=60, stderr=self.rig.log)
 
         def close() -> None:
             rc = t.close()
             if rc:
-                raise RuntimeError(f"ssh ... xensr migrate-receive exited with status {rc}")
+                self.rig.log.seek(0)
+                raise RuntimeError(f"ssh ... xensr migrate-receive exited with status {rc}:\n"
+                                   + self.rig.log.read()[-2000:])
 
         return _Fds(t, close)
 
@@ -336,13 +383,16 @@ class _Ssh(_Transport):
         rig = self.rig
         cmd = (f"dd if={shlex.quote(str(rig.ref))} bs=1M status=none | {self.ssh} "
                f"{self.net.addr_b} dd of={shlex.quote(str(rig.out))} bs=1M status=none")
+        k0 = _kids()
         t0 = time.perf_counter()
         subprocess.run(["sh", "-c", cmd], check=True, timeout=600)
         wall = time.perf_counter() - t0
+        kids = _kids() - k0
         got = rig.out.stat().st_size
         rig.out.unlink()
         assert got == rig.nbytes, (got, rig.nbytes)
-        return {"wall_ms": wall * 1e3, "mbps": rig.nbytes / wall / 1e6}
+        return {"wall_ms": wall * 1e3, "mbps": rig.nbytes / wall / 1e6,
+                "children_cpu_ms": kids * 1e3}
 
 
 def _add_figures(res: Result, raw: Dict[str, Dict[str, List[float]]],
@@ -360,12 +410,19 @@ def _add_figures(res: Result, raw: Dict[str, Dict[str, List[float]]],
                                                          for n in names])
         cpu = Group(f"over {t}: parent CPU (RUSAGE_SELF)",
                     [Series(f"{n}: CPU", "ms", raw[n]["parent_cpu_ms"]) for n in names]
+                    + [Series(f"{n}: user", "ms", raw[n]["parent_user_ms"]) for n in names]
+                    + [Series(f"{n}: system", "ms", raw[n]["parent_sys_ms"]) for n in names]
+                    + [Series(f"{n}: simulated host's calls", "ms", raw[n]["host_cpu_ms"])
+                       for n in names]
                     + [Series(f"{n}: CPU / wall", "fraction", raw[n]["parent_cpu_frac"])
                        for n in names]
                     + [Series(f"{n}: CPU per stream byte", "ns/byte",
                               raw[n]["parent_cpu_ns_per_byte"]) for n in names])
+        kids = Group(f"over {t}: CPU of the other processes on this side (RUSAGE_CHILDREN)",
+                     [series(floor, "children_cpu_ms", "ms")]
+                     + [series(n, "children_cpu_ms", "ms") for n in names], baseline=floor)
         size = Group(f"over {t}: stream size", [series(n, "stream_mib", "MiB") for n in names])
-        res.groups += [rate, wall, cpu, size]
+        res.groups += [rate, wall, cpu, kids, size]
         for n in names:
             res.targets.append(Target(f"{n}: MB/s over the floor's", rate.ratio(n),
                                       RATE_TARGET, ">="))
