@@ -38,8 +38,9 @@ def _runners(args: argparse.Namespace, build: CBuild) -> Dict[str, Callable[[], 
             build, args.quick, max(3, reps // 3), args.conc_kinds),
         "datapath": lambda: datapath.run(build, args.quick, max(3, reps // 2)),
         "inspect": lambda: inspectspeed.run(args.quick, max(3, reps // 3)),
-        "migrate-throughput": lambda: migthroughput.run(build, args.quick, max(3, reps // 2)),
-        "migrate-many": lambda: migmany.run(build, args.quick, max(3, reps // 3)),
+        "migrate-throughput": lambda: migthroughput.run(build, args.quick,
+                                                        args.reps or (3 if args.quick else 5)),
+        "migrate-many": lambda: migmany.run(build, args.quick, args.reps or 3),
     }
 
 

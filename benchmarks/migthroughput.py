@@ -67,7 +67,7 @@ def _kids() -> float:
 def run(build: CBuild, quick: bool, reps: int) -> Result:
     from xensr.testing import SimulatedHost
 
-    mib = 64 if quick else 1024
+    mib = 16 if quick else 1024
     res = Result("migrate-throughput",
                  "migration of a large guest between two simulated hosts vs the "
                  "same bytes through the same transport",
