@@ -2,7 +2,8 @@
 
     python -m benchmarks [--quick] [--only NAME[,NAME...]] [--reps N] [--json PATH]
 
-Names: roundtrip, decode, spawn, concurrency, datapath, inspect, downtime, callcost.  The JSON goes to
+Names: roundtrip, decode, spawn, concurrency, datapath, inspect, downtime, callcost,
+migrate-throughput, migrate-many.  The JSON goes to
 benchmarks/results/<UTC time>.json and, with --json, to PATH as well.
 """
 
@@ -21,12 +22,12 @@ from typing import Any, Callable, Dict, List
 from .harness import HERE, CBuild, Result, loadavg, machine, render
 
 NAMES = ("roundtrip", "decode", "spawn", "concurrency", "datapath", "inspect", "downtime",
-         "callcost")
+         "callcost", "migrate-throughput", "migrate-many")
 
 
 def _runners(args: argparse.Namespace, build: CBuild) -> Dict[str, Callable[[], Result]]:
-    from . import (callcost, concurrency, datapath, decode, downtime, inspectspeed, roundtrip,
-                   spawn)
+    from . import (callcost, concurrency, datapath, decode, downtime, inspectspeed, migmany,
+                   migthroughput, roundtrip, spawn)
 
     reps = args.reps or (3 if args.quick else 9)
     return {
@@ -39,6 +40,9 @@ def _runners(args: argparse.Namespace, build: CBuild) -> Dict[str, Callable[[], 
         "inspect": lambda: inspectspeed.run(args.quick, max(3, reps // 3)),
         "downtime": lambda: downtime.run(args.quick, max(3, reps // 3)),
         "callcost": lambda: callcost.run(build, args.quick, reps),
+        "migrate-throughput": lambda: migthroughput.run(build, args.quick,
+                                                        args.reps or (3 if args.quick else 5)),
+        "migrate-many": lambda: migmany.run(build, args.quick, args.reps or 3),
     }
 
 

@@ -233,3 +233,54 @@ def test_mixed_helpers(tmp_path, simhost_libs, debian_helper, direction, counts)
         assert h.dst.memory_digest(rx.result.domid) == h.src.destroyed()[0]["memory"]
     finally:
         h.close()
+
+
+def test_pipe_transport_gets_the_relays_room(xhosts, counts):
+    """Over pipes (as to ssh's stdin), the relay makes the sending pipe as
+    large as its own, so that each splice can move up to Relay.CHUNK
+    bytes instead of the few KiB a default 64 KiB pipe has free; the
+    migration still arrives whole."""
+    import fcntl
+    import threading
+
+    from xensr.migrate import receive_domain
+    from xensr.migrate.engine import Relay
+
+    src, dst = xhosts.src, xhosts.dst
+    dom = src.create_domain(8, name="guest", dirty_pages=64)
+    to_r, to_w = os.pipe()          # sender -> receiver (the stream)
+    back_r, back_w = os.pipe()      # receiver -> sender (banner, ready, report)
+    default = fcntl.fcntl(to_w, fcntl.F_GETPIPE_SZ)
+    if default >= Relay.CHUNK:
+        pytest.skip(f"pipes are made with {default} bytes here already")
+    err = []
+
+    def receive():
+        try:
+            receive_domain(dst, back_w, to_r, **xhosts.recv_kw())
+        except BaseException as e:  # handed to the test
+            err.append(e)
+
+    th = threading.Thread(target=receive, daemon=True)
+    th.start()
+    try:
+        migrate_domain(src, dom, (to_w, back_r), **xhosts.send_kw())
+        assert fcntl.fcntl(to_w, fcntl.F_GETPIPE_SZ) >= Relay.CHUNK
+    finally:
+        th.join(60)
+        for fd in (to_r, to_w, back_r, back_w):
+            os.close(fd)
+    assert not th.is_alive() and not err, err
+    assert dst.memory_digest(dst.lookup("guest")) == src.destroyed()[0]["memory"]
+
+
+def test_relay_leaves_a_socket_transport_alone():
+    from xensr.migrate.engine import Relay
+
+    a, b = socket.socketpair()
+    with a, b:
+        relay = Relay(a.fileno())
+        try:
+            assert relay.splicing == hasattr(os, "splice")
+        finally:
+            relay.close()

@@ -99,3 +99,39 @@ def test_unknown_benchmark_is_a_usage_error() -> None:
     proc = _run("--only", "nosuch", timeout=30)
     assert proc.returncode == 2
     assert "unknown benchmark 'nosuch'" in proc.stderr
+
+
+def test_migration_rows(tmp_path) -> None:
+    """migrate-throughput and migrate-many run and report their variants
+    (the ssh ones, or why they were skipped) and targets."""
+    path = tmp_path / "mig.json"
+    proc = _run("--quick", "--reps", "1", "--only", "migrate-throughput,migrate-many",
+                "--json", str(path), timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(path) as f:
+        doc = json.load(f)
+    assert doc["failed"] == {}
+    by_name = {r["name"]: r for r in doc["results"]}
+    thr = by_name["migrate-throughput"]
+    seen = {s["variant"] for g in thr["groups"] for s in g["series"]}
+    transports = ["tcp"]
+    if not any(n.startswith("ssh variants skipped: ") for n in thr["notes"]):
+        transports.append("ssh")
+    for t in transports:
+        assert {f"floor: dd -> {t} -> dd", f"xensr idle guest over {t}",
+                f"xensr live guest over {t}"} <= seen, seen
+        # the sender's data path is splice(2), not a copy through Python
+        prof = thr["params"][f"{t}_profile"]
+        assert prof["splice_calls"] > 0 and prof["read_calls"] < 10, prof
+    assert len(thr["targets"]) == 4 * len(transports)
+    many = by_name["migrate-many"]
+    seen = {s["variant"] for g in many["groups"] for s in g["series"]}
+    n = many["params"]["migrations"]
+    assert {f"{n} at once", f"{n} one after the other"} <= seen
+    assert [t["name"] for t in many["targets"]] == [
+        f"{n} at once: time over one after the other",
+        f"{n} at once: parent RSS per migration (KiB)", f"{n} at once: fds left after"]
+    for res in (thr, many):
+        for t in res["targets"]:
+            assert t["met"] == (t["value"] <= t["bound"] if t["op"] == "<="
+                                else t["value"] >= t["bound"])

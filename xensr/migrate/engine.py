@@ -23,6 +23,7 @@ import fcntl
 import os
 import select
 import selectors
+import stat
 import time
 from dataclasses import dataclass
 from typing import Any, Deque, Dict, Generator, List, Optional, Tuple, Union
@@ -65,10 +66,12 @@ class Relay:
         self.dst = dst
         self.src, self.helper_fd = os.pipe2(os.O_CLOEXEC)
         os.set_blocking(self.src, False)
-        try:
-            fcntl.fcntl(self.helper_fd, fcntl.F_SETPIPE_SZ, self.CHUNK)
-        except OSError:
-            pass                        # the default size works, slower
+        _grow_pipe(self.helper_fd, self.CHUNK)
+        # A transport that is a pipe (ssh's stdin) gets the same room: in
+        # a default pipe of 64 KiB, every splice moved a few KiB, and this
+        # process woke for each.
+        if stat.S_ISFIFO(os.fstat(dst).st_mode):
+            _grow_pipe(dst, self.CHUNK)
         # What was read and not yet written: whole reads, the first one
         # from ``off`` on (no copying of what is left after a short write).
         self.chunks: Deque[bytes] = collections.deque()
@@ -193,6 +196,17 @@ class Relay:
         if self.splicing and not self.dropping and self.error is None:
             return self.eof
         return self.eof and (not self.pending or self.error is not None or self.dropping)
+
+
+def _grow_pipe(fd: int, size: int) -> None:
+    """Make pipe ``fd`` hold at least ``size`` bytes if it can (a
+    pipe larger than /proc/sys/fs/pipe-max-size needs CAP_SYS_RESOURCE,
+    then the size it has works, slower); never shrink it."""
+    try:
+        if fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) < size:
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+    except OSError:
+        pass
 
 
 def _writable(fd: int) -> bool:
