@@ -1,7 +1,9 @@
-"""Real Xen 4.17 in QEMU: xensr's helper and API against a real hypervisor.
+"""Real Xen 4.17 and 4.20 in QEMU: xensr's helper and API against a real hypervisor.
 
-One boot runs every scenario (tests/realxen/dom0/scenarios.py); each test
-here asserts one scenario's result marker and the facts it reported.
+One boot per release runs every scenario (tests/realxen/dom0/scenarios.py);
+each test here runs once per release (the ``realxen`` fixture is
+parametrised) and asserts one scenario's result marker and the facts it
+reported.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 
 import pytest
 
-from . import images
+from . import images, runner
 
 pytestmark = [pytest.mark.realxen, pytest.mark.timeout(1800)]
 
@@ -112,7 +114,7 @@ def test_figure_xl_save_against_xensr_api(realxen, capsys):
     d = realxen.result("figure").details
     assert len(d["xl_save_s"]) == len(d["api_save_s"]) == d["rounds"]
     figure = {
-        "what": "save of a running 128 MiB PV guest on Xen 4.17 in QEMU (TCG), "
+        "what": f"save of a running 128 MiB PV guest on Xen {realxen.release} in QEMU (TCG), "
                 "same boot: `xl save` (Debian's helper) against xensr.save_domain_to_file "
                 "(xensr's helper, Python suspend callback) into an xl save file",
         "xl_save_median_s": d["xl_save_median_s"],
@@ -122,9 +124,27 @@ def test_figure_xl_save_against_xensr_api(realxen, capsys):
         "xensr_api_s": d["api_save_s"],
         "versions": realxen.run.artifacts.versions,
     }
-    out = images.cache_dir() / "figure.json"
+    out = images.release_cache(images.RELEASES[realxen.release]) / "figure.json"
     out.write_text(json.dumps(figure, indent=1, sort_keys=True) + "\n")
     with capsys.disabled():
-        print(f"\nrealxen figure: xl save {d['xl_save_median_s']:.2f} s, xensr API "
+        print(f"\nrealxen figure, Xen {realxen.release}: xl save {d['xl_save_median_s']:.2f} s, xensr API "
               f"{d['api_save_median_s']:.2f} s (median of {d['rounds']}), ratio "
               f"{d['ratio_api_over_xl']:.2f}; written to {out}")
+
+
+def test_xl_save_file_crosses_to_the_next_release(realxen):
+    """Old to new on real Xen: the 4.17 boot saves the running PV guest with
+    stock `xl save` onto its export disk; the 4.20 boot restores that file
+    with stock `xl restore` and the guest's counter carries on from where it
+    was in the 4.17 boot."""
+    names = runner.releases()
+    i = names.index(realxen.release)
+    if i + 1 < len(names):
+        d = realxen.result("export_for_next_release").details
+        assert d["release"] == realxen.release and d["bytes"] > 128 << 20
+    if i > 0:
+        d = realxen.result("import_from_older_release").details
+        assert (d["saved_on"], d["restored_on"]) == (names[i - 1], realxen.release)
+        assert_counter_carried_on(d)
+    if len(names) == 1:
+        pytest.skip(f"only Xen {realxen.release} boots in this run (XENSR_REALXEN_RELEASES)")

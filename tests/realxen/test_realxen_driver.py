@@ -150,3 +150,21 @@ def test_initrd_paths_with_commas_are_refused(tmp_path):
     with pytest.raises(ValueError, match="comma"):
         qemu.qemu_command(xen=tmp_path / "xen", vmlinuz=tmp_path / "a,b", initrd=tmp_path / "i",
                           root=tmp_path / "r", payload=tmp_path / "p", console=tmp_path / "c")
+
+
+def test_export_and_imported_disks_follow_root_and_payload(tmp_path):
+    """The export disk is writable, an imported one read-only (dom0 tells
+    them apart by that flag), both after the root and payload disks."""
+    kw = dict(xen=tmp_path / "xen", vmlinuz=tmp_path / "v", initrd=tmp_path / "i",
+              root=tmp_path / "r", payload=tmp_path / "p", console=tmp_path / "c")
+    drives = lambda cmd: [cmd[i + 1] for i, a in enumerate(cmd) if a == "-drive"]  # noqa: E731
+    plain = drives(qemu.qemu_command(**kw))
+    assert len(plain) == 2
+    both = drives(qemu.qemu_command(**kw, export=tmp_path / "e", imported=tmp_path / "m"))
+    assert both[:2] == plain
+    assert both[2] == f"file={tmp_path / 'e'},format=raw,if=virtio"
+    assert both[3] == f"file={tmp_path / 'm'},format=raw,if=virtio,readonly=on"
+    only_import = drives(qemu.qemu_command(**kw, imported=tmp_path / "m"))
+    assert only_import[2].endswith("readonly=on")
+    with pytest.raises(ValueError, match="comma"):
+        qemu.qemu_command(**kw, export=tmp_path / "e,x")

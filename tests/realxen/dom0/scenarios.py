@@ -1,4 +1,4 @@
-"""The scenarios, run in dom0 on real Xen 4.17 (python3, stdlib + xensr).
+"""The scenarios, run in dom0 on real Xen 4.17 or 4.20 (python3, stdlib + xensr).
 
 Usage (from dom0's init): ``python3 scenarios.py PAYLOAD_DIR``.  Each scenario
 prints ``XENSR-BEGIN name`` and then exactly one
@@ -29,7 +29,9 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 PAYLOAD = Path(sys.argv[1] if len(sys.argv) > 1 else "/payload")
-XEN_BIN = Path("/usr/lib/xen-4.17/bin")
+# The running hypervisor's release (dom0's init reads it from sysfs).
+XEN_RELEASE = os.environ.get("XEN_RELEASE", "4.17")
+XEN_BIN = Path(f"/usr/lib/xen-{XEN_RELEASE}/bin")
 XL = str(XEN_BIN / "xl")
 # xl create / restore get -e: no background process waiting for the
 # domain's death.  That monitor is not what is tested here (its daemonizing
@@ -38,6 +40,8 @@ DEBIAN_HELPER = str(XEN_BIN / "libxl-save-helper")
 CONSOLE_DIR = Path("/var/log/xen/console")
 WORK = Path("/tmp")  # tmpfs: save files live in dom0's memory
 BROKEN_HELPER = Path("/run/xensr-broken-helper")
+EXPORT = Path("/export")  # this boot's export disk, for the next release's boot
+IMPORT = Path("/import")  # an earlier boot's export disk, read-only
 CMD_TIMEOUT = 90  # below the host's 120 s console idle timeout
 
 Tick = Tuple[int, float]
@@ -45,6 +49,10 @@ Tick = Tuple[int, float]
 
 class Failed(Exception):
     """A scenario's check failed; the message says what was seen."""
+
+
+class Skipped(Exception):
+    """A scenario does not apply to this boot; the message says why."""
 
 
 def say(kind: str, text: str) -> None:
@@ -124,7 +132,7 @@ class Xc:
     """``xc_domain_getinfolist`` for one domain: its flags word."""
 
     def __init__(self) -> None:
-        self.lib = ctypes.CDLL("libxenctrl.so.4.17", use_errno=True)
+        self.lib = ctypes.CDLL(f"libxenctrl.so.{XEN_RELEASE}", use_errno=True)
         self.lib.xc_interface_open.restype = ctypes.c_void_p
         self.lib.xc_interface_open.argtypes = [ctypes.c_void_p, ctypes.c_void_p,
                                                ctypes.c_uint]
@@ -134,7 +142,7 @@ class Xc:
         self.xch = self.lib.xc_interface_open(None, None, 0)
         if not self.xch:
             raise OSError(ctypes.get_errno(), "xc_interface_open failed")
-        # xc_domaininfo_t is about 130 bytes in 4.17; leave room.
+        # xc_domaininfo_t is about 130 bytes (4.17 to 4.21); leave room.
         self.buf = ctypes.create_string_buffer(1024)
 
     def flags(self, domid: int) -> Optional[int]:
@@ -833,6 +841,49 @@ def scenario_figure(rounds: int = 3) -> dict:
 
 
 # --------------------------------------------------------------------------
+# Across releases: a file saved here is restored in the next release's boot
+
+
+def scenario_export_for_next_release() -> dict:
+    """Stock `xl save` of the running PV guest onto the export disk, with
+    the guest's last counter, for the next release's boot to restore."""
+    if not os.path.ismount(EXPORT):
+        raise Skipped("no export disk (no later release boots after this one)")
+    PV.ensure_running()
+    before = PV.ready()
+    path = EXPORT / f"xl-{XEN_RELEASE}.save"
+    run([XL, "save", PV.name, str(path)], what="xl save (export)")
+    meta = {"release": XEN_RELEASE, "file": path.name, "bytes": path.stat().st_size,
+            "counter": list(before), "guest": PV.name}
+    (EXPORT / "export.json").write_text(json.dumps(meta))
+    run(["sync"], what="sync")
+    return meta
+
+
+def scenario_import_from_older_release() -> dict:
+    """`xl restore` here of the xl save file an older release's boot wrote:
+    the guest's counter carries on from where it was in that boot."""
+    note_file = IMPORT / "export.json"
+    if not note_file.exists():
+        raise Skipped("no imported disk (no older release booted before this one)")
+    meta = json.loads(note_file.read_text())
+    if meta["release"] == XEN_RELEASE:
+        raise Failed(f"the imported file was saved on {meta['release']}, this is the same "
+                     "release")
+    PV.destroy()  # its name is the imported guest's
+    start = PV.log_size()
+    r = run([XL, "-vvv", "restore", "-e", str(IMPORT / meta["file"])], check=False)
+    if r.returncode != 0:
+        raise Failed(f"xl restore on {XEN_RELEASE} of the file saved on {meta['release']} "
+                     f"exited with status {r.returncode}: {xl_errors(r.stdout)}")
+    cont = PV.carries_on(tuple(meta["counter"]), start)
+    domid = PV.domid()
+    PV.destroy()  # the scenarios after this one get a guest of this boot
+    return {"saved_on": meta["release"], "restored_on": XEN_RELEASE,
+            "file_bytes": meta["bytes"], "domid": domid, "counter": cont}
+
+
+# --------------------------------------------------------------------------
 
 # A canary for the emulated CPU: processes that fork and hash a buffer,
 # three at once on dom0's two vCPUs.  Every hash must come out the same;
@@ -889,6 +940,9 @@ SCENARIOS: List[Tuple[str, Callable[[], dict]]] = [
     ("api_save_debian_live", scenario_api_save_debian_live),
     # PV guest alone
     ("figure", scenario_figure),
+    # across releases (the PV guest)
+    ("import_from_older_release", scenario_import_from_older_release),
+    ("export_for_next_release", scenario_export_for_next_release),
 ]
 
 
@@ -920,12 +974,15 @@ def main() -> int:
         except Failed as exc:
             details = {"error": str(exc)}
             status = "FAIL"
+        except Skipped as exc:
+            details = {"reason": str(exc)}
+            status = "SKIP"
         except Exception as exc:
             details = {"error": f"{type(exc).__name__}: {exc}",
                        "traceback": traceback.format_exc()[-1500:]}
             status = "FAIL"
         details["seconds"] = round(time.monotonic() - t0, 2)
-        failures += status != "PASS"
+        failures += status == "FAIL"
         say("RESULT", f"{name} {status} {json.dumps(details, default=str)}")
     return 1 if failures else 0
 
