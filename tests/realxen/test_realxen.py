@@ -56,7 +56,7 @@ def test_xl_save_restore_pvh_with_xensr_helper(realxen):
 @pytest.mark.parametrize("helper", ["xensr", "debian"])
 @pytest.mark.parametrize("mode", ["nonlive", "live"])
 def test_api_save_then_xl_restore(realxen, helper, mode):
-    """The xensr API saves (Python suspend callback) into an xl save file;
+    """The xensr API saves (suspend callback: XenHost.suspend) into an xl save file;
     stock xl restore brings the guest back and its counter carries on.
     Non-live saves use the PV guest, live ones the PVH guest (Debian's Xen
     has no shadow paging, which a PV guest's log-dirty mode needs)."""
@@ -107,6 +107,32 @@ def test_broken_helper_is_detected(realxen):
     d = realxen.result("broken_helper_detected").details
     assert "xl save" in d["xl_save_restore"] and "exited with status" in d["xl_save_restore"]
     assert d["api"].startswith("HelperExitError"), d["api"]
+
+
+@pytest.mark.parametrize("scenario,bindings", [
+    ("xenhost_suspend_resume", "xen.lowlevel"),
+    ("xenhost_suspend_resume_ctypes", "ctypes"),
+])
+def test_xenhost_suspends_and_resumes_the_guest(realxen, scenario, bindings):
+    """XenHost.suspend (xenstore, then the hypervisor's shutdown reason)
+    and XenHost.resume (suspend-cancel): the same domain runs on, through
+    Debian's xen.lowlevel bindings by default and through ctypes."""
+    d = realxen.result(scenario).details
+    assert d["bindings"] == bindings
+    assert (d["domain_type"], d["domain_name"]) == ("pv", "xensr-pv")
+    assert d["after_suspend"] == "shutdown(suspend)" and d["after_resume"] == "running"
+    assert d["same_domid"] is True
+    assert d["counter"]["after"][0] >= d["counter"]["before"][0] + 2
+
+
+def test_failed_save_after_suspend_is_resumed_by_xenhost(realxen):
+    """A save cancelled after the suspend leaves the guest suspended;
+    XenHost.resume brings it back and its counter advances."""
+    d = realxen.result("api_save_failed_after_suspend_resumed").details
+    assert d["raised"].startswith("Aborted"), d["raised"]
+    assert d["callback_calls"] == ["suspend"]
+    assert (d["after_failure"], d["after_resume"]) == ("shutdown(suspend)", "running")
+    assert d["counter"]["after"][0] >= d["counter"]["before"][0] + 2
 
 
 def test_figure_xl_save_against_xensr_api(realxen, capsys):
