@@ -168,3 +168,41 @@ def test_export_and_imported_disks_follow_root_and_payload(tmp_path):
     assert only_import[2].endswith("readonly=on")
     with pytest.raises(ValueError, match="comma"):
         qemu.qemu_command(**kw, export=tmp_path / "e,x")
+
+
+def test_each_release_boots_once_and_hands_its_export_to_the_next(monkeypatch, tmp_path):
+    """The 4.20 boot is given the 4.17 boot's export disk (4.17 booted
+    first if need be); each release boots once; a release without its
+    Debian is skipped with the reason, and the next one boots without an
+    imported disk."""
+    from . import conftest, images, runner
+
+    calls = []
+
+    def fake_run(release, *, export=False, imported=None, **kw):
+        calls.append((release, export, imported))
+        if release == "4.17" and os.environ.get("FAKE_NO_417"):
+            raise images.Unavailable("no Debian 12 here")
+        return runner.Run(None, None, 0.0, tmp_path / f"export-{release}.img" if export else None)
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    monkeypatch.setattr(qemu, "preflight", lambda *a: "qemu")
+    monkeypatch.setattr(conftest, "TIERS", {})
+    monkeypatch.delenv("XENSR_REALXEN_RELEASES", raising=False)
+    t20 = conftest.tier("4.20")
+    assert calls == [("4.17", True, None), ("4.20", False, tmp_path / "export-4.17.img")]
+    assert conftest.tier("4.17").run.export == tmp_path / "export-4.17.img"
+    assert conftest.tier("4.20") is t20 and len(calls) == 2  # once each
+
+    calls.clear()
+    monkeypatch.setattr(conftest, "TIERS", {})
+    monkeypatch.setenv("FAKE_NO_417", "1")
+    assert conftest.tier("4.20").run is not None
+    assert "no Debian 12 here" in conftest.tier("4.17").skipped
+    assert calls == [("4.17", True, None), ("4.20", False, None)]
+
+    calls.clear()
+    monkeypatch.setattr(conftest, "TIERS", {})
+    monkeypatch.setenv("XENSR_REALXEN_RELEASES", "4.20")
+    conftest.tier("4.20")
+    assert calls == [("4.20", False, None)]
