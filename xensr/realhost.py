@@ -57,11 +57,9 @@ _SHUTDOWN_NAMES = {SHUTDOWN_POWEROFF: "poweroff", SHUTDOWN_REBOOT: "reboot",
                    SHUTDOWN_WATCHDOG: "watchdog"}
 
 # XEN_DOMINF_* flags of xc_domaininfo_t (public/domctl.h; the same 4.17 to 4.21).
-_DOMINF_DYING = 1 << 0
-_DOMINF_SHUTDOWN = 1 << 2
-_DOMINF_PAUSED = 1 << 3
-_DOMINF_BLOCKED = 1 << 4
-_DOMINF_RUNNING = 1 << 5
+_DOMINF_DYING = 0x1
+_DOMINF_SHUTDOWN = 0x4
+_DOMINF_PAUSED = 0x8
 _DOMINF_SHUTDOWN_SHIFT = 16
 _DOMINF_SHUTDOWN_MASK = 0xFF
 
