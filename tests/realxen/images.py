@@ -181,11 +181,11 @@ def _apt_mirror(suite: str) -> str:
                      "XENSR_REALXEN_SECURITY_MIRROR)")
 
 
-def mirror(rel: Release = RELEASES["4.17"]) -> str:
+def mirror(rel: Release) -> str:
     return os.environ.get("XENSR_REALXEN_MIRROR") or _apt_mirror(rel.suite)
 
 
-def security_mirror(rel: Release = RELEASES["4.17"]) -> str:
+def security_mirror(rel: Release) -> str:
     return (os.environ.get("XENSR_REALXEN_SECURITY_MIRROR")
             or _apt_mirror(f"{rel.suite}-security"))
 

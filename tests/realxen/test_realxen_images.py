@@ -126,19 +126,20 @@ def test_mirror_comes_from_apt_or_the_environment(monkeypatch):
     monkeypatch.delenv("XENSR_REALXEN_MIRROR", raising=False)
     monkeypatch.delenv("XENSR_REALXEN_SECURITY_MIRROR", raising=False)
     try:
-        assert images.mirror() == "http://mirror.example/debian"
-        assert images.security_mirror() == "http://mirror.example/debian-security"
+        bookworm = images.RELEASES["4.17"]
+        assert images.mirror(bookworm) == "http://mirror.example/debian"
+        assert images.security_mirror(bookworm) == "http://mirror.example/debian-security"
         # Another release's suite comes from this machine's archives.
         monkeypatch.setattr(images, "host_suite", lambda: "bookworm")
         trixie = images.RELEASES["4.20"]
         assert images.mirror(trixie) == "http://mirror.example/debian"
         assert images.security_mirror(trixie) == "http://mirror.example/debian-security"
         monkeypatch.setenv("XENSR_REALXEN_MIRROR", "http://other.example/debian")
-        assert images.mirror() == "http://other.example/debian"
+        assert images.mirror(bookworm) == "http://other.example/debian"
         monkeypatch.setattr(images, "run", lambda cmd, **kw: "")
         images._apt_targets.cache_clear()
         with pytest.raises(images.BuildError, match="no Debian mirror"):
-            images.security_mirror()
+            images.security_mirror(bookworm)
     finally:
         images._apt_targets.cache_clear()
 
