@@ -175,7 +175,8 @@ def helper_command(out, variant=None):
     return [
         *cc(), "-std=gnu11", *HELPER_VARIANTS[variant], *WARN, *PREFIX_MAP,
         "-D_GNU_SOURCE", f'-DXENSR_VERSION="{package_version()}"',
-        "-Ihelper_c", *pkg_config("--cflags", *HELPER["pkgs"]),
+        f'-DXENSR_XEN_RELEASE="{xen_release()}"', "-Ihelper_c",
+        *pkg_config("--cflags", *HELPER["pkgs"]),
         *extra("CPPFLAGS"), *extra("CFLAGS"), *HELPER["sources"], "-o", out,
         "-Wl,--as-needed", *extra("LDFLAGS"),
         *pkg_config("--libs", *HELPER["pkgs"]),

@@ -3,9 +3,10 @@
  * behalf of a toolstack, turning every libxc callback, log line and
  * progress report into a frame for the parent.
  *
- * A drop-in for Xen 4.17's libxl-save-helper: same command line, same
- * file descriptors, same frames, same replies, same exit statuses and
- * SIGTERM behaviour (docs/protocol.md §2 to §9).
+ * A drop-in for the libxl-save-helper of the Xen release it is built for
+ * (4.17 to 4.21; XENSR_XEN_RELEASE): same command line, same file
+ * descriptors, same frames, same replies, same exit statuses and SIGTERM
+ * behaviour (docs/protocol.md §2 to §9).
  *
  * Layout of helper_c/:
  *   xensr-save-helper.c  this program: command line, logger, signals, the
@@ -98,6 +99,9 @@
 
 #ifndef XENSR_VERSION
 #define XENSR_VERSION "unknown"
+#endif
+#ifndef XENSR_XEN_RELEASE
+#define XENSR_XEN_RELEASE "4.x"
 #endif
 
 #define PROGRAM "xensr-save-helper"
@@ -341,8 +345,9 @@ static const char usage_text[] =
     "       " PROGRAM " --help | --version\n"
     "\n"
     "Runs one xc_domain_save or xc_domain_restore for a toolstack (a drop-in for\n"
-    "Xen 4.17's libxl-save-helper): frames to the parent on stdout, its replies on\n"
-    "stdin, the libxc stream on IO_FD.  Arguments are decimal: file descriptors\n"
+    "the libxl-save-helper of Xen " XENSR_XEN_RELEASE ", the release it is built for):\n"
+    "frames to the parent on stdout, its replies on stdin, the libxc stream on\n"
+    "IO_FD.  Arguments are decimal: file descriptors\n"
     "3 or more (RECV_FD and SEND_BACK_FD may be -1 for none), DOMID, XCFLAGS,\n"
     "CBFLAGS and event channels 0 to 4294967295, STORE_DOMID and CONSOLE_DOMID\n"
     "0 to 65535, STREAM_TYPE 0 (plain), 1 (Remus) or 2 (COLO).\n"

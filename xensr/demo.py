@@ -18,12 +18,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, TextIO
 
+from ._xenlibs import XEN_VERSION
 from .policy import add_precopy_arguments, policy_from_args
 
 HELP = "save a live simulated guest to an xl save file and restore it"
 
-#: Where Debian's xen-utils-4.17 installs libxl's helper.
-DEBIAN_HELPER = "/usr/lib/xen-4.17/bin/libxl-save-helper"
+#: Where Debian's xen-utils-4.X installs libxl's helper, for the Xen
+#: release xensr is built for (None when xensr is not built).
+DEBIAN_HELPER: Optional[str] = (f"/usr/lib/xen-{XEN_VERSION}/bin/libxl-save-helper"
+                                if XEN_VERSION else None)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -110,9 +113,12 @@ def _helper(choice: str) -> Optional[str]:
     if choice == "xensr":
         return None  # the packaged helper
     if choice == "debian":
+        if DEBIAN_HELPER is None:
+            raise LookupError("xensr is not built, so the Xen release of Debian's helper "
+                              "is unknown; pass its path")
         if not os.access(DEBIAN_HELPER, os.X_OK):
             raise LookupError(f"Debian's helper is not installed at {DEBIAN_HELPER} "
-                              "(apt-get install xen-utils-4.17), or pass its path")
+                              f"(apt-get install xen-utils-{XEN_VERSION}), or pass its path")
         return DEBIAN_HELPER
     return choice
 

@@ -1,6 +1,6 @@
 """xl save files: the wrapper around the libxc stream that the helper writes.
 
-An xl save file (what ``xl save`` writes and ``xl restore`` reads, Xen 4.17)
+An xl save file (what ``xl save`` writes and ``xl restore`` reads, Xen 4.17 to 4.21)
 is, byte for byte (docs/protocol.md §10.1, §10.2)::
 
     xl header      32-byte magic, u32 byteorder 0x01020304, u32 mandatory

@@ -176,6 +176,7 @@ def test_help_goes_to_stdout_with_status_0(helper):
     assert "--restore-domain IO_FD SEND_BACK_FD DOMID STORE_EVTCHN STORE_DOMID" in out
     for status in ("0 completed", "64 usage", "254 end of stdin", "255 failure"):
         assert status in out
+    assert f"libxl-save-helper of Xen {XEN_VERSION}, the release it is built for" in out
     assert r.stderr == b""
 
 

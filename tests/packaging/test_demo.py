@@ -144,3 +144,11 @@ def test_progress_bar_on_a_terminal():
     text = out.getvalue()
     assert "\r  Frames iteration 0" in text and "100%" in text and " 50%" in text
     assert "Domain now suspended\n" in text
+
+
+def test_debian_helper_is_the_one_of_the_release_built_for():
+    """`--helper debian` names Debian's helper of the Xen xensr is built for
+    (xen-utils-4.17 on Debian 12, xen-utils-4.20 on Debian 13)."""
+    from xensr import XEN_VERSION
+
+    assert demo.DEBIAN_HELPER == f"/usr/lib/xen-{XEN_VERSION}/bin/libxl-save-helper"

@@ -1,25 +1,29 @@
-"""Build what the real-Xen tier boots, from Debian's packages and this checkout.
+"""Build what the real-Xen tier boots, per Xen release, from Debian's packages.
 
-Nothing Xen is installed on the host: the packages are fetched with
-``apt-get download`` and unpacked with ``dpkg-deb -x``.  The pieces:
+Each release the tier boots (:data:`RELEASES`: Xen 4.17 from Debian 12, Xen
+4.20 from Debian 13) is built from its own Debian release.  Nothing Xen is
+installed on the host.  The pieces:
 
-* ``xen``: the uncompressed Xen ELF (QEMU's multiboot loader wants it);
-* ``kernel``: Debian's kernel and the few modules dom0 needs early (virtio
-  disk, ext4, the Xen device drivers);
+* ``system``: one ``debootstrap`` of the release's suite with its
+  ``xen-utils-4.X`` (at the hypervisor's version), then from the same tree
+  the uncompressed Xen ELF (QEMU's multiboot loader wants it), Debian's
+  kernel with the few modules dom0 needs early (virtio disk, ext4, the Xen
+  device drivers), and dom0's root disk (an ext4 image of the tree);
 * ``dom0-initrd``: a busybox initramfs that loads those modules, mounts the
   root and payload disks and switches to the root disk;
-* ``guest-initrd``: the PV guest's busybox initramfs (a counter on hvc0);
-* ``root``: dom0's root disk, an ext4 image of a minimal bookworm with
-  ``xen-utils-4.17`` (at the hypervisor's version) and python3;
-* ``wheel``: the xensr wheel built from this checkout;
+* ``guest-initrd``: the guests' busybox initramfs (a counter on hvc0);
+* ``wheel``: the xensr wheel built from this checkout inside the matching
+  Debian (this machine when its Xen is the release's, else the Debian root
+  ``./bootstrap`` keeps in ``.cache/debian<N>/root``);
 * ``payload``: a small ext4 image with the unpacked wheel, the scripts that
   run in dom0 and the guest's kernel and initramfs.
 
-Each piece is cached in its own directory under the cache directory
-(``$XENSR_REALXEN_CACHE``, default ``.cache/realxen`` in the checkout), named
-by a digest of its inputs (package versions, script contents, the wheel's
-hash).  A rerun rebuilds only what changed, usually just the wheel and the
-payload.  ``python -m tests.realxen.images`` builds (or checks) everything.
+Each piece is cached in its own directory under the release's cache
+directory (``<cache>/<release>/``, ``<cache>`` being ``$XENSR_REALXEN_CACHE``,
+default ``.cache/realxen`` in the checkout), named by a digest of its inputs
+(package versions, script contents, the wheel's hash).  A rerun rebuilds
+only what changed, usually just the wheel and the payload.
+``python -m tests.realxen.images [RELEASE...]`` builds (or checks) them.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import gzip
 import hashlib
 import io
 import json
+import lzma
 import os
 import shutil
 import stat
@@ -47,15 +52,49 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
-XEN_HYPERVISOR = "xen-hypervisor-4.17-amd64"
-XEN_UTILS = "xen-utils-4.17"
-KERNEL_META = "linux-image-amd64"
-SUITE = "bookworm"
 
-# Installed in dom0's root next to the minimal base; the Xen ones are pinned
-# to the hypervisor's version.
+@dataclasses.dataclass(frozen=True)
+class Release:
+    """One Xen release the tier boots, and the Debian release it comes from."""
+
+    xen: str        # "4.17"
+    debian: str     # "12"
+    suite: str      # "bookworm"
+
+    @property
+    def hypervisor_pkg(self) -> str:
+        return f"xen-hypervisor-{self.xen}-amd64"
+
+    @property
+    def utils_pkg(self) -> str:
+        return f"xen-utils-{self.xen}"
+
+    @property
+    def xen_gz(self) -> str:
+        return f"boot/xen-{self.xen}-amd64.gz"
+
+    @property
+    def xen_packages(self) -> List[str]:
+        """Installed in dom0's root, pinned to the hypervisor's version."""
+        return [self.utils_pkg, "xenstore-utils"]
+
+
+#: The releases the tier boots, oldest first (a file saved in one boot is
+#: restored in the next release's boot).
+RELEASES: Dict[str, Release] = {
+    "4.17": Release("4.17", "12", "bookworm"),
+    "4.20": Release("4.20", "13", "trixie"),
+}
+
+KERNEL_META = "linux-image-amd64"
+
+# Installed in dom0's root next to the minimal base.
 ROOT_BASE_PACKAGES = ["kmod", "busybox-static", "python3", "procps"]
-ROOT_XEN_PACKAGES = [XEN_UTILS, "xenstore-utils"]
+
+# What building the wheel inside a Debian root needs (Debian's packages:
+# no package index is used there).
+WHEEL_BUILD_PACKAGES = ["build-essential", "pkg-config", "libxen-dev", "python3-dev",
+                        "python3-setuptools", "cython3", "python3-build", "python3-wheel"]
 
 # Modules dom0 loads from its initramfs, in this order (their dependencies
 # are added in front).  crc32c is what ext4 asks the crypto API for at mount.
@@ -65,8 +104,7 @@ DOM0_MODULES = [
 ]
 
 # Bump when a recipe changes in a way its inputs do not show.
-RECIPE = {"xen": 1, "kernel": 1, "dom0-initrd": 1, "guest-initrd": 1,
-          "root": 1, "wheel": 1, "payload": 1}
+RECIPE = {"system": 1, "dom0-initrd": 1, "guest-initrd": 1, "wheel": 2, "payload": 2}
 
 # The sources a wheel is built from (tracked or new, never ignored files).
 WHEEL_SOURCES = ["xensr", "helper_c", "simhost", "codegen", "setup.py", "pyproject.toml",
@@ -81,32 +119,99 @@ def log(msg: str) -> None:
     print(f"realxen: {msg}", file=sys.stderr, flush=True)
 
 
+class Unavailable(Exception):
+    """A release cannot be built on this machine (no Debian of that release
+    to read its packages and build its wheel in); the tier skips it with
+    this reason."""
+
+
 def cache_dir() -> Path:
     env = os.environ.get("XENSR_REALXEN_CACHE")
     return Path(env) if env else REPO / ".cache" / "realxen"
 
 
+def release_cache(rel: Release) -> Path:
+    """The cache directory of one release's pieces and runs."""
+    return cache_dir() / rel.xen
+
+
+def host_suite() -> str:
+    """This machine's Debian suite (``VERSION_CODENAME`` of os-release)."""
+    try:
+        text = Path("/etc/os-release").read_text()
+    except OSError:
+        return ""
+    for line in text.splitlines():
+        k, _, v = line.partition("=")
+        if k == "VERSION_CODENAME":
+            return v.strip().strip('"')
+    return ""
+
+
 @functools.lru_cache(maxsize=None)
-def _apt_mirror(suite: str) -> str:
-    """The repository URI this machine's apt configuration uses for suite
-    (the images come from the same Debian mirror as the host's packages)."""
+def _apt_targets() -> Dict[str, str]:
+    """Suite -> repository URI, from this machine's apt configuration."""
     out = run(["apt-get", "indextargets", "--format", "$(REPO_URI) $(RELEASE)"],
               what="apt-get indextargets")
+    found: Dict[str, str] = {}
     for line in out.splitlines():
         uri, _, release = line.partition(" ")
-        if release.strip() == suite:
-            return uri.rstrip("/")
+        if uri and release.strip():
+            found.setdefault(release.strip(), uri.rstrip("/"))
+    return found
+
+
+def _apt_mirror(suite: str) -> str:
+    """The repository URI this machine's apt configuration uses for suite
+    (the images come from the same Debian mirror as the host's packages).
+    Another release's suite (``trixie`` on a bookworm machine) comes from the
+    same archive as this machine's own suite (``-security`` from its
+    security archive)."""
+    targets = _apt_targets()
+    if suite in targets:
+        return targets[suite]
+    own = host_suite()
+    if own:
+        kind = suite.partition("-")[2]
+        same = f"{own}-{kind}" if kind else own
+        if same in targets:
+            return targets[same]
     raise BuildError(f"no Debian mirror for {suite} in this machine's apt configuration "
                      "(run apt-get update, or set XENSR_REALXEN_MIRROR and "
                      "XENSR_REALXEN_SECURITY_MIRROR)")
 
 
-def mirror() -> str:
-    return os.environ.get("XENSR_REALXEN_MIRROR") or _apt_mirror(SUITE)
+def mirror(rel: Release) -> str:
+    return os.environ.get("XENSR_REALXEN_MIRROR") or _apt_mirror(rel.suite)
 
 
-def security_mirror() -> str:
-    return os.environ.get("XENSR_REALXEN_SECURITY_MIRROR") or _apt_mirror(f"{SUITE}-security")
+def security_mirror(rel: Release) -> str:
+    return (os.environ.get("XENSR_REALXEN_SECURITY_MIRROR")
+            or _apt_mirror(f"{rel.suite}-security"))
+
+
+def debian_root(rel: Release) -> Optional[Path]:
+    """Where the release's Debian is: None for this machine, else the Debian
+    root ``./bootstrap`` keeps (``.cache/debian<N>/root``, e.g. Debian 13's
+    for its test run).  Unavailable when there is neither."""
+    if host_suite() == rel.suite:
+        return None
+    root = REPO / ".cache" / f"debian{rel.debian}" / "root"
+    if (root / ".xensr-ready").exists():
+        if f"VERSION_CODENAME={rel.suite}" in (root / "etc/os-release").read_text():
+            return root
+    raise Unavailable(f"Xen {rel.xen} comes from Debian {rel.debian} ({rel.suite}); this "
+                      f"machine is {host_suite() or 'not Debian'} and {root} is not a "
+                      f"Debian {rel.debian} root (./bootstrap test makes Debian 13's on "
+                      "Debian 12)")
+
+
+def in_root(root: Optional[Path], cmd: List[str]) -> List[str]:
+    """``cmd`` run on this machine (root None) or chrooted into ``root``."""
+    if root is None:
+        return cmd
+    return ["chroot", str(root), "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+            "LC_ALL=C", "HOME=/root", "DEBIAN_FRONTEND=noninteractive", *cmd]
 
 
 def digest(obj) -> str:
@@ -165,9 +270,10 @@ def tail(text: str, n: int = 30) -> str:
 # Debian packages
 
 
-def apt_show(pkg: str) -> Dict[str, str]:
-    """The candidate version's fields (``apt-cache show``) of a package."""
-    out = run(["apt-cache", "show", "--no-all-versions", pkg],
+def apt_show(pkg: str, root: Optional[Path] = None) -> Dict[str, str]:
+    """The candidate version's fields (``apt-cache show``) of a package, as
+    apt on this machine or in a Debian root sees it."""
+    out = run(in_root(root, ["apt-cache", "show", "--no-all-versions", pkg]),
               what=f"apt-cache show {pkg}")
     fields: Dict[str, str] = {}
     for line in out.splitlines():
@@ -180,46 +286,25 @@ def apt_show(pkg: str) -> Dict[str, str]:
     return fields
 
 
-def resolve_versions() -> Dict[str, str]:
-    """Package names and versions this build uses (the cache keys)."""
-    xen = apt_show(XEN_HYPERVISOR)["Version"]
-    utils = apt_show(XEN_UTILS)["Version"]
+def resolve_versions(rel: Release) -> Dict[str, str]:
+    """Package names and versions this build uses (the cache keys), as the
+    release's Debian (this machine, or its Debian root) knows them."""
+    root = debian_root(rel)
+    xen = apt_show(rel.hypervisor_pkg, root)["Version"]
+    utils = apt_show(rel.utils_pkg, root)["Version"]
     if utils != xen:
-        raise BuildError(f"apt's {XEN_UTILS} {utils} differs from "
-                         f"{XEN_HYPERVISOR} {xen}: run apt-get update")
+        raise BuildError(f"apt's {rel.utils_pkg} {utils} differs from "
+                         f"{rel.hypervisor_pkg} {xen}: run apt-get update")
     # The metapackage depends on the versioned image package.
-    kdeps = apt_show(KERNEL_META)["Depends"]
+    kdeps = apt_show(KERNEL_META, root)["Depends"]
     kpkg = next((d.split()[0] for d in kdeps.split(",")
                  if d.strip().startswith("linux-image-")), None)
     if kpkg is None:
         raise BuildError(f"cannot find the kernel package in {KERNEL_META}'s "
                          f"Depends: {kdeps}")
-    kver = apt_show(kpkg)["Version"]
-    return {"xen": xen, "kernel_pkg": kpkg, "kernel": kver}
-
-
-def download(pkg: str, version: str) -> Path:
-    """``apt-get download`` a package (cached under debs/), return the .deb."""
-    debs = cache_dir() / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    dest = debs / f"{pkg}_{version.replace(':', '%3a')}_amd64.deb"
-    if dest.exists():
-        return dest
-    with tempfile.TemporaryDirectory(dir=debs) as tmp:
-        cmd = ["apt-get", "download", "-q", "-o", "APT::Sandbox::User=root",
-               f"{pkg}={version}"]
-        try:
-            run(cmd, what=f"apt-get download {pkg}", cwd=tmp)
-        except BuildError as exc:  # once more, for a mirror hiccup
-            log(f"{exc}\nrealxen: trying once more")
-            run(cmd, what=f"apt-get download {pkg}", cwd=tmp)
-        got = list(Path(tmp).glob("*.deb"))
-        if len(got) != 1:
-            raise BuildError(f"apt-get download {pkg}={version} left {got}")
-        for old in debs.glob(f"{pkg}_*.deb"):
-            old.unlink()
-        got[0].rename(dest)
-    return dest
+    kver = apt_show(kpkg, root)["Version"]
+    return {"release": rel.xen, "suite": rel.suite, "xen": xen, "kernel_pkg": kpkg,
+            "kernel": kver}
 
 
 # --------------------------------------------------------------------------
@@ -246,16 +331,20 @@ class StageInfo:
     seconds: float
 
 
-def stage(kind: str, inputs: dict, build: Callable[[Path], None]) -> StageInfo:
+def stage(kind: str, inputs: dict, build: Callable[[Path], None],
+          where: Optional[Path] = None) -> StageInfo:
     """Return the cached directory for (kind, inputs), building it if absent.
 
-    A stage is built in a temporary directory and renamed into place, so an
-    interrupted build never leaves a half-made entry.  Entries of the same
-    kind with other keys are removed once a new one is in place.
+    Entries live in ``where`` (a release's cache directory; default the
+    cache directory).  A stage is built in a temporary directory and renamed
+    into place, so an interrupted build never leaves a half-made entry.
+    Entries of the same kind with other keys in ``where`` are removed once a
+    new one is in place.
     """
     inputs = dict(inputs, recipe=RECIPE[kind])
     key = digest(inputs)
-    c = cache_dir()
+    c = where if where is not None else cache_dir()
+    c.mkdir(parents=True, exist_ok=True)
     final = c / f"{kind}-{key}"
     t0 = time.monotonic()
     if (final / ".done").exists():
@@ -298,26 +387,33 @@ def force_rmtree(path: Path) -> None:
 # Xen and the kernel
 
 
-def build_xen(versions: Dict[str, str]) -> StageInfo:
-    def build(out: Path) -> None:
-        deb = download(XEN_HYPERVISOR, versions["xen"])
-        x = out / "x"
-        run(["dpkg-deb", "-x", str(deb), str(x)], what="unpack Xen")
-        gz = x / "boot" / "xen-4.17-amd64.gz"
-        if not gz.exists():
-            raise BuildError(f"{deb.name} has no boot/xen-4.17-amd64.gz")
-        with gzip.open(gz) as src, open(out / "xen.elf", "wb") as dst:
-            shutil.copyfileobj(src, dst)
-        if (out / "xen.elf").read_bytes()[:4] != b"\x7fELF":
-            raise BuildError("boot/xen-4.17-amd64.gz is not a gzipped ELF")
-        force_rmtree(x)
+MODULE_SUFFIXES = (".ko", ".ko.xz", ".ko.zst")
 
-    return stage("xen", {"pkg": XEN_HYPERVISOR, "version": versions["xen"]}, build)
+
+def module_name(ko: Path) -> str:
+    """A module file's name as the kernel knows it (``xen-evtchn.ko.xz`` ->
+    ``xen_evtchn``)."""
+    for suffix in MODULE_SUFFIXES:
+        if ko.name.endswith(suffix):
+            return ko.name[:-len(suffix)].replace("-", "_")
+    return ko.name.replace("-", "_")
+
+
+def module_bytes(ko: Path) -> bytes:
+    """A module file's ELF, decompressed (Debian 13 ships them xz-compressed;
+    busybox's insmod loads only plain ones)."""
+    data = ko.read_bytes()
+    if ko.name.endswith(".ko.xz"):
+        return lzma.decompress(data)
+    if ko.name.endswith(".ko.zst"):
+        return subprocess.run(["zstd", "-dc"], input=data, check=True,
+                              capture_output=True).stdout
+    return data
 
 
 def modinfo(ko: Path) -> Dict[str, List[str]]:
     """The ``.modinfo`` section of a kernel module (ELF64 little-endian)."""
-    data = ko.read_bytes()
+    data = module_bytes(ko)
     if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
         raise BuildError(f"{ko} is not an ELF64 little-endian module")
     shoff, = struct.unpack_from("<Q", data, 0x28)
@@ -345,13 +441,14 @@ def modinfo(ko: Path) -> Dict[str, List[str]]:
 def module_closure(moddir: Path, wanted: Iterable[str]) -> List[Path]:
     """Module files for ``wanted`` and their dependencies, in load order."""
     index: Dict[str, Path] = {}
-    for ko in moddir.rglob("*.ko"):
-        index[ko.name[:-3].replace("-", "_")] = ko
+    for suffix in MODULE_SUFFIXES:
+        for ko in moddir.rglob("*" + suffix):
+            index[module_name(ko)] = ko
     builtin = set()
     bfile = moddir / "modules.builtin"
     if bfile.exists():
         for line in bfile.read_text().splitlines():
-            builtin.add(Path(line).name.rsplit(".ko", 1)[0].replace("-", "_"))
+            builtin.add(module_name(Path(line)))
     order: List[Path] = []
     seen = set()
 
@@ -375,28 +472,27 @@ def module_closure(moddir: Path, wanted: Iterable[str]) -> List[Path]:
     return order
 
 
-def build_kernel(versions: Dict[str, str]) -> StageInfo:
-    def build(out: Path) -> None:
-        deb = download(versions["kernel_pkg"], versions["kernel"])
-        k = out / "k"
-        run(["dpkg-deb", "-x", str(deb), str(k)], what="unpack the kernel")
-        vmlinuz = sorted((k / "boot").glob("vmlinuz-*"))
-        mods = sorted((k / "lib" / "modules").glob("*"))
-        if len(vmlinuz) != 1 or len(mods) != 1:
-            raise BuildError(f"{deb.name}: expected one vmlinuz and one module "
-                             f"tree, found {vmlinuz} {mods}")
-        shutil.copy2(vmlinuz[0], out / "vmlinuz")
-        (out / "modules").mkdir()
-        names = []
-        for ko in module_closure(mods[0], DOM0_MODULES):
-            shutil.copy2(ko, out / "modules" / ko.name)
-            names.append(ko.name)
-        (out / "modules.order").write_text("\n".join(names) + "\n")
-        (out / "release").write_text(mods[0].name + "\n")
-        force_rmtree(k)
-
-    return stage("kernel", {"pkg": versions["kernel_pkg"], "version": versions["kernel"],
-                            "modules": DOM0_MODULES}, build)
+def extract_kernel(tree: Path, out: Path) -> None:
+    """Debian's kernel from an unpacked linux-image package (``tree``) into
+    ``out``: ``vmlinuz``, the modules dom0 loads early (decompressed) in
+    ``modules/`` with their load order, and the kernel's ``release``."""
+    vmlinuz = sorted((tree / "boot").glob("vmlinuz-*"))
+    mods = sorted((tree / "lib" / "modules").glob("*"))
+    if not mods:
+        mods = sorted((tree / "usr" / "lib" / "modules").glob("*"))
+    if len(vmlinuz) != 1 or len(mods) != 1:
+        raise BuildError(f"the kernel package: expected one vmlinuz and one module "
+                         f"tree, found {vmlinuz} {mods}")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(vmlinuz[0], out / "vmlinuz")
+    (out / "modules").mkdir()
+    names = []
+    for ko in module_closure(mods[0], DOM0_MODULES):
+        name = module_name(ko) + ".ko"
+        (out / "modules" / name).write_bytes(module_bytes(ko))
+        names.append(name)
+    (out / "modules.order").write_text("\n".join(names) + "\n")
+    (out / "release").write_text(mods[0].name + "\n")
 
 
 # --------------------------------------------------------------------------
@@ -469,7 +565,7 @@ def write_gz(path: Path, data: bytes) -> None:
         gz.write(data)
 
 
-def build_dom0_initrd(kernel: StageInfo) -> StageInfo:
+def build_dom0_initrd(rel: Release, kernel: StageInfo) -> StageInfo:
     init = HERE / "initramfs" / "init"
 
     def build(out: Path) -> None:
@@ -483,10 +579,11 @@ def build_dom0_initrd(kernel: StageInfo) -> StageInfo:
         write_gz(out / "initrd.gz", c.finish())
 
     return stage("dom0-initrd", {"kernel": kernel.key, "init": file_sha256(init),
-                                 "busybox": file_sha256(busybox())}, build)
+                                 "busybox": file_sha256(busybox())}, build,
+                 release_cache(rel))
 
 
-def build_guest_initrd() -> StageInfo:
+def build_guest_initrd(rel: Release) -> StageInfo:
     init = HERE / "guest" / "init"
 
     def build(out: Path) -> None:
@@ -495,7 +592,8 @@ def build_guest_initrd() -> StageInfo:
         write_gz(out / "initrd.gz", c.finish())
 
     return stage("guest-initrd", {"init": file_sha256(init),
-                                  "busybox": file_sha256(busybox())}, build)
+                                  "busybox": file_sha256(busybox())}, build,
+                 release_cache(rel))
 
 
 # --------------------------------------------------------------------------
@@ -527,10 +625,17 @@ def chroot(tree: Path, *cmd: str, what: str, logfile: Path) -> str:
     return run(["chroot", str(tree), *cmd], what=what, logfile=logfile, env=env)
 
 
-def build_root(versions: Dict[str, str]) -> StageInfo:
-    inputs = {"suite": SUITE, "base": ROOT_BASE_PACKAGES, "xen": ROOT_XEN_PACKAGES,
-              "version": versions["xen"], "mirror": mirror(),
-              "security": security_mirror()}
+def build_system(rel: Release, versions: Dict[str, str]) -> StageInfo:
+    """One debootstrap of the release's suite gives all three: dom0's root
+    (with ``xen-utils-4.X``), the hypervisor and the kernel (both fetched
+    with apt inside that root, at the versions the cache key names).
+    Output: ``xen.elf``, ``kernel/`` (see :func:`extract_kernel`) and
+    ``root.img``."""
+    inputs = {"suite": rel.suite, "base": ROOT_BASE_PACKAGES, "xen": rel.xen_packages,
+              "hypervisor": rel.hypervisor_pkg, "version": versions["xen"],
+              "kernel_pkg": versions["kernel_pkg"], "kernel": versions["kernel"],
+              "modules": DOM0_MODULES, "mirror": mirror(rel),
+              "security": security_mirror(rel)}
 
     def build(out: Path) -> None:
         if os.geteuid() != 0:
@@ -543,8 +648,9 @@ def build_root(versions: Dict[str, str]) -> StageInfo:
         for attempt in (1, 2):  # a mirror hiccup should not fail the tier
             try:
                 run(["debootstrap", "--variant=minbase",
-                     "--include=" + ",".join(ROOT_BASE_PACKAGES), SUITE, str(tree),
-                     mirror()], what="debootstrap", logfile=blog, timeout=1200)
+                     "--include=" + ",".join(ROOT_BASE_PACKAGES), rel.suite, str(tree),
+                     mirror(rel)], what=f"debootstrap {rel.suite}", logfile=blog,
+                    timeout=1200)
                 break
             except BuildError as exc:
                 if attempt == 2:
@@ -552,24 +658,51 @@ def build_root(versions: Dict[str, str]) -> StageInfo:
                 log(f"{exc}\nrealxen: trying debootstrap once more")
                 force_rmtree(tree)
         (tree / "etc/apt/sources.list").write_text(
-            f"deb {mirror()} {SUITE} main\n"
-            f"deb {mirror()} {SUITE}-updates main\n"
-            f"deb {security_mirror()} {SUITE}-security main\n")
+            f"deb {mirror(rel)} {rel.suite} main\n"
+            f"deb {mirror(rel)} {rel.suite}-updates main\n"
+            f"deb {security_mirror(rel)} {rel.suite}-security main\n")
         policy = tree / "usr/sbin/policy-rc.d"
         policy.write_text("#!/bin/sh\n# no services start in this image's chroot\nexit 101\n")
         policy.chmod(0o755)
         shutil.copy2("/etc/resolv.conf", tree / "etc/resolv.conf")
         chroot(tree, "apt-get", "update", "-q", what="apt-get update (chroot)",
                logfile=blog)
-        pins = [f"{p}={versions['xen']}" for p in ROOT_XEN_PACKAGES]
+        pins = [f"{p}={versions['xen']}" for p in rel.xen_packages]
         chroot(tree, "apt-get", "install", "-y", "-q", "--no-install-recommends",
-               *pins, what=f"apt-get install {' '.join(ROOT_XEN_PACKAGES)} (chroot)",
+               *pins, what=f"apt-get install {' '.join(rel.xen_packages)} (chroot)",
                logfile=blog)
-        got = chroot(tree, "dpkg-query", "-W", "-f=${Version}", XEN_UTILS,
+        got = chroot(tree, "dpkg-query", "-W", "-f=${Version}", rel.utils_pkg,
                      what="dpkg-query", logfile=blog).strip()
         if got != versions["xen"]:
-            raise BuildError(f"dom0 got {XEN_UTILS} {got}, the hypervisor is "
+            raise BuildError(f"dom0 got {rel.utils_pkg} {got}, the hypervisor is "
                              f"{versions['xen']}")
+        # The hypervisor and the kernel: fetched by the same apt, unpacked
+        # outside the tree (installing them would build an initramfs for
+        # nothing).
+        debs = tree / "var/tmp/xensr-debs"
+        debs.mkdir(parents=True)
+        chroot(tree, "sh", "-c", "cd /var/tmp/xensr-debs && apt-get download -q -o APT::Sandbox::User=root "
+               f"{rel.hypervisor_pkg}={versions['xen']} "
+               f"{versions['kernel_pkg']}={versions['kernel']}",
+               what="apt-get download (chroot) the hypervisor and the kernel", logfile=blog)
+        xdeb = list(debs.glob(f"{rel.hypervisor_pkg}_*.deb"))
+        kdeb = list(debs.glob(f"{versions['kernel_pkg']}_*.deb"))
+        if len(xdeb) != 1 or len(kdeb) != 1:
+            raise BuildError(f"apt-get download left {sorted(p.name for p in debs.iterdir())}")
+        x = out / "x"
+        run(["dpkg-deb", "-x", str(xdeb[0]), str(x)], what="unpack Xen")
+        gz = x / rel.xen_gz
+        if not gz.exists():
+            raise BuildError(f"{xdeb[0].name} has no {rel.xen_gz}")
+        with gzip.open(gz) as src, open(out / "xen.elf", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        if (out / "xen.elf").read_bytes()[:4] != b"\x7fELF":
+            raise BuildError(f"{rel.xen_gz} is not a gzipped ELF")
+        k = out / "k"
+        run(["dpkg-deb", "-x", str(kdeb[0]), str(k)], what="unpack the kernel")
+        extract_kernel(k, out / "kernel")
+        for d in (x, k, debs):
+            force_rmtree(d)
         chroot(tree, "apt-get", "clean", what="apt-get clean", logfile=blog)
         for d in ("var/lib/apt/lists", "usr/share/doc", "usr/share/man",
                   "usr/share/locale", "usr/share/info"):
@@ -579,11 +712,12 @@ def build_root(versions: Dict[str, str]) -> StageInfo:
                 p.mkdir()
         (tree / "etc/resolv.conf").unlink()
         (tree / "etc/hostname").write_text("xensr-dom0\n")
-        (tree / "payload").mkdir()
+        for d in ("payload", "export", "import"):
+            (tree / d).mkdir()
         mkfs(tree, out / "root.img", "xensr-root", 64 << 20)
         force_rmtree(tree)
 
-    return stage("root", inputs, build)
+    return stage("system", inputs, build, release_cache(rel))
 
 
 # --------------------------------------------------------------------------
@@ -617,7 +751,54 @@ def build_python() -> str:
     return str(venv) if venv.exists() else sys.executable
 
 
-def build_wheel() -> StageInfo:
+def host_xen_release() -> str:
+    """The Xen release of this machine's libxen-dev ("" if none), which a
+    wheel built here is for."""
+    try:
+        out = subprocess.run(["pkg-config", "--modversion", "xencontrol"], check=True,
+                             capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    return ".".join(out.strip().split(".")[:2])
+
+
+def wheel_root(rel: Release) -> Optional[Path]:
+    """Where the release's wheel is built: None for this machine (its Xen is
+    the release's), else the release's Debian root."""
+    if host_xen_release() == rel.xen:
+        return None
+    root = debian_root(rel)
+    if root is None:
+        raise Unavailable(f"this machine is {rel.suite} but its libxen-dev is not Xen "
+                          f"{rel.xen} (apt-get install libxen-dev)")
+    return root
+
+
+def ensure_packages(root: Path, packages: List[str], logfile: Path) -> None:
+    """Install in a Debian root what of ``packages`` it lacks."""
+    st = subprocess.run(in_root(root, ["dpkg-query", "-W", "-f=${Package} ${Status}\\n",
+                                       *packages]),
+                        stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    have = {ln.split()[0] for ln in st.stdout.splitlines() if ln.endswith(" installed")}
+    missing = [p for p in packages if p not in have]
+    if not missing:
+        return
+    cmd = in_root(root, ["apt-get", "install", "-y", "-q", "--no-install-recommends",
+                         *missing])
+    try:
+        run(cmd, what=f"apt-get install {' '.join(missing)} in {root}", logfile=logfile)
+    except BuildError:  # stale lists
+        run(in_root(root, ["apt-get", "update", "-q"]), what=f"apt-get update in {root}",
+            logfile=logfile)
+        run(cmd, what=f"apt-get install {' '.join(missing)} in {root}", logfile=logfile)
+
+
+def build_wheel(rel: Release) -> StageInfo:
+    """The wheel, built from this checkout's sources inside the release's
+    Debian: with this machine's .venv when its Xen is the release's, else
+    in the release's Debian root with that Debian's own Python, compiler,
+    libxen-dev and build tools (its packages, not the package index)."""
+    root = wheel_root(rel)
     files = wheel_source_files()
     h = hashlib.sha256()
     for f in files:
@@ -626,40 +807,64 @@ def build_wheel() -> StageInfo:
         h.update(p.read_bytes())
 
     def build(out: Path) -> None:
-        src = out / "src"
-        for f in files:
-            (src / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, src / f)
         # A release build whatever the calling test session set (a
         # sanitizer variant would need runtimes dom0 does not have).
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith("XENSR_") and k not in ("LD_LIBRARY_PATH", "LD_PRELOAD")}
-        run([build_python(), "-m", "build", "--wheel", "--no-isolation",
-             "--outdir", str(out / "dist"), str(src)],
-            what="build the xensr wheel", logfile=out / "build.log", env=env)
-        wheels = list((out / "dist").glob("xensr-*.whl"))
-        if len(wheels) != 1:
-            raise BuildError(f"python -m build made {wheels}")
-        wheels[0].rename(out / wheels[0].name)
-        force_rmtree(src)
-        force_rmtree(out / "dist")
+        blog = out / "build.log"
+        if root is None:
+            work = out
+        else:
+            ensure_packages(root, WHEEL_BUILD_PACKAGES, blog)
+            work = root / "var" / "tmp" / f"xensr-wheel-{os.getpid()}"
+            if work.exists():
+                force_rmtree(work)
+        src = work / "src"
+        try:
+            for f in files:
+                (src / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / f, src / f)
+            if root is None:
+                env = {k: v for k, v in os.environ.items()
+                       if not k.startswith("XENSR_")
+                       and k not in ("LD_LIBRARY_PATH", "LD_PRELOAD")}
+                run([build_python(), "-m", "build", "--wheel", "--no-isolation",
+                     "--outdir", str(work / "dist"), str(src)],
+                    what="build the xensr wheel", logfile=blog, env=env)
+            else:
+                inside = "/" + str(work.relative_to(root))
+                run(in_root(root, ["python3", "-m", "build", "--wheel", "--no-isolation",
+                                   "--outdir", f"{inside}/dist", f"{inside}/src"]),
+                    what=f"build the xensr wheel in Debian {rel.debian}'s root",
+                    logfile=blog)
+            wheels = list((work / "dist").glob("xensr-*.whl"))
+            if len(wheels) != 1:
+                raise BuildError(f"python -m build made {wheels}")
+            shutil.move(str(wheels[0]), str(out / wheels[0].name))
+        finally:
+            force_rmtree(src)
+            force_rmtree(work / "dist")
+            if root is not None:
+                force_rmtree(work)
 
-    return stage("wheel", {"sources": h.hexdigest()}, build)
+    where = "host" if root is None else f"debian{rel.debian}-root"
+    return stage("wheel", {"sources": h.hexdigest(), "release": rel.xen, "built_in": where},
+                 build, release_cache(rel))
 
 
 def wheel_file(wheel: StageInfo) -> Path:
     return next(wheel.path.glob("xensr-*.whl"))
 
 
-def given_wheel() -> Optional[StageInfo]:
-    """``$XENSR_REALXEN_WHEEL``: test this wheel instead of building one."""
-    env = os.environ.get("XENSR_REALXEN_WHEEL")
+def given_wheel(rel: Release) -> Optional[Path]:
+    """``$XENSR_REALXEN_WHEEL_417`` (for 4.17; ``_420`` for 4.20): test this
+    wheel instead of building one."""
+    name = "XENSR_REALXEN_WHEEL_" + rel.xen.replace(".", "")
+    env = os.environ.get(name)
     if not env:
         return None
     whl = Path(env).resolve()
     if not whl.is_file() or not whl.name.startswith("xensr-") or whl.suffix != ".whl":
-        raise BuildError(f"XENSR_REALXEN_WHEEL={env} is not an xensr-*.whl file")
-    return StageInfo(whl.parent, file_sha256(whl)[:16], False, 0.0)
+        raise BuildError(f"{name}={env} is not an xensr-*.whl file")
+    return whl
 
 
 def unpack_wheel(whl: Path, dest: Path) -> None:
@@ -677,8 +882,8 @@ def unpack_wheel(whl: Path, dest: Path) -> None:
             target.chmod(0o755 if (info.external_attr >> 16) & 0o111 else 0o644)
 
 
-def build_payload(versions: Dict[str, str], kernel: StageInfo, guest: StageInfo,
-                  whl: Path) -> StageInfo:
+def build_payload(rel: Release, versions: Dict[str, str], kernel: StageInfo,
+                  guest: StageInfo, whl: Path) -> StageInfo:
     inputs = {"wheel": file_sha256(whl), "dom0": tree_digest(HERE / "dom0"),
               "kernel": kernel.key, "guest": guest.key}
 
@@ -696,7 +901,7 @@ def build_payload(versions: Dict[str, str], kernel: StageInfo, guest: StageInfo,
         mkfs(tree, out / "payload.img", "xensr-payload", 8 << 20)
         force_rmtree(tree)
 
-    return stage("payload", inputs, build)
+    return stage("payload", inputs, build, release_cache(rel))
 
 
 # --------------------------------------------------------------------------
@@ -704,6 +909,7 @@ def build_payload(versions: Dict[str, str], kernel: StageInfo, guest: StageInfo,
 
 @dataclasses.dataclass
 class Artifacts:
+    release: Release
     xen_elf: Path
     vmlinuz: Path
     dom0_initrd: Path
@@ -718,28 +924,29 @@ class Artifacts:
         return ", ".join(parts)
 
 
-def build_all() -> Artifacts:
-    """Build (or find in the cache) everything a boot needs."""
+def build_all(rel: Release) -> Artifacts:
+    """Build (or find in the cache) everything a boot of ``rel`` needs;
+    Unavailable when this machine has no Debian of that release."""
+    debian_root(rel)
+    wheel_root(rel)
     with cache_lock():
-        versions = resolve_versions()
+        versions = resolve_versions(rel)
         stages: Dict[str, StageInfo] = {}
-        stages["xen"] = build_xen(versions)
-        stages["kernel"] = kernel = build_kernel(versions)
-        stages["dom0-initrd"] = build_dom0_initrd(kernel)
-        stages["guest-initrd"] = guest = build_guest_initrd()
-        stages["root"] = build_root(versions)
-        wheel = given_wheel()
-        if wheel is None:
-            stages["wheel"] = wheel = build_wheel()
+        stages["system"] = system = build_system(rel, versions)
+        kernel = StageInfo(system.path / "kernel", system.key, False, 0.0)
+        stages["dom0-initrd"] = build_dom0_initrd(rel, kernel)
+        stages["guest-initrd"] = guest = build_guest_initrd(rel)
+        whl = given_wheel(rel)
+        if whl is None:
+            stages["wheel"] = wheel = build_wheel(rel)
             whl = wheel_file(wheel)
-        else:
-            whl = Path(os.environ["XENSR_REALXEN_WHEEL"]).resolve()
-        stages["payload"] = build_payload(versions, kernel, guest, whl)
+        stages["payload"] = build_payload(rel, versions, kernel, guest, whl)
         return Artifacts(
-            xen_elf=stages["xen"].path / "xen.elf",
+            release=rel,
+            xen_elf=system.path / "xen.elf",
             vmlinuz=kernel.path / "vmlinuz",
             dom0_initrd=stages["dom0-initrd"].path / "initrd.gz",
-            root_img=stages["root"].path / "root.img",
+            root_img=system.path / "root.img",
             payload_img=stages["payload"].path / "payload.img",
             versions=versions, stages=stages)
 
@@ -749,17 +956,25 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m tests.realxen.images",
                                  description=__doc__.split("\n\n")[0])
-    ap.parse_args(argv)
-    t0 = time.monotonic()
-    try:
-        art = build_all()
-    except BuildError as exc:
-        print(f"realxen: build failed: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps({k: str(v) for k, v in dataclasses.asdict(art).items()
-                      if k not in ("stages",)}, indent=1))
-    print(f"{art.summary()}; total {time.monotonic() - t0:.1f} s")
-    return 0
+    ap.add_argument("releases", nargs="*", metavar="RELEASE",
+                    help=f"Xen releases to build: {', '.join(RELEASES)} (default: all)")
+    args = ap.parse_args(argv)
+    for name in args.releases:
+        if name not in RELEASES:
+            ap.error(f"unknown release {name} (known: {', '.join(RELEASES)})")
+    status = 0
+    for name in args.releases or list(RELEASES):
+        t0 = time.monotonic()
+        try:
+            art = build_all(RELEASES[name])
+        except (BuildError, Unavailable) as exc:
+            print(f"realxen: Xen {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            status = 1
+            continue
+        print(json.dumps({k: str(v) for k, v in dataclasses.asdict(art).items()
+                          if k not in ("stages", "release")}, indent=1))
+        print(f"Xen {name}: {art.summary()}; total {time.monotonic() - t0:.1f} s")
+    return status
 
 
 if __name__ == "__main__":

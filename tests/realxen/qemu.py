@@ -149,10 +149,23 @@ def end_process(proc: subprocess.Popen) -> None:
 
 def qemu_command(*, xen: Path, vmlinuz: Path, initrd: Path, root: Path, payload: Path,
                  console: Path, qemu: str = QEMU, memory_mib: int = 2048, cpus: int = 2,
-                 xen_args: str = XEN_ARGS, dom0_args: str = DOM0_ARGS) -> List[str]:
+                 xen_args: str = XEN_ARGS, dom0_args: str = DOM0_ARGS,
+                 export: Optional[Path] = None, imported: Optional[Path] = None) -> List[str]:
+    """The machine: root disk vda, payload vdb, then when given ``export``
+    (written by dom0: what a later boot of another release reads) and
+    ``imported`` (read-only: an earlier boot's export); dom0 tells those
+    two apart by their read-only flag."""
     for p in (vmlinuz, initrd):
         if "," in str(p):
             raise ValueError(f"QEMU's -initrd cannot take a path with a comma: {p}")
+    for p in (root, payload, export, imported):
+        if p is not None and "," in str(p):
+            raise ValueError(f"QEMU's -drive cannot take a path with a comma: {p}")
+    extra: List[str] = []
+    if export is not None:
+        extra += ["-drive", f"file={export},format=raw,if=virtio"]
+    if imported is not None:
+        extra += ["-drive", f"file={imported},format=raw,if=virtio,readonly=on"]
     return [
         qemu, "-accel", "tcg,thread=multi", "-cpu", os.environ.get("XENSR_REALXEN_CPU") or CPU,
         "-m", str(memory_mib), "-smp", str(cpus),
@@ -163,7 +176,7 @@ def qemu_command(*, xen: Path, vmlinuz: Path, initrd: Path, root: Path, payload:
         # The root disk is shared by runs: writes go to a throw-away overlay.
         "-drive", f"file={root},format=raw,if=virtio,snapshot=on",
         "-drive", f"file={payload},format=raw,if=virtio,readonly=on",
-    ]
+    ] + extra
 
 
 class ConsoleReader:

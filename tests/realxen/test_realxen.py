@@ -1,7 +1,9 @@
-"""Real Xen 4.17 in QEMU: xensr's helper and API against a real hypervisor.
+"""Real Xen 4.17 and 4.20 in QEMU: xensr's helper and API against a real hypervisor.
 
-One boot runs every scenario (tests/realxen/dom0/scenarios.py); each test
-here asserts one scenario's result marker and the facts it reported.
+One boot per release runs every scenario (tests/realxen/dom0/scenarios.py);
+each test here runs once per release (the ``realxen`` fixture is
+parametrised) and asserts one scenario's result marker and the facts it
+reported.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import json
 
 import pytest
 
-from . import images
+from . import images, runner
 
 pytestmark = [pytest.mark.realxen, pytest.mark.timeout(1800)]
 
@@ -54,7 +56,7 @@ def test_xl_save_restore_pvh_with_xensr_helper(realxen):
 @pytest.mark.parametrize("helper", ["xensr", "debian"])
 @pytest.mark.parametrize("mode", ["nonlive", "live"])
 def test_api_save_then_xl_restore(realxen, helper, mode):
-    """The xensr API saves (Python suspend callback) into an xl save file;
+    """The xensr API saves (suspend callback: XenHost.suspend) into an xl save file;
     stock xl restore brings the guest back and its counter carries on.
     Non-live saves use the PV guest, live ones the PVH guest (Debian's Xen
     has no shadow paging, which a PV guest's log-dirty mode needs)."""
@@ -107,12 +109,38 @@ def test_broken_helper_is_detected(realxen):
     assert d["api"].startswith("HelperExitError"), d["api"]
 
 
+@pytest.mark.parametrize("scenario,bindings", [
+    ("xenhost_suspend_resume", "xen.lowlevel"),
+    ("xenhost_suspend_resume_ctypes", "ctypes"),
+])
+def test_xenhost_suspends_and_resumes_the_guest(realxen, scenario, bindings):
+    """XenHost.suspend (xenstore, then the hypervisor's shutdown reason)
+    and XenHost.resume (suspend-cancel): the same domain runs on, through
+    Debian's xen.lowlevel bindings by default and through ctypes."""
+    d = realxen.result(scenario).details
+    assert d["bindings"] == bindings
+    assert (d["domain_type"], d["domain_name"]) == ("pv", "xensr-pv")
+    assert d["after_suspend"] == "shutdown(suspend)" and d["after_resume"] == "running"
+    assert d["same_domid"] is True
+    assert d["counter"]["after"][0] >= d["counter"]["before"][0] + 2
+
+
+def test_failed_save_after_suspend_is_resumed_by_xenhost(realxen):
+    """A save cancelled after the suspend leaves the guest suspended;
+    XenHost.resume brings it back and its counter advances."""
+    d = realxen.result("api_save_failed_after_suspend_resumed").details
+    assert d["raised"].startswith("Aborted"), d["raised"]
+    assert d["callback_calls"] == ["suspend"]
+    assert (d["after_failure"], d["after_resume"]) == ("shutdown(suspend)", "running")
+    assert d["counter"]["after"][0] >= d["counter"]["before"][0] + 2
+
+
 def test_figure_xl_save_against_xensr_api(realxen, capsys):
     """Wall time of `xl save` and of the xensr API saving the same guest."""
     d = realxen.result("figure").details
     assert len(d["xl_save_s"]) == len(d["api_save_s"]) == d["rounds"]
     figure = {
-        "what": "save of a running 128 MiB PV guest on Xen 4.17 in QEMU (TCG), "
+        "what": f"save of a running 128 MiB PV guest on Xen {realxen.release} in QEMU (TCG), "
                 "same boot: `xl save` (Debian's helper) against xensr.save_domain_to_file "
                 "(xensr's helper, Python suspend callback) into an xl save file",
         "xl_save_median_s": d["xl_save_median_s"],
@@ -122,9 +150,27 @@ def test_figure_xl_save_against_xensr_api(realxen, capsys):
         "xensr_api_s": d["api_save_s"],
         "versions": realxen.run.artifacts.versions,
     }
-    out = images.cache_dir() / "figure.json"
+    out = images.release_cache(images.RELEASES[realxen.release]) / "figure.json"
     out.write_text(json.dumps(figure, indent=1, sort_keys=True) + "\n")
     with capsys.disabled():
-        print(f"\nrealxen figure: xl save {d['xl_save_median_s']:.2f} s, xensr API "
+        print(f"\nrealxen figure, Xen {realxen.release}: xl save {d['xl_save_median_s']:.2f} s, xensr API "
               f"{d['api_save_median_s']:.2f} s (median of {d['rounds']}), ratio "
               f"{d['ratio_api_over_xl']:.2f}; written to {out}")
+
+
+def test_xl_save_file_crosses_to_the_next_release(realxen):
+    """Old to new on real Xen: the 4.17 boot saves the running PV guest with
+    stock `xl save` onto its export disk; the 4.20 boot restores that file
+    with stock `xl restore` and the guest's counter carries on from where it
+    was in the 4.17 boot."""
+    names = runner.releases()
+    i = names.index(realxen.release)
+    if i + 1 < len(names):
+        d = realxen.result("export_for_next_release").details
+        assert d["release"] == realxen.release and d["bytes"] > 128 << 20
+    if i > 0:
+        d = realxen.result("import_from_older_release").details
+        assert (d["saved_on"], d["restored_on"]) == (names[i - 1], realxen.release)
+        assert_counter_carried_on(d)
+    if len(names) == 1:
+        pytest.skip(f"only Xen {realxen.release} boots in this run (XENSR_REALXEN_RELEASES)")

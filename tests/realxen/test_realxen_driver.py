@@ -150,3 +150,59 @@ def test_initrd_paths_with_commas_are_refused(tmp_path):
     with pytest.raises(ValueError, match="comma"):
         qemu.qemu_command(xen=tmp_path / "xen", vmlinuz=tmp_path / "a,b", initrd=tmp_path / "i",
                           root=tmp_path / "r", payload=tmp_path / "p", console=tmp_path / "c")
+
+
+def test_export_and_imported_disks_follow_root_and_payload(tmp_path):
+    """The export disk is writable, an imported one read-only (dom0 tells
+    them apart by that flag), both after the root and payload disks."""
+    kw = dict(xen=tmp_path / "xen", vmlinuz=tmp_path / "v", initrd=tmp_path / "i",
+              root=tmp_path / "r", payload=tmp_path / "p", console=tmp_path / "c")
+    drives = lambda cmd: [cmd[i + 1] for i, a in enumerate(cmd) if a == "-drive"]  # noqa: E731
+    plain = drives(qemu.qemu_command(**kw))
+    assert len(plain) == 2
+    both = drives(qemu.qemu_command(**kw, export=tmp_path / "e", imported=tmp_path / "m"))
+    assert both[:2] == plain
+    assert both[2] == f"file={tmp_path / 'e'},format=raw,if=virtio"
+    assert both[3] == f"file={tmp_path / 'm'},format=raw,if=virtio,readonly=on"
+    only_import = drives(qemu.qemu_command(**kw, imported=tmp_path / "m"))
+    assert only_import[2].endswith("readonly=on")
+    with pytest.raises(ValueError, match="comma"):
+        qemu.qemu_command(**kw, export=tmp_path / "e,x")
+
+
+def test_each_release_boots_once_and_hands_its_export_to_the_next(monkeypatch, tmp_path):
+    """The 4.20 boot is given the 4.17 boot's export disk (4.17 booted
+    first if need be); each release boots once; a release without its
+    Debian is skipped with the reason, and the next one boots without an
+    imported disk."""
+    from . import conftest, images, runner
+
+    calls = []
+
+    def fake_run(release, *, export=False, imported=None, **kw):
+        calls.append((release, export, imported))
+        if release == "4.17" and os.environ.get("FAKE_NO_417"):
+            raise images.Unavailable("no Debian 12 here")
+        return runner.Run(None, None, 0.0, tmp_path / f"export-{release}.img" if export else None)
+
+    monkeypatch.setattr(runner, "run", fake_run)
+    monkeypatch.setattr(qemu, "preflight", lambda *a: "qemu")
+    monkeypatch.setattr(conftest, "TIERS", {})
+    monkeypatch.delenv("XENSR_REALXEN_RELEASES", raising=False)
+    t20 = conftest.tier("4.20")
+    assert calls == [("4.17", True, None), ("4.20", False, tmp_path / "export-4.17.img")]
+    assert conftest.tier("4.17").run.export == tmp_path / "export-4.17.img"
+    assert conftest.tier("4.20") is t20 and len(calls) == 2  # once each
+
+    calls.clear()
+    monkeypatch.setattr(conftest, "TIERS", {})
+    monkeypatch.setenv("FAKE_NO_417", "1")
+    assert conftest.tier("4.20").run is not None
+    assert "no Debian 12 here" in conftest.tier("4.17").skipped
+    assert calls == [("4.17", True, None), ("4.20", False, None)]
+
+    calls.clear()
+    monkeypatch.setattr(conftest, "TIERS", {})
+    monkeypatch.setenv("XENSR_REALXEN_RELEASES", "4.20")
+    conftest.tier("4.20")
+    assert calls == [("4.20", False, None)]

@@ -122,17 +122,82 @@ def test_mirror_comes_from_apt_or_the_environment(monkeypatch):
     listing = ("http://mirror.example/debian-security/ bookworm-security\n"
                "http://mirror.example/debian/ bookworm\n")
     monkeypatch.setattr(images, "run", lambda cmd, **kw: listing)
-    images._apt_mirror.cache_clear()
+    images._apt_targets.cache_clear()
     monkeypatch.delenv("XENSR_REALXEN_MIRROR", raising=False)
     monkeypatch.delenv("XENSR_REALXEN_SECURITY_MIRROR", raising=False)
     try:
-        assert images.mirror() == "http://mirror.example/debian"
-        assert images.security_mirror() == "http://mirror.example/debian-security"
+        bookworm = images.RELEASES["4.17"]
+        assert images.mirror(bookworm) == "http://mirror.example/debian"
+        assert images.security_mirror(bookworm) == "http://mirror.example/debian-security"
+        # Another release's suite comes from this machine's archives.
+        monkeypatch.setattr(images, "host_suite", lambda: "bookworm")
+        trixie = images.RELEASES["4.20"]
+        assert images.mirror(trixie) == "http://mirror.example/debian"
+        assert images.security_mirror(trixie) == "http://mirror.example/debian-security"
         monkeypatch.setenv("XENSR_REALXEN_MIRROR", "http://other.example/debian")
-        assert images.mirror() == "http://other.example/debian"
+        assert images.mirror(bookworm) == "http://other.example/debian"
         monkeypatch.setattr(images, "run", lambda cmd, **kw: "")
-        images._apt_mirror.cache_clear()
+        images._apt_targets.cache_clear()
         with pytest.raises(images.BuildError, match="no Debian mirror"):
-            images.security_mirror()
+            images.security_mirror(bookworm)
     finally:
-        images._apt_mirror.cache_clear()
+        images._apt_targets.cache_clear()
+
+
+def test_compressed_modules_are_found_and_decompressed(tmp_path):
+    """Debian 13's modules are .ko.xz: found by name, read decompressed
+    (busybox's insmod takes plain ELF only)."""
+    import lzma
+
+    mods = tmp_path / "lib" / "modules" / "6.12.0-test"
+    plain = tmp_path / "plain"
+    elf_module(plain / "xen-privcmd.ko", b"depends=\0name=xen_privcmd\0")
+    (mods / "kernel/drivers/xen").mkdir(parents=True)
+    (mods / "kernel/drivers/xen/xen-privcmd.ko.xz").write_bytes(
+        lzma.compress((plain / "xen-privcmd.ko").read_bytes(), format=lzma.FORMAT_XZ))
+    (found,) = images.module_closure(mods, ["xen_privcmd"])
+    assert images.module_name(found) == "xen_privcmd"
+    assert images.module_bytes(found) == (plain / "xen-privcmd.ko").read_bytes()
+    out = tmp_path / "out"
+    (tmp_path / "boot").mkdir()
+    (tmp_path / "boot/vmlinuz-6.12.0-test").write_bytes(b"kernel")
+    monkey = images.DOM0_MODULES
+    try:
+        images.DOM0_MODULES = ["xen_privcmd"]
+        images.extract_kernel(tmp_path, out)
+    finally:
+        images.DOM0_MODULES = monkey
+    assert (out / "modules.order").read_text() == "xen_privcmd.ko\n"
+    assert (out / "modules/xen_privcmd.ko").read_bytes()[:4] == b"\x7fELF"
+    assert (out / "release").read_text() == "6.12.0-test\n"
+
+
+def test_a_release_without_its_debian_is_unavailable(tmp_path, monkeypatch):
+    """Xen 4.20 on a Debian 12 machine comes from the Debian 13 root; with
+    none, the release is Unavailable (the tier skips it, saying why)."""
+    monkeypatch.setattr(images, "host_suite", lambda: "bookworm")
+    monkeypatch.setattr(images, "REPO", tmp_path)
+    assert images.debian_root(images.RELEASES["4.17"]) is None
+    with pytest.raises(images.Unavailable, match="Debian 13 root"):
+        images.debian_root(images.RELEASES["4.20"])
+    root = tmp_path / ".cache/debian13/root"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/os-release").write_text("ID=debian\nVERSION_CODENAME=trixie\n")
+    (root / ".xensr-ready").write_text("")
+    assert images.debian_root(images.RELEASES["4.20"]) == root
+    cmd = images.in_root(root, ["apt-cache", "show", "x"])
+    assert cmd[:2] == ["chroot", str(root)] and cmd[-3:] == ["apt-cache", "show", "x"]
+
+
+def test_releases_from_the_environment(monkeypatch):
+    from . import runner
+
+    monkeypatch.delenv("XENSR_REALXEN_RELEASES", raising=False)
+    assert runner.releases() == ["4.17", "4.20"]
+    monkeypatch.setenv("XENSR_REALXEN_RELEASES", "4.20, 4.17")
+    assert runner.releases() == ["4.17", "4.20"]  # oldest first
+    monkeypatch.setenv("XENSR_REALXEN_RELEASES", "4.20")
+    assert runner.releases() == ["4.20"]
+    monkeypatch.setenv("XENSR_REALXEN_RELEASES", "4.99")
+    with pytest.raises(ValueError, match="unknown releases"):
+        runner.releases()

@@ -18,7 +18,7 @@ checked in a few MiB.  Every problem raises :class:`~xensr.errors.StreamFormatEr
 whose ``offset`` is the absolute byte offset of the offending field (or of
 the first missing byte when the stream ends early).
 
-The rules enforced are those of Xen 4.17's readers (``xl`` restore,
+The rules enforced are those of the readers of Xen 4.17 to 4.21 (``xl`` restore,
 ``libxl_stream_read.c``, ``xg_sr_restore*.c``) and of its
 ``verify-stream-v2``, whichever is stricter:
 

@@ -289,7 +289,7 @@ _PV = DomainType.X86_PV
 _HVM = DomainType.X86_HVM
 _PV_VCPU_RULE = LibxcRecordRule(_at_least(X86_PV_VCPU_HEADER.size), domain=_PV, after_pv_info=True)
 
-#: Every known libxc record type and its rule (Xen 4.17's restore and
+#: Every known libxc record type and its rule (Xen 4.17's to 4.21's restore and
 #: verify-stream-v2, whichever is stricter).
 LIBXC_RECORDS: Mapping[int, LibxcRecordRule] = {
     _R.END: LibxcRecordRule(_exactly(0)),
@@ -312,7 +312,7 @@ LIBXC_RECORDS: Mapping[int, LibxcRecordRule] = {
     _R.X86_TSC_INFO: LibxcRecordRule(_exactly(X86_TSC_INFO.size)),
     _R.HVM_CONTEXT: LibxcRecordRule(BodyLength("more than 0", minimum=1), domain=_HVM),
     _R.HVM_PARAMS: LibxcRecordRule(_at_least(HVM_PARAMS_HEADER.size), domain=_HVM),
-    _R.TOOLSTACK: LibxcRecordRule(None, refused="deprecated TOOLSTACK record (Xen 4.17 does not accept it)"),
+    _R.TOOLSTACK: LibxcRecordRule(None, refused="deprecated TOOLSTACK record (Xen 4.17 to 4.21 do not accept it)"),
     _R.X86_PV_VCPU_MSRS: _PV_VCPU_RULE,
     _R.VERIFY: LibxcRecordRule(_exactly(0)),
     _R.CHECKPOINT: LibxcRecordRule(_exactly(0)),

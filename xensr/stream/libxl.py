@@ -111,7 +111,7 @@ class LibxlParser(Layer):
         if refused is not None:
             msg = refused
         elif rtype & REC_TYPE_OPTIONAL:
-            msg = f"unknown optional libxl record type 0x{rtype:08x} (libxl 4.17 rejects it)"
+            msg = f"unknown optional libxl record type 0x{rtype:08x} (libxl rejects it, 4.17 to 4.21)"
         else:
             msg = f"unknown libxl record type 0x{rtype:08x}"
         raise fail(rec.offset, msg, "unknown record type")

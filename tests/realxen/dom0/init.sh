@@ -3,8 +3,12 @@
 # payload disk is mounted read-only at /payload).  Starts Xen's daemons by
 # hand (there is no systemd), runs the scenarios, prints the end marker and
 # powers the machine off.  Everything it prints goes to the serial console.
-export PATH=/usr/lib/xen-4.17/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# Xen's tools are those of the running hypervisor's release.
 export LC_ALL=C.UTF-8 HOME=/root
+XEN_RELEASE=$(cat /sys/hypervisor/version/major).$(cat /sys/hypervisor/version/minor) \
+    || XEN_RELEASE=$(ls -d /usr/lib/xen-4.* | sed -n 's|.*/xen-||p' | head -n 1)
+export XEN_RELEASE
+export PATH=/usr/lib/xen-$XEN_RELEASE/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 fatal() {
     echo "XENSR-FATAL dom0: $*"
@@ -25,6 +29,19 @@ mount -t tmpfs tmpfs /var/log
 mount -t tmpfs tmpfs /var/lib/xen 2>/dev/null || mkdir -p /var/lib/xen
 mkdir -p /run/xen /run/xenstored /run/lock /var/log/xen/console /var/lib/xen
 hostname xensr-dom0
+[ -d "/usr/lib/xen-$XEN_RELEASE/bin" ] || fatal "no tools for Xen $XEN_RELEASE in /usr/lib"
+
+# Disks after root and payload: a writable one is this boot's export (an
+# xl save file for the next release's boot), a read-only one an earlier
+# boot's export.
+for dev in vdc vdd; do
+    [ -b /dev/$dev ] || continue
+    if [ "$(cat /sys/block/$dev/ro)" = 1 ]; then
+        mount -t ext4 -o ro /dev/$dev /import || fatal "cannot mount /dev/$dev at /import"
+    else
+        mount -t ext4 /dev/$dev /export || fatal "cannot mount /dev/$dev at /export"
+    fi
+done
 
 # The Xen device modules were loaded by the initramfs.
 mount -t xenfs xenfs /proc/xen || fatal "cannot mount xenfs"
@@ -38,7 +55,9 @@ xenconsoled --pid-file=/run/xenconsoled.pid --log=guest --log-dir=/var/log/xen/c
 stage daemons
 
 PYTHONPATH=/payload/site python3 -u /payload/dom0/scenarios.py /payload
-echo "XENSR-END status=$?"
+status=$?
 sync
+! mountpoint -q /export || umount /export || echo "XENSR-LOG cannot unmount /export"
+echo "XENSR-END status=$status"
 echo o > /proc/sysrq-trigger
 while :; do sleep 3600; done
