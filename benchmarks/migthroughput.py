@@ -342,13 +342,16 @@ class _Tcp(_Transport):
             s.close()
         _check(src, "dd (sender)")
         _check(sink, "dd (receiver)")
-        wall = time.perf_counter() - t0
-        kids = _kids() - k0
-        got = rig.out.stat().st_size
-        rig.out.unlink()
-        assert got == rig.nbytes, (got, rig.nbytes)
-        return {"wall_ms": wall * 1e3, "mbps": rig.nbytes / wall / 1e6,
-                "children_cpu_ms": kids * 1e3}
+        return _floor_result(rig, time.perf_counter() - t0, _kids() - k0)
+
+
+def _floor_result(rig: Any, wall: float, kids: float) -> Dict[str, float]:
+    """A floor run's figures, once its copy is checked whole (and removed)."""
+    got = rig.out.stat().st_size
+    rig.out.unlink()
+    assert got == rig.nbytes, (got, rig.nbytes)
+    return {"wall_ms": wall * 1e3, "mbps": rig.nbytes / wall / 1e6,
+            "children_cpu_ms": kids * 1e3}
 
 
 class _Ssh(_Transport):
@@ -386,13 +389,7 @@ class _Ssh(_Transport):
         k0 = _kids()
         t0 = time.perf_counter()
         subprocess.run(["sh", "-c", cmd], check=True, timeout=600)
-        wall = time.perf_counter() - t0
-        kids = _kids() - k0
-        got = rig.out.stat().st_size
-        rig.out.unlink()
-        assert got == rig.nbytes, (got, rig.nbytes)
-        return {"wall_ms": wall * 1e3, "mbps": rig.nbytes / wall / 1e6,
-                "children_cpu_ms": kids * 1e3}
+        return _floor_result(rig, time.perf_counter() - t0, _kids() - k0)
 
 
 def _add_figures(res: Result, raw: Dict[str, Dict[str, List[float]]],

@@ -210,17 +210,24 @@ def _handshake(send_fd: int, recv_fd: int, start: Any, destroy: Any, state: str,
     raise W.MigrationError(problem or "failed", stage="go", side=_SIDE, destination=gone)
 
 
-def _receiver_steps(host: IncomingToolstack, send_fd: int, recv_fd: int, *, paused: bool,
-                    debug: bool, callbacks: Optional[object], restore_options: Dict[str, Any],
-                    log: Any) -> Steps:
+def _greet(send_fd: int, recv_fd: int, *, debug: bool, log: Any) -> Steps:
+    """The banner out, the sender's xl header and configuration in (logged
+    with ``-d``); returns what :func:`read_preamble` returns."""
     try:
         yield Write(send_fd, W.BANNER)
     except OSError as e:
         raise W.io_error(e, "writing the banner", stage="banner", side=_SIDE,
                          destination="none") from e
-    _, config, name = yield from read_preamble(recv_fd)
+    pre, config, name = yield from read_preamble(recv_fd)
     if debug and log is not None:
         log(config.decode("utf-8", "replace"))
+    return pre, config, name
+
+
+def _receiver_steps(host: IncomingToolstack, send_fd: int, recv_fd: int, *, paused: bool,
+                    debug: bool, callbacks: Optional[object], restore_options: Dict[str, Any],
+                    log: Any) -> Steps:
+    _, config, name = yield from _greet(send_fd, recv_fd, debug=debug, log=log)
     incoming = name + W.INCOMING_SUFFIX
     try:
         domid = host.create_incoming(config, incoming)
@@ -303,14 +310,7 @@ def copy_stream(recv_fd: int, out: Any) -> Steps:
 
 
 def _to_file_steps(out_fd: int, send_fd: int, recv_fd: int, *, debug: bool, log: Any) -> Steps:
-    try:
-        yield Write(send_fd, W.BANNER)
-    except OSError as e:
-        raise W.io_error(e, "writing the banner", stage="banner", side=_SIDE,
-                         destination="none") from e
-    pre, config, name = yield from read_preamble(recv_fd)
-    if debug and log is not None:
-        log(config.decode("utf-8", "replace"))
+    pre, config, name = yield from _greet(send_fd, recv_fd, debug=debug, log=log)
     total = [0]
 
     def out(data: bytes) -> None:
